@@ -1,0 +1,1 @@
+"""ssl_siamese: Siamese self-supervised learning on PyTorch Lightning."""
