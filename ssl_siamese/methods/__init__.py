@@ -1,0 +1,8 @@
+"""The Siamese methods: one file each on a shared ``SiameseModule`` base."""
+
+from ssl_siamese.methods.base import SiameseModule
+from ssl_siamese.methods.moco import MoCo
+from ssl_siamese.methods.simclr import SimCLR
+from ssl_siamese.methods.simsiam import SimSiam
+
+__all__ = ["SiameseModule", "SimCLR", "MoCo", "SimSiam"]

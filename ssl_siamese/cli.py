@@ -1,0 +1,100 @@
+"""The command line shared by the pretraining recipes (LightningCLI with our defaults).
+
+``python -m ssl_siamese.recipes.simclr [--config recipes/X.yaml] [--model.temperature 0.2] ...``:
+builds the method, the data and the trainer from flags and YAML; measures kNN accuracy at
+initialisation; trains; and exports the backbone to ``<out>/exported_models/backbone.pt``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.utilities import rank_zero_info
+
+from ssl_siamese.callbacks import CollapseMonitor, ThroughputMonitor
+from ssl_siamese.data import DataNotFoundError, SSLDataModule
+from ssl_siamese.evaluation.knn import KNNEvaluation
+from ssl_siamese.export import export_backbone
+from ssl_siamese.loggers import LOGGERS, make_logger
+
+
+def default_precision() -> str:
+    """bf16 mixed precision on GPUs that support it, else full precision (CPU)."""
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16-mixed"
+    return "32-true"
+
+
+class SSLCLI(LightningCLI):
+    """LightningCLI for one method with the data linked into the model and an output folder."""
+
+    def __init__(self, model_class: type[pl.LightningModule], method_name: str,
+                 args: list[str] | None = None) -> None:
+        self.method_name = method_name
+        super().__init__(
+            model_class, SSLDataModule, run=False, args=args, seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "max_epochs": 200,
+                "precision": default_precision(),
+                "log_every_n_steps": 10,
+                "callbacks": [ThroughputMonitor(), CollapseMonitor(), LearningRateMonitor("step")],
+            },
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--out", default=f"out/{self.method_name}",
+                            help="Output folder: checkpoints/, exported_models/, logs.")
+        parser.add_argument("--log_to", default="wandb", choices=LOGGERS,
+                            help="Experiment logger used when trainer.logger is not set.")
+        parser.add_argument("--ckpt_path", default=None, help="Resume from this Lightning checkpoint.")
+        parser.add_argument("--knn_at_start", default=True, type=bool,
+                            help="Measure kNN accuracy of the untrained backbone first.")
+        parser.add_lightning_class_args(KNNEvaluation, "knn")
+        parser.link_arguments("data.batch_size", "model.batch_size")
+        for name in ("image_size", "mean", "std"):
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+
+    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
+        config = self.config_init
+        out = Path(config["out"])
+        if config["trainer"].get("logger") in (None, True):
+            kwargs["logger"] = make_logger(config["log_to"], out, self.method_name)
+        if config["trainer"].get("default_root_dir") is None:
+            kwargs["default_root_dir"] = str(out)
+        trainer = super().instantiate_trainer(**kwargs)
+        for checkpoint in trainer.checkpoint_callbacks:
+            if getattr(checkpoint, "dirpath", None) is None:
+                checkpoint.dirpath = str((out / "checkpoints").resolve())
+                checkpoint.save_last = True
+        return trainer
+
+
+def main(model_class: type[pl.LightningModule], method_name: str, args: list[str] | None = None) -> None:
+    """Parse, check the data, measure kNN at init, train, export. User errors exit with a message."""
+    try:
+        cli = SSLCLI(model_class, method_name, args)
+        trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+    except (DataNotFoundError, ValueError) as error:
+        sys.exit(f"ssl_siamese.recipes.{method_name}: error: {error}")
+    out = Path(cli.config_init["out"])
+    has_labels = datamodule.num_classes is not None
+    if cli.config_init["knn_at_start"] and has_labels:
+        rank_zero_info("Measuring kNN accuracy of the backbone at initialisation ...")
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config_init["ckpt_path"])
+    path = export_backbone(model, out / "exported_models" / "backbone.pt",
+                           data=datamodule.hparams.get("dataset"), epochs=trainer.current_epoch,
+                           steps=trainer.global_step)
+    knn = next((c for c in trainer.callbacks if isinstance(c, KNNEvaluation)), None)
+    if knn is not None and knn.history:
+        first, last = knn.history[0], knn.history[-1]
+        rank_zero_info(f"kNN top-1: {first[1]:.4f} at start -> {last[1]:.4f} after {trainer.current_epoch} epochs")
+    rank_zero_info(f"Exported backbone: {path}")

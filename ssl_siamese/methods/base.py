@@ -1,0 +1,133 @@
+"""The small base class every Siamese method shares.
+
+It owns what is common and nothing else: the backbone, the two augmented views made on the device
+after transfer, the optimizer with warm-up + cosine schedule and batch-size scaling, and the features
+used for evaluation. A method implements ``shared_step(view0, view1) -> (loss, embeddings)``.
+
+Example (a complete method):
+    >>> class MyMethod(SiameseModule):
+    ...     def __init__(self, **kwargs):
+    ...         super().__init__(**kwargs)
+    ...         self.head = nn.Linear(self.feature_dim, 64)
+    ...     def shared_step(self, view0, view1):
+    ...         z0, z1 = self.head(self.encode_views(view0, view1)).chunk(2)
+    ...         return -F.cosine_similarity(z0, z1).mean(), z0
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from lightly.utils.lars import LARS
+from lightly.utils.scheduler import CosineWarmupScheduler
+from torch import Tensor, nn
+
+from ssl_siamese.augment import ViewAugmentation, augmentation_preset
+from ssl_siamese.backbones import build_backbone
+
+OPTIMIZERS = ("sgd", "lars")
+
+
+class SiameseModule(pl.LightningModule):
+    """Shared LightningModule: one backbone, two views in one forward, one loss.
+
+    Args:
+        backbone: a name for ``build_backbone`` (``resnet18``, ``tiny_cnn``, ``timm/...``) or an nn.Module.
+        cifar_stem: 3x3 stem without max-pool for torchvision ResNets (small images).
+        feature_dim: the backbone's output size, needed only for a module without ``feature_dim``.
+        optimizer: ``sgd`` or ``lars``.
+        lr: learning rate per 256 images; the optimizer uses ``lr * global_batch / 256``.
+        weight_decay, momentum: optimizer settings.
+        warmup_epochs: linear warm-up length (may be fractional), then cosine decay to zero.
+        batch_size: images per device per step, for the learning-rate scaling (linked from the data).
+        image_size, mean, std: the views' size and normalisation (linked from the data in recipes).
+        augmentation: a ``ViewAugmentation``; ``None`` uses the method's preset for ``image_size``.
+        channels_last: use the channels-last memory format (faster convolutions on recent GPUs).
+    """
+
+    augmentation_preset_name = "simclr"
+
+    def __init__(
+        self,
+        backbone: str | nn.Module = "resnet18",
+        cifar_stem: bool = True,
+        feature_dim: int | None = None,
+        optimizer: str = "sgd",
+        lr: float = 0.12,
+        weight_decay: float = 5e-4,
+        momentum: float = 0.9,
+        warmup_epochs: float = 0.0,
+        batch_size: int = 512,
+        image_size: int = 32,
+        mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465),
+        std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616),
+        augmentation: ViewAugmentation | None = None,
+        channels_last: bool = False,
+    ) -> None:
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"Unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}.")
+        ignore = ["augmentation"] + (["backbone"] if isinstance(backbone, nn.Module) else [])
+        self.save_hyperparameters(ignore=ignore)
+        self.backbone, self.feature_dim = build_backbone(backbone, cifar_stem, feature_dim)
+        self.augmentation = augmentation or augmentation_preset(
+            self.augmentation_preset_name, image_size, mean, std
+        )
+
+    # ---- what a method implements -------------------------------------------------------------
+    def shared_step(self, view0: Tensor, view1: Tensor) -> tuple[Tensor, Tensor]:
+        """Return ``(loss, embeddings of view0)``; the embeddings feed the collapse monitor."""
+        raise NotImplementedError
+
+    # ---- shared machinery ---------------------------------------------------------------------
+    def forward(self, images: Tensor) -> Tensor:
+        """Backbone features ``(B, D)`` of normalised images."""
+        return self.backbone(images).flatten(1)
+
+    def encode_views(self, view0: Tensor, view1: Tensor, encoder: nn.Module | None = None) -> Tensor:
+        """Both views through the same encoder in ONE forward; returns features of ``cat([v0, v1])``."""
+        encoder = encoder or self.backbone
+        return encoder(torch.cat([view0, view1])).flatten(1)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """On the device: uint8 images -> two random views (training) or one normalised view (eval)."""
+        images, labels = batch[0], batch[1]
+        memory_format = torch.channels_last if self.hparams.channels_last else torch.contiguous_format
+        if self._trainer is not None and self.trainer.training:
+            views = [self.augmentation(images).contiguous(memory_format=memory_format) for _ in range(2)]
+            return views, labels
+        return self.augmentation.normalize(images).contiguous(memory_format=memory_format), labels
+
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
+        (view0, view1), _ = batch
+        loss, embeddings = self.shared_step(view0, view1)
+        self.log("train/loss", loss, prog_bar=True, sync_dist=False)
+        return {"loss": loss, "embeddings": embeddings.detach()}
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """Features for the evaluation callbacks (loader 0: kNN bank, loader 1: queries)."""
+        images, labels = batch
+        return {"features": self(images).detach(), "labels": labels}
+
+    def on_fit_start(self) -> None:
+        if self.hparams.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def configure_optimizers(self) -> Any:
+        world_size = self.trainer.world_size if self._trainer is not None else 1
+        lr = self.hparams.lr * self.hparams.batch_size * world_size / 256
+        params = [p for p in self.parameters() if p.requires_grad]
+        if self.hparams.optimizer == "lars":
+            optimizer = LARS(params, lr=lr, momentum=self.hparams.momentum,
+                             weight_decay=self.hparams.weight_decay)
+        else:
+            optimizer = torch.optim.SGD(params, lr=lr, momentum=self.hparams.momentum,
+                                        weight_decay=self.hparams.weight_decay)
+        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        max_epochs = max(1, self.trainer.max_epochs or 1)
+        warmup_steps = int(self.hparams.warmup_epochs * total_steps / max_epochs)
+        scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup_steps,
+                                          max_epochs=total_steps, end_value=0.0)
+        return [optimizer], [{"scheduler": scheduler, "interval": "step"}]

@@ -1,0 +1,87 @@
+"""MoCo v2 (Chen et al., 2020): a momentum encoder and a queue of negative keys.
+
+Example:
+    >>> model = MoCo(backbone="resnet18", cifar_stem=True, queue_size=4096, momentum_ema=0.99)
+    >>> pl.Trainer(max_epochs=200).fit(model, datamodule=SSLDataModule("cifar10"))
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from lightly.models.modules import MoCoProjectionHead
+from lightly.models.utils import deactivate_requires_grad, update_momentum
+from lightly.utils.scheduler import cosine_schedule
+from torch import Tensor, nn
+
+from ssl_siamese.losses import InfoNCELoss
+from ssl_siamese.methods.base import SiameseModule
+from ssl_siamese.queue import KeyQueue
+
+
+class MoCo(SiameseModule):
+    """MoCo v2 with the symmetric loss.
+
+    The query encoder is ``backbone + projection_head``; the key encoder is an exponential moving
+    average of both (parameters AND BatchNorm buffers), never trained by gradient. Each view is a query
+    for the other view's key; the negatives are the queue as it was BEFORE this step, and the step's
+    keys (from all ranks) are enqueued only after both losses, so a query never meets its own key as
+    a negative.
+
+    Args:
+        projection_dim, hidden_dim: MoCo v2 MLP head sizes (hidden ``None``: the feature size).
+        temperature: InfoNCE temperature (0.1 as in lightly's CIFAR-10 benchmark; 0.2 in the paper).
+        queue_size: number of negative keys.
+        momentum_ema: EMA momentum of the key encoder; with ``momentum_cosine`` it rises to 1.0 by
+            the last step on a cosine schedule.
+        **kwargs: the shared options of ``SiameseModule``.
+    """
+
+    augmentation_preset_name = "moco_v2"
+
+    def __init__(self, projection_dim: int = 128, hidden_dim: int | None = None,
+                 temperature: float = 0.1, queue_size: int = 4096, momentum_ema: float = 0.99,
+                 momentum_cosine: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters(ignore=["augmentation", "backbone"])
+        hidden = hidden_dim or self.feature_dim
+        self.projection_head = MoCoProjectionHead(self.feature_dim, hidden, projection_dim)
+        self.key_encoder = nn.Sequential(copy.deepcopy(self.backbone), nn.Flatten(1),
+                                         copy.deepcopy(self.projection_head))
+        deactivate_requires_grad(self.key_encoder)
+        self.queue = KeyQueue(queue_size, projection_dim)
+        self.criterion = InfoNCELoss(temperature)
+
+    def query_encoder(self) -> nn.Module:
+        """The trained encoder laid out like ``key_encoder`` (backbone, flatten, head)."""
+        return nn.Sequential(self.backbone, nn.Flatten(1), self.projection_head)
+
+    def momentum_at(self, step: int, total_steps: int) -> float:
+        """EMA momentum at ``step``: constant, or cosine from ``momentum_ema`` to 1.0 at the end."""
+        if not self.hparams.momentum_cosine:
+            return self.hparams.momentum_ema
+        return cosine_schedule(step, max(1, total_steps), self.hparams.momentum_ema, 1.0)
+
+    def current_momentum(self) -> float:
+        if self._trainer is None:
+            return self.momentum_at(0, 1)
+        return self.momentum_at(self.global_step, int(self.trainer.estimated_stepping_batches))
+
+    @torch.no_grad()
+    def update_key_encoder(self, momentum: float) -> None:
+        """EMA of the parameters (lightly's ``update_momentum``) and a copy of the BN buffers."""
+        query = self.query_encoder()
+        update_momentum(query, self.key_encoder, momentum)
+        for key_buffer, query_buffer in zip(self.key_encoder.buffers(), query.buffers()):
+            key_buffer.copy_(query_buffer)
+
+    def shared_step(self, view0: Tensor, view1: Tensor) -> tuple[Tensor, Tensor]:
+        self.update_key_encoder(self.current_momentum())
+        q0, q1 = self.projection_head(self.encode_views(view0, view1)).chunk(2)
+        with torch.no_grad():
+            k0, k1 = self.key_encoder(torch.cat([view0, view1])).chunk(2)
+        negatives = self.queue.keys.clone()
+        loss = 0.5 * (self.criterion(q0, k1, negatives) + self.criterion(q1, k0, negatives))
+        self.queue.enqueue(torch.cat([k0, k1]))
+        return loss, q0.float()

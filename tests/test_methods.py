@@ -1,0 +1,123 @@
+"""Method mechanics: weight sharing, stop-gradient, momentum encoder, queue update order."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ssl_siamese import MoCo, SimCLR, SimSiam
+from ssl_siamese.backbones import build_backbone
+
+SMALL = dict(backbone="tiny_cnn", image_size=16)
+
+
+def make(method, **kwargs):
+    torch.manual_seed(0)
+    if method is SimSiam:
+        kwargs.setdefault("projection_dim", 32)
+    if method is MoCo:
+        kwargs.setdefault("queue_size", 64)
+    return method(**SMALL, **kwargs)
+
+
+def views(batch=8, size=16):
+    torch.manual_seed(1)
+    return (torch.randn(batch, 3, size, size, requires_grad=True),
+            torch.randn(batch, 3, size, size, requires_grad=True))
+
+
+@pytest.mark.parametrize("method", [SimCLR, MoCo, SimSiam])
+def test_both_views_go_through_one_backbone_forward(method):
+    model = make(method)
+    calls = []
+    model.backbone.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    view0, view1 = views()
+    loss, embeddings = model.shared_step(view0, view1)
+    loss.backward()
+    assert calls == [16], "the two views must share one forward of the concatenated batch"
+    assert embeddings.shape[0] == 8 and torch.isfinite(loss)
+    for view in (view0, view1):  # gradients from both views reach the one backbone
+        assert view.grad is not None and view.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in model.backbone.parameters())
+
+
+def test_moco_key_encoder_gets_no_gradient():
+    model = make(MoCo)
+    loss, _ = model.shared_step(*views())
+    loss.backward()
+    assert all(not p.requires_grad and p.grad is None for p in model.key_encoder.parameters())
+    assert all(p.grad is not None for p in model.projection_head.parameters())
+
+
+def test_moco_momentum_update_is_the_ema_formula():
+    model = make(MoCo)
+    with torch.no_grad():
+        for p in model.query_encoder().parameters():
+            p.add_(torch.randn_like(p))
+        for b in model.query_encoder().buffers():
+            if b.dtype.is_floating_point:
+                b.add_(torch.rand_like(b))
+    query = [p.clone() for p in model.query_encoder().parameters()]
+    key = [p.clone() for p in model.key_encoder.parameters()]
+    model.update_key_encoder(0.9)
+    for new, k, q in zip(model.key_encoder.parameters(), key, query):
+        torch.testing.assert_close(new, 0.9 * k + 0.1 * q)
+    for key_buffer, query_buffer in zip(model.key_encoder.buffers(), model.query_encoder().buffers()):
+        assert torch.equal(key_buffer, query_buffer), "BatchNorm buffers are copied, not left stale"
+
+
+def test_moco_negatives_exclude_this_steps_keys():
+    model = make(MoCo)
+    before = model.queue.keys.clone()
+    seen = {}
+    original = model.criterion.forward
+
+    def spy(query, positive_key, negative_keys):
+        seen.setdefault("negatives", []).append(negative_keys.clone())
+        return original(query, positive_key, negative_keys)
+
+    model.criterion.forward = spy
+    model.shared_step(*views())
+    assert len(seen["negatives"]) == 2
+    for negatives in seen["negatives"]:  # both losses see the queue as it was before the step
+        assert torch.equal(negatives, before)
+    assert model.queue.pointer.item() == 16  # then both views' keys are enqueued
+    assert not torch.equal(model.queue.keys[:16], before[:16])
+
+
+def test_moco_cosine_momentum_schedule_reaches_one():
+    model = make(MoCo, momentum_cosine=True)
+    schedule = [model.momentum_at(step, 100) for step in range(100)]
+    assert schedule[0] == pytest.approx(0.99) and schedule[-1] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(schedule, schedule[1:]))
+    assert make(MoCo).momentum_at(50, 100) == pytest.approx(0.99)  # constant by default
+
+
+def test_simsiam_stop_gradient_on_target():
+    """With an identity predictor the loss is -cos(z0, sg z1)/2 - cos(z1, sg z0)/2, so dL/dz0 is
+    exactly half the gradient that -cos(z0, z1) would give without the stop-gradient."""
+    model = make(SimSiam)
+    model.prediction_head = nn.Identity()
+    captured = {}
+
+    def keep(module, inputs, output):
+        output.retain_grad()
+        captured["z"] = output
+
+    model.projection_head.register_forward_hook(keep)
+    loss, _ = model.shared_step(*views())
+    loss.backward()
+    z = captured["z"].detach().clone().requires_grad_(True)
+    z0, z1 = z.chunk(2)
+    (-F.cosine_similarity(z0, z1).mean()).backward()
+    torch.testing.assert_close(captured["z"].grad, 0.5 * z.grad)
+
+
+def test_backbone_module_and_unknown_name():
+    module, dim = build_backbone(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+                                 feature_dim=4)
+    assert dim == 4
+    model = SimCLR(backbone=module, feature_dim=4, image_size=16)
+    assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 4)
+    with pytest.raises(ValueError, match="Valid names"):
+        SimCLR(backbone="resnet1000")
