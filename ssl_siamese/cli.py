@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -75,8 +76,13 @@ class SSLCLI(LightningCLI):
         return trainer
 
 
-def main(model_class: type[pl.LightningModule], method_name: str, args: list[str] | None = None) -> None:
-    """Parse, check the data, measure kNN at init, train, export. User errors exit with a message."""
+def main(model_class: type[pl.LightningModule], method_name: str,
+         args: list[str] | None = None) -> dict[str, Any]:
+    """Parse, check the data, measure kNN at init, train, export. User errors exit with a message.
+
+    Returns a summary: ``knn_history`` [(epoch, top1, top5), ...] (epoch -1 = at initialisation),
+    ``backbone`` (the exported file), ``out`` and ``epochs``.
+    """
     try:
         cli = SSLCLI(model_class, method_name, args)
         trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
@@ -94,7 +100,9 @@ def main(model_class: type[pl.LightningModule], method_name: str, args: list[str
                            data=datamodule.hparams.get("dataset"), epochs=trainer.current_epoch,
                            steps=trainer.global_step)
     knn = next((c for c in trainer.callbacks if isinstance(c, KNNEvaluation)), None)
-    if knn is not None and knn.history:
-        first, last = knn.history[0], knn.history[-1]
-        rank_zero_info(f"kNN top-1: {first[1]:.4f} at start -> {last[1]:.4f} after {trainer.current_epoch} epochs")
-    rank_zero_info(f"Exported backbone: {path}")
+    history = list(knn.history) if knn is not None else []
+    if history:
+        first, last = history[0], history[-1]
+        print(f"kNN top-1: {first[1]:.4f} at start -> {last[1]:.4f} after {trainer.current_epoch} epochs")
+    print(f"Exported backbone: {path}")
+    return {"knn_history": history, "backbone": path, "out": out, "epochs": trainer.current_epoch}

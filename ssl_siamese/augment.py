@@ -1,0 +1,216 @@
+"""Batched view augmentation that runs on the accelerator.
+
+Self-supervised methods on small images (CIFAR-sized) are limited by the CPU input pipeline, not the
+model: two PIL augmentation chains per image on a few CPU cores cannot feed a GPU. Here the loader ships
+uint8 tensors and :class:`ViewAugmentation` makes the views on the device after the batch transfer. Every
+op is vectorised over the batch with per-sample random parameters (no Python loop over samples), and
+all randomness comes from ``torch.rand`` on the images' device, so ``torch.manual_seed`` or an explicit
+``generator`` makes it reproducible.
+
+Example:
+    >>> aug = ViewAugmentation.simclr(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    >>> images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
+    >>> view0, view1 = aug(images), aug(images)  # two different random views, float32 (8, 3, 32, 32)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma
+PRESETS = ("simclr", "moco_v2", "simsiam")
+
+
+def to_float_rgb(images: Tensor) -> Tensor:
+    """Check a ``(B, 1|3, H, W)`` batch, scale uint8 to [0, 1] float32 and expand gray to 3 channels."""
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"Expected images of shape (B, C, H, W) with C in {{1, 3}}, got {tuple(images.shape)}.")
+    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def grayscale(images: Tensor) -> Tensor:
+    """Luma of a ``(B, 3, H, W)`` batch as ``(B, 1, H, W)``."""
+    r, g, b = images.unbind(1)
+    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
+
+
+def shift_hue(images: Tensor, shift: Tensor) -> Tensor:
+    """Rotate the hue of each image by ``shift[i]`` (fraction of a turn) via RGB -> HSV -> RGB."""
+    r, g, b = images.unbind(1)
+    value, argmax = images.max(1)
+    delta = value - images.min(1).values
+    sat = delta / torch.where(value > 0, value, torch.ones_like(value))
+    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+    hue = torch.where(argmax == 0, (g - b) / safe,
+                      torch.where(argmax == 1, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
+    hue = torch.where(delta > 0, hue / 6.0, torch.zeros_like(hue))
+    hue = torch.remainder(hue + shift.view(-1, 1, 1), 1.0)
+    # Closed-form HSV -> RGB: channel n uses k = (n + 6h) mod 6 with n = 5, 3, 1 for R, G, B.
+    n = torch.tensor([5.0, 3.0, 1.0], device=images.device).view(1, 3, 1, 1)
+    k = torch.remainder(n + 6.0 * hue.unsqueeze(1), 6.0)
+    ramp = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
+    return value.unsqueeze(1) * (1.0 - sat.unsqueeze(1) * ramp)
+
+
+def _check_prob(name: str, p: float) -> None:
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {p}.")
+
+
+class ViewAugmentation(nn.Module):
+    """Random resized crop + flip, colour jitter, grayscale, blur, solarize and normalisation, batched.
+
+    Crop: area fraction ~ U(crop_scale) and log aspect ratio ~ U(log crop_ratio) as in torchvision's
+    ``RandomResizedCrop``, but instead of its rejection loop the crop width/height are clamped to the
+    image (so extreme ratios give slightly smaller areas than drawn). Crop, flip and resize are one
+    ``affine_grid`` + ``grid_sample`` (bilinear) per batch. Colour jitter is applied in a FIXED order
+    (brightness, contrast, saturation, hue); torchvision randomises the order per image.
+
+    Example:
+        >>> aug = ViewAugmentation(size=32, blur_prob=0.5).to("cpu")
+        >>> aug(torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)).shape
+        torch.Size([4, 3, 32, 32])
+    """
+
+    def __init__(self, size: int = 32, crop_scale: tuple[float, float] = (0.08, 1.0),
+                 crop_ratio: tuple[float, float] = (3 / 4, 4 / 3), hflip_prob: float = 0.5,
+                 jitter_prob: float = 0.8, brightness: float = 0.4, contrast: float = 0.4,
+                 saturation: float = 0.4, hue: float = 0.1, grayscale_prob: float = 0.2,
+                 blur_prob: float = 0.0, blur_sigma: tuple[float, float] = (0.1, 2.0),
+                 solarize_prob: float = 0.0,
+                 mean: Sequence[float] = (0.4914, 0.4822, 0.4465),
+                 std: Sequence[float] = (0.2470, 0.2435, 0.2616)) -> None:
+        super().__init__()
+        for name, p in [("hflip_prob", hflip_prob), ("jitter_prob", jitter_prob),
+                        ("grayscale_prob", grayscale_prob), ("blur_prob", blur_prob),
+                        ("solarize_prob", solarize_prob)]:
+            _check_prob(name, p)
+        if not 0.0 < crop_scale[0] <= crop_scale[1] <= 1.0:
+            raise ValueError(f"crop_scale must satisfy 0 < lo <= hi <= 1, got {crop_scale}.")
+        if not 0.0 < crop_ratio[0] <= crop_ratio[1]:
+            raise ValueError(f"crop_ratio must satisfy 0 < lo <= hi, got {crop_ratio}.")
+        self.size, self.crop_scale, self.crop_ratio = size, tuple(crop_scale), tuple(crop_ratio)
+        self.hflip_prob, self.jitter_prob, self.grayscale_prob = hflip_prob, jitter_prob, grayscale_prob
+        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
+        self.blur_prob, self.blur_sigma, self.solarize_prob = blur_prob, tuple(blur_sigma), solarize_prob
+        kernel = int(round(0.1 * size))
+        self.blur_kernel = max(3, kernel + 1 - kernel % 2)  # odd, >= 3
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def sample_params(self, batch_size: int, device: torch.device | str | None = None,
+                      generator: torch.Generator | None = None, aspect: float = 1.0) -> dict[str, Tensor]:
+        """Draw per-sample parameters (one ``torch.rand`` call); ``aspect`` is the input's H / W.
+
+        Crop ``w``/``h`` are fractions of the image width/height, ``cx``/``cy`` the crop centre in
+        [-1, 1] coordinates, ``area = w * h``. Samples not jittered get identity factors / zero hue.
+        """
+        u = torch.rand(batch_size, 14, device=device, generator=generator)
+        lo, hi = self.crop_scale
+        scale = lo + (hi - lo) * u[:, 0]
+        log_lo, log_hi = math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])
+        ratio = torch.exp(log_lo + (log_hi - log_lo) * u[:, 1])  # width / height in pixels
+        w = torch.sqrt(scale * ratio * aspect).clamp(max=1.0)
+        h = torch.sqrt(scale / ratio / aspect).clamp(max=1.0)
+        jitter = u[:, 5] < self.jitter_prob
+
+        def factor(col: int, strength: float) -> Tensor:
+            drawn = 1.0 - strength + 2.0 * strength * u[:, col]
+            return torch.where(jitter, drawn, torch.ones_like(drawn))
+
+        sig_lo, sig_hi = self.blur_sigma
+        return {
+            "w": w, "h": h, "area": w * h,
+            "cx": (1.0 - w) * (2.0 * u[:, 2] - 1.0), "cy": (1.0 - h) * (2.0 * u[:, 3] - 1.0),
+            "flip": u[:, 4] < self.hflip_prob, "jitter": jitter,
+            "brightness": factor(6, self.brightness), "contrast": factor(7, self.contrast),
+            "saturation": factor(8, self.saturation),
+            "hue": torch.where(jitter, self.hue * (2.0 * u[:, 9] - 1.0), torch.zeros_like(u[:, 9])),
+            "grayscale": u[:, 10] < self.grayscale_prob, "blur": u[:, 11] < self.blur_prob,
+            "sigma": sig_lo + (sig_hi - sig_lo) * u[:, 12], "solarize": u[:, 13] < self.solarize_prob,
+        }
+
+    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """One random view per image: ``(B, 1|3, H, W)`` uint8 or [0, 1] float -> normalised float32."""
+        images = to_float_rgb(images)
+        params = self.sample_params(images.shape[0], images.device, generator, images.shape[2] / images.shape[3])
+        return self.apply_params(images, params)
+
+    def apply_params(self, images: Tensor, params: dict[str, Tensor]) -> Tensor:
+        """Apply given ``sample_params`` to a batch; deterministic (useful for tests)."""
+        x = self._crop_flip(to_float_rgb(images), params)
+        x = self._color_jitter(x, params)
+        x = torch.where(params["grayscale"].view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
+        if self.blur_prob > 0:
+            x = self._blur(x, params)
+        x = x.clamp(0.0, 1.0)  # luma weights and blur kernels sum to 1 only up to rounding
+        x = torch.where(params["solarize"].view(-1, 1, 1, 1) & (x >= 0.5), 1.0 - x, x)
+        return (x - self.mean) / self.std
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """Evaluation path without randomness: to float RGB, resize (bilinear, antialias), normalise."""
+        x = to_float_rgb(images)
+        if x.shape[-2:] != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                              antialias=True).clamp(0.0, 1.0)
+        return (x - self.mean) / self.std
+
+    def _crop_flip(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
+        # theta maps output coords in [-1, 1] to input coords; the full image is the identity matrix.
+        sign = torch.where(p["flip"], -torch.ones_like(p["w"]), torch.ones_like(p["w"]))
+        zero = torch.zeros_like(p["w"])
+        theta = torch.stack([torch.stack([p["w"] * sign, zero, p["cx"]], 1),
+                             torch.stack([zero, p["h"], p["cy"]], 1)], 1)
+        grid = F.affine_grid(theta, [x.shape[0], 3, self.size, self.size], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def _color_jitter(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
+        x = (x * p["brightness"].view(-1, 1, 1, 1)).clamp(0.0, 1.0)
+        c = p["contrast"].view(-1, 1, 1, 1)
+        x = (c * x + (1.0 - c) * grayscale(x).mean((1, 2, 3), keepdim=True)).clamp(0.0, 1.0)
+        s = p["saturation"].view(-1, 1, 1, 1)
+        x = (s * x + (1.0 - s) * grayscale(x)).clamp(0.0, 1.0)
+        return shift_hue(x, p["hue"]).clamp(0.0, 1.0) if self.hue > 0 else x
+
+    def _blur(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
+        batch, channels, height, width = x.shape
+        offsets = torch.arange(self.blur_kernel, device=x.device, dtype=x.dtype) - self.blur_kernel // 2
+        kernel = torch.exp(-offsets.pow(2) / (2.0 * p["sigma"].view(-1, 1) ** 2))
+        kernel = kernel / kernel.sum(1, keepdim=True)
+        delta = (offsets == 0).to(x.dtype).expand_as(kernel)
+        kernel = torch.where(p["blur"].view(-1, 1), kernel, delta).repeat_interleave(channels, 0)
+        pad = self.blur_kernel // 2
+        y = x.reshape(1, batch * channels, height, width)
+        y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), kernel.view(-1, 1, 1, self.blur_kernel),
+                     groups=batch * channels)
+        y = F.conv2d(F.pad(y, (0, 0, pad, pad), mode="reflect"), kernel.view(-1, 1, self.blur_kernel, 1),
+                     groups=batch * channels)
+        return y.view(batch, channels, height, width)
+
+    @classmethod
+    def simclr(cls, size: int, mean: Sequence[float], std: Sequence[float]) -> ViewAugmentation:
+        """SimCLR (CIFAR) views: crop (0.08, 1), jitter 0.4/0.4/0.4/0.1 p=0.8, gray 0.2, blur if size >= 64."""
+        return cls(size, crop_scale=(0.08, 1.0), blur_prob=0.5 if size >= 64 else 0.0, mean=mean, std=std)
+
+    @classmethod
+    def moco_v2(cls, size: int, mean: Sequence[float], std: Sequence[float]) -> ViewAugmentation:
+        """MoCo v2 views: crop (0.2, 1), jitter 0.4/0.4/0.4/0.1 p=0.8, gray 0.2, blur if size >= 64."""
+        return cls(size, crop_scale=(0.2, 1.0), blur_prob=0.5 if size >= 64 else 0.0, mean=mean, std=std)
+
+    @classmethod
+    def simsiam(cls, size: int, mean: Sequence[float], std: Sequence[float]) -> ViewAugmentation:
+        """SimSiam views: crop (0.2, 1), jitter 0.4/0.4/0.4/0.1 p=0.8, gray 0.2, blur if size >= 64."""
+        return cls(size, crop_scale=(0.2, 1.0), blur_prob=0.5 if size >= 64 else 0.0, mean=mean, std=std)
+
+
+def augmentation_preset(name: str, size: int, mean: Sequence[float], std: Sequence[float]) -> ViewAugmentation:
+    """The preset ``name`` in ``PRESETS``, e.g. ``augmentation_preset("simclr", 32, mean, std)``."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown augmentation preset {name!r}; valid names: {', '.join(PRESETS)}.")
+    return getattr(ViewAugmentation, name)(size, mean, std)

@@ -1,0 +1,77 @@
+"""The recipes through the real LightningCLI on synthetic data, and their user-facing errors."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from ssl_siamese import MoCo, SimCLR, SimSiam, load_backbone
+from ssl_siamese.cli import main
+
+METHODS = {"simclr": SimCLR, "moco": MoCo, "simsiam": SimSiam}
+TINY = ["--model.backbone", "tiny_cnn", "--data.dataset", "synthetic", "--data.batch_size", "32",
+        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+
+
+def wandb_records(out: Path) -> bytes:
+    """The raw bytes of the offline W&B run file(s) under ``out`` (metric names are stored as text)."""
+    files = list(out.glob("wandb/offline-run-*/run-*.wandb"))
+    assert files, f"no offline W&B run under {out}"
+    return b"".join(f.read_bytes() for f in files)
+
+
+@pytest.fixture(autouse=True)
+def offline_wandb(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_recipe_fast_dev_run(name, tmp_path):
+    extra = ["--model.queue_size", "64"] if name == "moco" else []
+    main(METHODS[name], name, TINY + extra + ["--trainer.fast_dev_run", "true", "--out", str(tmp_path)])
+    backbone, metadata = load_backbone(tmp_path / "exported_models" / "backbone.pt")
+    assert metadata["method"] == METHODS[name].__name__ and metadata["architecture"] == "tiny_cnn"
+    assert backbone(torch.zeros(2, 3, 32, 32)).shape == (2, 128)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_recipe_logs_metrics_to_offline_wandb(name, tmp_path):
+    extra = ["--model.queue_size", "64"] if name == "moco" else []
+    main(METHODS[name], name, TINY + extra + [
+        "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "6", "--trainer.log_every_n_steps", "1",
+        "--data.val_subset", "64", "--data.knn_bank_subset", "256", "--out", str(tmp_path)])
+    records = wandb_records(tmp_path)
+    for metric in (b"train/loss", b"knn/top1", b"knn/top5", b"train/embedding_std", b"train/img_per_s"):
+        assert metric in records, f"{metric!r} missing from the W&B run"
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+def run_module(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_and_print_config_with_overrides():
+    result = run_module("ssl_siamese.recipes.simclr", "--help")
+    assert result.returncode == 0 and "--model.temperature" in result.stdout
+    result = run_module("ssl_siamese.recipes.moco", "--config", "recipes/cifar10_moco.yaml",
+                        "--model.temperature", "0.2", "--trainer.max_epochs", "800", "--print_config")
+    assert result.returncode == 0, result.stderr
+    assert "temperature: 0.2" in result.stdout and "max_epochs: 800" in result.stdout
+
+
+def test_missing_cifar10_offline_stops_with_a_clear_message(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(SimCLR, "simclr", ["--data.data_dir", str(tmp_path / "nothing"), "--data.download", "false",
+                                "--out", str(tmp_path / "out")])
+    message = str(exit_info.value.code)
+    assert str((tmp_path / "nothing").resolve()) in message or "nothing" in message
+
+
+def test_unknown_backbone_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(SimCLR, "simclr", TINY + ["--model.backbone", "resnet1000", "--out", str(tmp_path)])
+    assert "Valid names" in str(exit_info.value.code)
