@@ -15,6 +15,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_info
 
 from ssl_siamese.callbacks import CollapseMonitor, ThroughputMonitor
@@ -58,7 +59,8 @@ class SSLCLI(LightningCLI):
                             help="Measure kNN accuracy of the untrained backbone first.")
         parser.add_lightning_class_args(KNNEvaluation, "knn")
         parser.link_arguments("data.batch_size", "model.batch_size")
-        for name in ("image_size", "mean", "std"):
+        parser.link_arguments("data.image_size", "model.view_size", apply_on="instantiate")
+        for name in ("mean", "std"):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
@@ -96,13 +98,17 @@ def main(model_class: type[pl.LightningModule], method_name: str,
         rank_zero_info("Measuring kNN accuracy of the backbone at initialisation ...")
         trainer.validate(model, datamodule=datamodule, verbose=False)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config_init["ckpt_path"])
-    path = export_backbone(model, out / "exported_models" / "backbone.pt",
-                           data=datamodule.hparams.get("dataset"), epochs=trainer.current_epoch,
-                           steps=trainer.global_step)
+    path = out / "exported_models" / "backbone.pt"
     knn = next((c for c in trainer.callbacks if isinstance(c, KNNEvaluation)), None)
     history = list(knn.history) if knn is not None else []
-    if history:
-        first, last = history[0], history[-1]
-        print(f"kNN top-1: {first[1]:.4f} at start -> {last[1]:.4f} after {trainer.current_epoch} epochs")
-    print(f"Exported backbone: {path}")
+    if trainer.is_global_zero:
+        export_backbone(model, path, data=datamodule.hparams.get("dataset"),
+                        epochs=trainer.current_epoch, steps=trainer.global_step)
+        if history:
+            print(f"kNN top-1: {history[0][1]:.4f} at start -> {history[-1][1]:.4f} "
+                  f"after {trainer.current_epoch} epochs")
+        print(f"Exported backbone: {path}")
+        for logger in trainer.loggers:  # flush and close the W&B run so its files are complete now
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()
     return {"knn_history": history, "backbone": path, "out": out, "epochs": trainer.current_epoch}

@@ -39,7 +39,7 @@ def export_backbone(model: nn.Module, path: str | Path, **metadata: Any) -> Path
         "architecture": arch if isinstance(arch, str) else type(model.backbone).__name__,
         "cifar_stem": bool(hparams.get("cifar_stem", False)),
         "feature_dim": int(model.feature_dim),
-        "image_size": int(hparams.get("image_size", 0)),
+        "image_size": int(hparams.get("view_size", 0)),
         "mean": [float(v) for v in hparams.get("mean", ())],
         "std": [float(v) for v in hparams.get("std", ())],
         "method": type(model).__name__,

@@ -8,7 +8,7 @@ from torch import nn
 from ssl_siamese import MoCo, SimCLR, SimSiam
 from ssl_siamese.backbones import build_backbone
 
-SMALL = dict(backbone="tiny_cnn", image_size=16)
+SMALL = dict(backbone="tiny_cnn", view_size=16)
 
 
 def make(method, **kwargs):
@@ -117,7 +117,7 @@ def test_backbone_module_and_unknown_name():
     module, dim = build_backbone(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()),
                                  feature_dim=4)
     assert dim == 4
-    model = SimCLR(backbone=module, feature_dim=4, image_size=16)
+    model = SimCLR(backbone=module, feature_dim=4, view_size=16)
     assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 4)
     with pytest.raises(ValueError, match="Valid names"):
         SimCLR(backbone="resnet1000")

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,11 +16,20 @@ TINY = ["--model.backbone", "tiny_cnn", "--data.dataset", "synthetic", "--data.b
         "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
 
 
-def wandb_records(out: Path) -> bytes:
-    """The raw bytes of the offline W&B run file(s) under ``out`` (metric names are stored as text)."""
-    files = list(out.glob("wandb/offline-run-*/run-*.wandb"))
-    assert files, f"no offline W&B run under {out}"
-    return b"".join(f.read_bytes() for f in files)
+def wandb_records(out: Path, expected: bytes, timeout_s: float = 30.0) -> bytes:
+    """The raw bytes of the offline W&B run file(s) under ``out`` (metric names are stored as text).
+
+    wandb's service process writes the file asynchronously, shortly after ``run.finish()`` returns,
+    so wait until ``expected`` appears (or the timeout passes).
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        files = list(out.glob("wandb/offline-run-*/run-*.wandb"))
+        records = b"".join(f.read_bytes() for f in files)
+        if expected in records or time.monotonic() > deadline:
+            assert files, f"no offline W&B run under {out}"
+            return records
+        time.sleep(0.2)
 
 
 @pytest.fixture(autouse=True)
@@ -44,7 +54,7 @@ def test_recipe_logs_metrics_to_offline_wandb(name, tmp_path):
     main(METHODS[name], name, TINY + extra + [
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "6", "--trainer.log_every_n_steps", "1",
         "--data.val_subset", "64", "--data.knn_bank_subset", "256", "--out", str(tmp_path)])
-    records = wandb_records(tmp_path)
+    records = wandb_records(tmp_path, expected=b"knn/top5")
     for metric in (b"train/loss", b"knn/top1", b"knn/top5", b"train/embedding_std", b"train/img_per_s"):
         assert metric in records, f"{metric!r} missing from the W&B run"
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()

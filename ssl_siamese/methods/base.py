@@ -42,8 +42,8 @@ class SiameseModule(pl.LightningModule):
         weight_decay, momentum: optimizer settings.
         warmup_epochs: linear warm-up length (may be fractional), then cosine decay to zero.
         batch_size: images per device per step, for the learning-rate scaling (linked from the data).
-        image_size, mean, std: the views' size and normalisation (linked from the data in recipes).
-        augmentation: a ``ViewAugmentation``; ``None`` uses the method's preset for ``image_size``.
+        view_size, mean, std: the views' size and normalisation (linked from the data in recipes).
+        augmentation: a ``ViewAugmentation``; ``None`` uses the method's preset for ``view_size``.
         channels_last: use the channels-last memory format (faster convolutions on recent GPUs).
     """
 
@@ -60,7 +60,7 @@ class SiameseModule(pl.LightningModule):
         momentum: float = 0.9,
         warmup_epochs: float = 0.0,
         batch_size: int = 512,
-        image_size: int = 32,
+        view_size: int = 32,
         mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465),
         std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616),
         augmentation: ViewAugmentation | None = None,
@@ -70,10 +70,11 @@ class SiameseModule(pl.LightningModule):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"Unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}.")
         ignore = ["augmentation"] + (["backbone"] if isinstance(backbone, nn.Module) else [])
+        self.hparams_ignore = ignore  # methods save their own arguments with the same exclusions
         self.save_hyperparameters(ignore=ignore)
         self.backbone, self.feature_dim = build_backbone(backbone, cifar_stem, feature_dim)
         self.augmentation = augmentation or augmentation_preset(
-            self.augmentation_preset_name, image_size, mean, std
+            self.augmentation_preset_name, view_size, mean, std
         )
 
     # ---- what a method implements -------------------------------------------------------------

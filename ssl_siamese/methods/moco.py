@@ -44,7 +44,7 @@ class MoCo(SiameseModule):
                  temperature: float = 0.1, queue_size: int = 4096, momentum_ema: float = 0.99,
                  momentum_cosine: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=["augmentation", "backbone"])
+        self.save_hyperparameters(ignore=self.hparams_ignore)
         hidden = hidden_dim or self.feature_dim
         self.projection_head = MoCoProjectionHead(self.feature_dim, hidden, projection_dim)
         self.key_encoder = nn.Sequential(copy.deepcopy(self.backbone), nn.Flatten(1),

@@ -1,0 +1,316 @@
+"""Data loading: real Fashion-MNIST and CIFAR-10 JPEGs from ../shared/data, image folders, cache, datamodule."""
+
+import gzip
+import logging
+import shutil
+import tarfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssl_siamese import data
+from ssl_siamese.data import DataNotFoundError, ImageTensors, SSLDataModule, load_split
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FASHION = SHARED / "fashion-mnist"
+CIFAR_TAR = SHARED / "cifar10-jpg" / "cifar10-jpg.tar.gz"
+FASHION_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+needs_fashion = pytest.mark.skipif(not all((FASHION / f).is_file() for f in FASHION_FILES),
+                                   reason=f"Fashion-MNIST IDX files not found in {FASHION}")
+needs_cifar_jpg = pytest.mark.skipif(not CIFAR_TAR.is_file(), reason=f"CIFAR-10 JPEG archive not found at {CIFAR_TAR}")
+
+
+@pytest.fixture(autouse=True)
+def no_system_fashion_mnist(monkeypatch, tmp_path_factory):
+    """Tests see only the data they set up: no Debian package folder, no environment variable."""
+    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path_factory.getbasetemp() / "no-system-dir")
+    monkeypatch.delenv(data.FASHION_MNIST_ENV, raising=False)
+
+
+def save_png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array, mode=mode).save(path) if mode else Image.fromarray(array).save(path)
+    return path
+
+
+def random_rgb(seed: int, h: int = 20, w: int = 30) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+# --------------------------------------------------------------------------- Fashion-MNIST
+
+@needs_fashion
+def test_fashion_mnist_loads_from_shared_data_and_torchvision_layout(tmp_path):
+    raw = tmp_path / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in FASHION_FILES:
+        shutil.copy(FASHION / name, raw / name)
+    for data_dir in (FASHION, tmp_path):
+        train = load_split("fashion_mnist", "train", data_dir, download=False)
+        test = load_split("fashion_mnist", "test", data_dir, download=False)
+        assert train.images.shape == (60000, 1, 28, 28) and test.images.shape == (10000, 1, 28, 28)
+        assert train.images.dtype == torch.uint8 and train.labels.dtype == torch.int64
+        assert train.labels.unique().tolist() == list(range(10)) and len(train.classes) == 10
+        assert torch.bincount(test.labels).tolist() == [1000] * 10
+        assert 0.25 < train.images.float().mean().item() / 255 < 0.32  # mean of Fashion-MNIST: 0.286
+
+
+@needs_fashion
+def test_fashion_mnist_environment_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.FASHION_MNIST_ENV, str(FASHION))
+    assert len(load_split("fashion_mnist", "test", tmp_path / "empty", download=False)) == 10000
+
+
+@needs_fashion
+def test_truncated_idx_file_is_a_clear_error(tmp_path):
+    for name in FASHION_FILES:
+        shutil.copy(FASHION / name, tmp_path / name)
+    gz = tmp_path / "t10k-images-idx3-ubyte.gz"
+    gz.write_bytes(gz.read_bytes()[:5000])  # truncated download
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.gz"):
+        load_split("fashion_mnist", "test", tmp_path, download=False)
+
+    gz.unlink()  # an un-gzipped file with a valid header but too few pixels
+    raw = gzip.decompress((FASHION / "t10k-images-idx3-ubyte.gz").read_bytes())
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(raw[:-100])
+    with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.*truncated"):
+        load_split("fashion_mnist", "test", tmp_path, download=False)
+
+    (tmp_path / "t10k-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x01" + raw[4:])  # a labels magic number
+    with pytest.raises(ValueError, match="magic"):
+        load_split("fashion_mnist", "test", tmp_path, download=False)
+
+
+def test_missing_fashion_mnist_names_every_place_looked(tmp_path):
+    with pytest.raises(DataNotFoundError) as error:
+        load_split("fashion_mnist", "train", tmp_path, download=False)
+    message = str(error.value)
+    for path in data.fashion_mnist_search_paths(tmp_path):
+        assert str(path) in message
+    assert "apt-get install dataset-fashion-mnist" in message and str(data.FASHION_MNIST_SYSTEM_DIR) in message
+
+
+def test_missing_cifar10_without_download_fails_fast_and_says_how_to_fix(tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(DataNotFoundError) as error:
+        load_split("cifar10", "train", tmp_path, download=False)
+    assert time.perf_counter() - start < 5
+    message = str(error.value)
+    assert str(tmp_path.resolve()) in message and "cifar-10-batches-py" in message
+    assert "--data.dataset folder" in message
+
+
+def test_offline_download_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "_can_connect", lambda url, timeout=3.0: False)
+    with pytest.raises(DataNotFoundError, match="unreachable"):
+        load_split("cifar100", "test", tmp_path, download=True)
+
+
+def test_connectivity_check_leaves_the_global_socket_timeout_alone():
+    import socket
+
+    before = socket.getdefaulttimeout()
+    data._can_connect("http://127.0.0.1:9/", timeout=0.5)
+    assert socket.getdefaulttimeout() == before
+
+
+# --------------------------------------------------------------------------- folders
+
+@pytest.fixture(scope="module")
+def cifar_folder(tmp_path_factory) -> Path:
+    """30 CIFAR-10 test JPEGs per class from the archive, as ``train/<class>`` (20) and ``test/<class>`` (10)."""
+    if not CIFAR_TAR.is_file():
+        pytest.skip(f"CIFAR-10 JPEG archive not found at {CIFAR_TAR}")
+    root = tmp_path_factory.mktemp("cifar_jpg")
+    taken: dict[str, int] = defaultdict(int)
+    with tarfile.open(CIFAR_TAR, "r|gz") as archive:
+        for member in archive:
+            parts = Path(member.name).parts
+            if not member.isfile() or len(parts) != 3 or parts[0] != "test" or taken[parts[1]] >= 30:
+                if len(taken) == 10 and min(taken.values()) >= 30:
+                    break
+                continue
+            split = "train" if taken[parts[1]] < 20 else "test"
+            target = root / split / parts[1] / parts[2]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(archive.extractfile(member).read())
+            taken[parts[1]] += 1
+    assert sorted(taken) == CIFAR_CLASSES
+    return root
+
+
+def test_labelled_image_folder_from_cifar_jpegs(cifar_folder, tmp_path):
+    split = load_split("folder", "train", cifar_folder, image_size=32, cache_dir=tmp_path)
+    assert split.images.shape == (200, 3, 32, 32) and split.images.dtype == torch.uint8
+    assert split.classes == CIFAR_CLASSES
+    assert torch.bincount(split.labels).tolist() == [20] * 10
+    first = sorted((cifar_folder / "train" / "airplane").iterdir())[0]
+    expected = np.array(Image.open(first).convert("RGB")).transpose(2, 0, 1).copy()
+    assert torch.equal(split.images[0], torch.from_numpy(expected))  # 32 px: no resampling
+    assert split.images[split.labels == CIFAR_CLASSES.index("truck")].shape[0] == 20
+
+    test = load_split("folder", "test", cifar_folder, image_size=24, cache_dir=tmp_path)
+    assert test.images.shape == (100, 3, 24, 24) and test.classes == CIFAR_CLASSES
+
+
+def test_folder_datamodule_uses_train_and_test_subfolders(cifar_folder, tmp_path):
+    dm = SSLDataModule("folder", data_dir=str(cifar_folder), batch_size=50, image_size=32, cache_dir=str(tmp_path))
+    assert dm.num_classes == 10 and dm.image_size == 32 and dm.mean == data.IMAGENET_MEAN
+    dm.prepare_data()
+    dm.setup("fit")
+    bank, queries = dm.val_dataloader()
+    assert len(bank.dataset) == 200 and len(queries.dataset) == 100
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (50, 3, 32, 32) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+
+
+def test_flat_folder_is_unlabelled(tmp_path):
+    for i in range(5):
+        save_png(tmp_path / "photos" / f"{i}.png", random_rgb(i))
+    split = load_split("folder", "train", tmp_path / "photos", image_size=16)
+    assert split.images.shape == (5, 3, 16, 16) and split.classes == []
+    assert (split.labels == -1).all()
+    dm = SSLDataModule("folder", data_dir=str(tmp_path / "photos"), batch_size=2, image_size=16)
+    assert dm.num_classes is None
+    dm.setup("fit")
+    assert dm.num_classes is None and dm.val_dataloader() == []
+
+
+def test_nested_folders_are_scanned_recursively(tmp_path):
+    save_png(tmp_path / "a" / "b" / "c" / "deep.png", random_rgb(0))
+    save_png(tmp_path / "a" / "top.PNG", random_rgb(1))
+    save_png(tmp_path / "d" / "e" / "f.png", random_rgb(2))
+    split = load_split("folder", "train", tmp_path, image_size=8, cache_dir=tmp_path / ".cache")
+    assert len(split) == 3 and split.classes == ["a", "d"] and split.labels.tolist() == [0, 0, 1]
+
+    save_png(tmp_path / "loose.png", random_rgb(3))  # an image at the top: no class layout any more
+    split = load_split("folder", "train", tmp_path, image_size=8, cache_dir=tmp_path / ".cache")
+    assert len(split) == 4 and split.classes == [] and (split.labels == -1).all()
+
+
+def test_image_modes_decode_to_rgb_squares(tmp_path):
+    rgb = random_rgb(0, 24, 40)
+    save_png(tmp_path / "gray.png", rgb[..., 0])
+    save_png(tmp_path / "rgba.png", np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)]))
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(tmp_path / "palette.gif")
+    Image.fromarray(np.full((40, 24), 32896, np.uint16)).save(tmp_path / "sixteen.png")  # 128 * 257
+    Image.fromarray(rgb).save(tmp_path / "photo.JPG")
+    assert Image.open(tmp_path / "sixteen.png").mode.startswith("I")
+    split = load_split("folder", "train", tmp_path, image_size=16)
+    assert split.images.shape == (5, 3, 16, 16) and split.images.dtype == torch.uint8
+    names = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+    sixteen = split.images[names.index("sixteen.png")]
+    assert (sixteen == 128).all(), "16-bit values are scaled to 8 bits, not clipped"
+
+
+def test_unreadable_files_are_skipped_and_counted(tmp_path, caplog):
+    save_png(tmp_path / "good.png", random_rgb(0))
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    (tmp_path / "notes.txt").write_text("hello")
+    with caplog.at_level(logging.WARNING, logger="ssl_siamese"):
+        split = load_split("folder", "train", tmp_path, image_size=8)
+    assert len(split) == 1
+    assert "skipped 2 unreadable files" in caplog.text
+    assert "broken.jpg" in caplog.text and "notes.txt" in caplog.text
+
+
+def test_empty_missing_and_unreadable_folders_are_clear_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="empty"):
+        load_split("folder", "train", tmp_path / "empty")
+    with pytest.raises(DataNotFoundError, match="does-not-exist"):
+        load_split("folder", "train", tmp_path / "does-not-exist")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="could be read"):
+        load_split("folder", "train", tmp_path / "bad")
+
+
+def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
+    for i in range(4):
+        save_png(tmp_path / "imgs" / f"{i}.png", random_rgb(i))
+    first = load_split("folder", "train", tmp_path / "imgs", image_size=12)
+    assert list((tmp_path / "imgs" / ".ssl_siamese_cache").glob("*.pt")), "default cache in the data folder"
+
+    def fail(path, size):
+        raise AssertionError("decoded again despite the cache")
+
+    monkeypatch.setattr(data, "_decode_image", fail)
+    second = load_split("folder", "train", tmp_path / "imgs", image_size=12)
+    assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+
+    save_png(tmp_path / "imgs" / "new.png", random_rgb(9))  # a changed folder is decoded again
+    with pytest.raises(ValueError, match="could be read"):
+        load_split("folder", "train", tmp_path / "imgs", image_size=12)
+    assert not list((tmp_path / "imgs" / ".ssl_siamese_cache").glob("*.tmp")), "atomic write leaves no temp file"
+
+
+# --------------------------------------------------------------------------- synthetic and the datamodule
+
+def test_synthetic_is_deterministic():
+    a, b = load_split("synthetic", "train"), load_split("synthetic", "train")
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    assert a.images.shape == (2048, 3, 32, 32) and a.images.dtype == torch.uint8
+    assert torch.bincount(a.labels).tolist() == [205] * 8 + [204] * 2
+    test = load_split("synthetic", "test")
+    assert test.images.shape == (512, 3, 32, 32) and not torch.equal(test.images[:10], a.images[:10])
+
+
+def test_datamodule_batches_and_validation_loaders():
+    dm = SSLDataModule("synthetic", batch_size=64, knn_bank_subset=300, val_subset=100, train_subset=1000)
+    assert (dm.image_size, dm.channels, dm.num_classes) == (32, 3, 10)
+    assert dm.mean == (0.5,) * 3 and dm.hparams["dataset"] == "synthetic"
+    dm.prepare_data()
+    dm.setup("fit")
+    train = dm.train_dataloader()
+    assert len(train) == 1000 // 64
+    images, labels = next(iter(train))
+    assert images.shape == (64, 3, 32, 32) and images.dtype == torch.uint8 and labels.dtype == torch.int64
+    loaders = dm.val_dataloader()
+    assert len(loaders) == 2
+    assert len(loaders[0].dataset) == 300 and len(loaders[1].dataset) == 100
+    bank_images, _ = next(iter(loaders[0]))
+    again = SSLDataModule("synthetic", batch_size=64, knn_bank_subset=300, val_subset=100, train_subset=1000)
+    again.setup("fit")
+    assert torch.equal(next(iter(again.val_dataloader()[0]))[0], bank_images), "subsets are seeded"
+
+
+@needs_fashion
+def test_fashion_mnist_datamodule_subsets():
+    dm = SSLDataModule("fashion_mnist", data_dir=str(FASHION), batch_size=128, train_subset=2000,
+                       knn_bank_subset=1000, val_subset=500, download=False)
+    assert (dm.image_size, dm.channels, dm.num_classes) == (28, 1, 10)
+    dm.setup("fit")
+    images, labels = next(iter(dm.train_dataloader()))
+    assert images.shape == (128, 1, 28, 28) and images.dtype == torch.uint8 and labels.max() <= 9
+    assert [len(loader.dataset) for loader in dm.val_dataloader()] == [1000, 500]
+
+
+def test_batch_larger_than_the_dataset_is_a_clear_error():
+    dm = SSLDataModule("synthetic", batch_size=512, train_subset=100)
+    with pytest.raises(ValueError, match=r"512.*100.*--data.batch_size"):
+        dm.setup("fit")
+    dm = SSLDataModule("synthetic", batch_size=512, train_subset=100, drop_last=False)
+    dm.setup("fit")
+    assert len(dm.train_dataloader()) == 1
+
+
+def test_unknown_dataset_lists_valid_names():
+    with pytest.raises(ValueError, match="cifar10, cifar100, stl10, fashion_mnist, synthetic, folder"):
+        load_split("imagenet21k", "train")
+    with pytest.raises(ValueError, match="Valid names"):
+        SSLDataModule("mnist")
+
+
+def test_image_tensors_subset():
+    split = ImageTensors(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.arange(4), ["a", "b", "c", "d"])
+    part = split.subset(torch.tensor([1, 3]))
+    assert len(part) == 2 and part.labels.tolist() == [1, 3] and part.classes == split.classes
