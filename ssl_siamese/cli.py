@@ -8,6 +8,7 @@ initialisation; trains; and exports the backbone to ``<out>/exported_models/back
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +84,8 @@ def main(model_class: type[pl.LightningModule], method_name: str,
     """Parse, check the data, measure kNN at init, train, export. User errors exit with a message.
 
     Returns a summary: ``knn_history`` [(epoch, top1, top5), ...] (epoch -1 = at initialisation),
-    ``backbone`` (the exported file), ``out`` and ``epochs``.
+    ``backbone`` (the exported file), ``out``, ``epochs``, ``fit_seconds`` (wall time of ``fit``,
+    validation included) and ``img_per_s`` (the last training throughput logged).
     """
     try:
         cli = SSLCLI(model_class, method_name, args)
@@ -97,7 +99,9 @@ def main(model_class: type[pl.LightningModule], method_name: str,
     if cli.config_init["knn_at_start"] and has_labels:
         rank_zero_info("Measuring kNN accuracy of the backbone at initialisation ...")
         trainer.validate(model, datamodule=datamodule, verbose=False)
+    started = time.perf_counter()
     trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config_init["ckpt_path"])
+    fit_seconds = time.perf_counter() - started
     path = out / "exported_models" / "backbone.pt"
     knn = next((c for c in trainer.callbacks if isinstance(c, KNNEvaluation)), None)
     history = list(knn.history) if knn is not None else []
@@ -111,4 +115,6 @@ def main(model_class: type[pl.LightningModule], method_name: str,
         for logger in trainer.loggers:  # flush and close the W&B run so its files are complete now
             if isinstance(logger, WandbLogger):
                 logger.experiment.finish()
-    return {"knn_history": history, "backbone": path, "out": out, "epochs": trainer.current_epoch}
+    img_per_s = trainer.callback_metrics.get("train/img_per_s")
+    return {"knn_history": history, "backbone": path, "out": out, "epochs": trainer.current_epoch,
+            "fit_seconds": fit_seconds, "img_per_s": float(img_per_s) if img_per_s is not None else None}

@@ -1,0 +1,80 @@
+"""Backbone export: plain torchvision loads it strictly, load_backbone round-trips, bad files are refused."""
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from ssl_siamese import SimCLR, SimSiam, export_backbone, load_backbone
+from ssl_siamese.backbones import torchvision_resnet
+
+
+@pytest.mark.parametrize("cifar_stem", [True, False])
+def test_torchvision_loads_export_strictly(tmp_path, cifar_stem):
+    model = SimCLR(backbone="resnet18", cifar_stem=cifar_stem, view_size=32)
+    path = export_backbone(model, tmp_path / "backbone.pt", data="synthetic")
+    payload = torch.load(path, weights_only=True)
+    assert payload["metadata"]["cifar_stem"] is cifar_stem
+    plain = torchvision.models.resnet18()  # written out by hand, as a user would
+    plain.fc = nn.Identity()
+    if cifar_stem:
+        plain.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        plain.maxpool = nn.Identity()
+    plain.load_state_dict(payload["state_dict"], strict=True)
+    images = torch.randn(2, 3, 32, 32)
+    model.eval()
+    plain.eval()
+    torch.testing.assert_close(plain(images), model(images))
+
+
+def test_round_trip_gives_identical_features(tmp_path):
+    torch.manual_seed(0)
+    model = SimSiam(backbone="tiny_cnn", projection_dim=32, view_size=28)
+    with torch.no_grad():  # make BN running stats non-trivial
+        model.train()
+        model.backbone(torch.randn(16, 3, 28, 28))
+    model.eval()
+    export_backbone(model, tmp_path / "b.pt", epochs=3)
+    backbone, metadata = load_backbone(tmp_path / "b.pt")
+    assert not backbone.training
+    assert metadata["method"] == "SimSiam" and metadata["epochs"] == 3 and metadata["image_size"] == 28
+    images = torch.randn(4, 3, 28, 28)
+    torch.testing.assert_close(backbone(images), model(images))
+
+
+def test_truncated_file_is_a_clear_error(tmp_path):
+    path = export_backbone(SimCLR(backbone="tiny_cnn"), tmp_path / "b.pt")
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        load_backbone(path)
+
+
+class Payload:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_pickled_objects_are_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "metadata": {"format": "ssl_siamese.backbone/1"}, "x": Payload()}, path)
+    with pytest.raises(ValueError, match="pickled objects"):
+        load_backbone(path)
+    assert "must never run" not in capsys.readouterr().out
+
+
+def test_weights_of_another_architecture_are_refused(tmp_path):
+    path = export_backbone(SimCLR(backbone="tiny_cnn"), tmp_path / "b.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["metadata"]["architecture"] = "resnet18"
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="do not fit architecture 'resnet18'"):
+        load_backbone(path)
+
+
+def test_not_an_export_and_missing_file(tmp_path):
+    path = tmp_path / "plain.pt"
+    torch.save(torchvision_resnet("resnet18").state_dict(), path)
+    with pytest.raises(ValueError, match="not an ssl_siamese backbone export"):
+        load_backbone(path)
+    with pytest.raises(FileNotFoundError):
+        load_backbone(tmp_path / "missing.pt")
