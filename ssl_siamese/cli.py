@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,8 @@ def main(model_class: type[pl.LightningModule], method_name: str,
     ``backbone`` (the exported file), ``out``, ``epochs``, ``fit_seconds`` (wall time of ``fit``,
     validation included) and ``img_per_s`` (the last training throughput logged).
     """
+    # Lightning notes that the module's on_after_batch_transfer is used with a datamodule: that is the design.
+    warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
     try:
         cli = SSLCLI(model_class, method_name, args)
         trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule

@@ -83,5 +83,8 @@ class MoCo(SiameseModule):
             k0, k1 = self.key_encoder(torch.cat([view0, view1])).chunk(2)
         negatives = self.queue.keys.clone()
         loss = 0.5 * (self.criterion(q0, k1, negatives) + self.criterion(q1, k0, negatives))
-        self.queue.enqueue(torch.cat([k0, k1]))
+        # One view at a time: gathered from all ranks, the keys land in the single-process order
+        # [k0 of every sample, k1 of every sample], so ranks and one process evict the same keys.
+        self.queue.enqueue(k0)
+        self.queue.enqueue(k1)
         return loss, q0.float()

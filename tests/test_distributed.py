@@ -1,0 +1,134 @@
+"""Two gloo ranks on CPU compute the same loss, gradients and MoCo queue as one process on the whole batch.
+
+Each rank holds half of a fixed batch (rank 0 the first half, rank 1 the second) and calls the method's
+``shared_step`` on ``[view0_r, view1_r]``; gradients are averaged over ranks as DDP does. The reference is
+one process (no process group) on the concatenated batch in the same sample order.
+
+BatchNorm: in training mode each rank normalises with its own batch statistics, which a single process
+on the whole batch cannot reproduce. ``nn.SyncBatchNorm`` would fix that, but it raises on CPU tensors
+("SyncBatchNorm expected input tensor to be on GPU ..."), so the models run with BatchNorm in eval mode:
+BN is then a fixed per-sample affine map and the comparison isolates what this test is about, the
+cross-rank loss logic (NT-Xent's gathered negatives and its gradient, MoCo's gathered queue). On GPUs use
+``Trainer(sync_batchnorm=True)`` to get the single-process BN statistics too.
+
+NT-Xent gradient scale: lightly's gather sums the gradients of every rank's loss w.r.t. each rank's
+embeddings (all-reduce in backward) and DDP then averages over ranks, which gives exactly the gradient of
+the mean of the per-rank losses, i.e. of the single-process loss. No factor of world_size is missing.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from ssl_siamese.methods import MoCo, SimCLR, SimSiam
+
+WORLD_SIZE = 2
+PER_RANK = 4
+STEPS = 3
+METHODS = {
+    "simclr": (SimCLR, {"projection_dim": 16, "hidden_dim": 32}),
+    # 2 * 8 keys per step do not divide 24: the queue wraps around in the middle of a step's keys.
+    "moco": (MoCo, {"projection_dim": 16, "hidden_dim": 32, "queue_size": 24}),
+    "simsiam": (SimSiam, {"projection_dim": 32, "predictor_hidden_dim": 8}),
+}
+
+
+def fixed_batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``STEPS`` global batches of two views, ``WORLD_SIZE * PER_RANK`` samples each."""
+    g = torch.Generator().manual_seed(123)
+    n = WORLD_SIZE * PER_RANK
+    return [(torch.randn(n, 3, 16, 16, generator=g), torch.randn(n, 3, 16, 16, generator=g))
+            for _ in range(STEPS)]
+
+
+def build(name: str) -> torch.nn.Module:
+    cls, kwargs = METHODS[name]
+    torch.manual_seed(0)
+    model = cls(backbone="tiny_cnn", lr=0.5, batch_size=PER_RANK, **kwargs)
+    return model.eval()  # BatchNorm with fixed statistics: see the module docstring
+
+
+def run_steps(name: str, rank: int = 0, world_size: int = 1) -> dict[str, list[torch.Tensor]]:
+    """Train ``STEPS`` SGD steps on this rank's shard; record loss, averaged grads and the MoCo queue."""
+    model = build(name)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5, momentum=0.9)
+    record: dict[str, list] = {"loss": [], "grads": [], "queue": []}
+    for view0, view1 in fixed_batches():
+        shard = slice(rank * len(view0) // world_size, (rank + 1) * len(view0) // world_size)
+        optimizer.zero_grad()
+        loss, _ = model.shared_step(view0[shard], view1[shard])
+        loss.backward()
+        loss = loss.detach()
+        if world_size > 1:  # what DDP does: average the gradients (and here the logged loss) over ranks
+            for tensor in [loss] + [p.grad for p in model.parameters() if p.grad is not None]:
+                dist.all_reduce(tensor)
+                tensor /= world_size
+        record["loss"].append(loss.clone())
+        record["grads"].append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+        if name == "moco":
+            record["queue"].append(model.queue.keys.clone())
+        optimizer.step()
+    return record
+
+
+def _worker(rank: int, port: int, out_dir: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
+    try:
+        torch.save({name: run_steps(name, rank, WORLD_SIZE) for name in METHODS}, f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> tuple[list[dict], dict]:
+    out_dir = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
+    ranks = [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    assert not dist.is_initialized()
+    reference = {name: run_steps(name) for name in METHODS}
+    return ranks, reference
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max((a[k] - b[k]).abs().max().item() for k in a)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_two_ranks_match_one_process(runs, name):
+    ranks, reference = runs
+    ref = reference[name]
+    for step in range(STEPS):
+        ref_grads = ref["grads"][step]
+        assert ref_grads, "no gradients recorded"
+        scale = max(g.abs().max().item() for g in ref_grads.values())
+        for record in ranks:
+            loss = record[name]["loss"][step]
+            assert torch.allclose(loss, ref["loss"][step], rtol=1e-5, atol=1e-6), (step, loss, ref["loss"][step])
+            diff = max_abs_diff(record[name]["grads"][step], ref_grads)
+            print(f"{name} step {step}: |loss diff| {abs(loss - ref['loss'][step]).item():.2e}, "
+                  f"max |grad diff| {diff:.2e} (max |grad| {scale:.2e})")
+            assert diff <= 1e-5 * max(scale, 1.0), (step, diff, scale)
+
+
+def test_moco_queue_identical_on_all_ranks_and_single_process(runs):
+    ranks, reference = runs
+    for step in range(STEPS):
+        rank0, rank1 = (record["moco"]["queue"][step] for record in ranks)
+        assert torch.equal(rank0, rank1), f"ranks' queues differ after step {step}"
+        single = reference["moco"]["queue"][step]
+        assert torch.allclose(rank0, single, atol=1e-5), (
+            f"queue differs from the single-process queue after step {step}: "
+            f"max diff {(rank0 - single).abs().max().item():.2e}")
