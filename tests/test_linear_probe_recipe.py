@@ -1,0 +1,83 @@
+"""The linear-probe recipe on real Fashion-MNIST: exported backbones, Lightning checkpoints, bad files."""
+
+import json
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+from ssl_siamese import MoCo, SimCLR, SSLDataModule, export_backbone
+from ssl_siamese.recipes.linear_probe import load_pretrained, main, run_linear_probe
+
+FASHION_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-mnist"
+pytestmark = [
+    pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason=f"Fashion-MNIST not found at {FASHION_MNIST}"),
+    pytest.mark.filterwarnings("ignore:.*overridden `on_after_batch_transfer`"),
+]
+QUICK = {"dataset": "fashion_mnist", "data_dir": FASHION_MNIST, "subset": 1500, "epochs": 30,
+         "download": False, "progress": False}
+
+
+@pytest.fixture(autouse=True)
+def offline_wandb(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+def lightning_checkpoint(method, path, **kwargs):
+    pl.seed_everything(0, verbose=False)
+    model = method(backbone="tiny_cnn", view_size=28, batch_size=32, **kwargs)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, datamodule=SSLDataModule("synthetic", batch_size=32, train_subset=64))
+    trainer.save_checkpoint(path)
+    return model
+
+
+def test_exported_backbone_is_well_above_chance(tmp_path):
+    torch.manual_seed(0)
+    path = export_backbone(SimCLR(backbone="tiny_cnn", view_size=28), tmp_path / "backbone.pt")
+    result = run_linear_probe(path, out=tmp_path / "out", log_to="wandb", **QUICK)
+    assert result["mode"] == "linear" and result["method"] == "SimCLR"
+    assert result["num_train"] == result["num_test"] == 1500
+    assert result["top1"] > 0.5 and result["top5"] > result["top1"]  # chance: 0.1 and 0.5
+    assert sum(map(sum, result["confusion"])) == 1500
+    assert Path(result["confusion_png"]).is_file()
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["top1"] == result["top1"]
+    assert list((tmp_path / "out").glob("wandb/offline-run-*"))
+
+
+@pytest.mark.parametrize("method, kwargs", [(SimCLR, {}), (MoCo, {"queue_size": 64})])
+def test_lightning_checkpoint_is_recognised(tmp_path, method, kwargs):
+    model = lightning_checkpoint(method, tmp_path / "last.ckpt", **kwargs)
+    backbone, metadata = load_pretrained(tmp_path / "last.ckpt")
+    assert metadata["method"] == method.__name__ and metadata["image_size"] == 28
+    model.eval()
+    images = torch.randn(4, 3, 28, 28)
+    torch.testing.assert_close(backbone(images), model(images))
+    if method is SimCLR:
+        result = run_linear_probe(tmp_path / "last.ckpt", out=tmp_path / "out", log_to="none", **QUICK)
+        assert result["method"] == "SimCLR" and result["top1"] > 0.5
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path, capsys):
+    lightning_checkpoint(SimCLR, tmp_path / "last.ckpt")
+    data = (tmp_path / "last.ckpt").read_bytes()
+    (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="truncated"):
+        load_pretrained(tmp_path / "cut.ckpt")
+    with pytest.raises(SystemExit, match="truncated"):
+        main(["--ckpt", str(tmp_path / "cut.ckpt"), "--data.data_dir", str(FASHION_MNIST), "--log_to", "none"])
+
+
+def test_finetune_from_the_command_line(tmp_path, capsys):
+    torch.manual_seed(0)
+    path = export_backbone(SimCLR(backbone="tiny_cnn", view_size=28), tmp_path / "backbone.pt")
+    result = main(["--ckpt", str(path), "--data.dataset", "fashion_mnist", "--data.data_dir", str(FASHION_MNIST),
+                   "--data.download", "false", "--finetune", "--epochs", "3", "--batch_size", "64", "--subset", "600",
+                   "--out", str(tmp_path / "out"), "--log_to", "none"])
+    assert result["mode"] == "finetune" and result["top1"] > 0.4
+    assert "top-1" in capsys.readouterr().out
+    assert (tmp_path / "out" / "finetune_probe_confusion_matrix.png").is_file()
