@@ -1,0 +1,228 @@
+"""Fine-tune a backbone end to end with a new linear head: SSL init vs random (or ImageNet) init.
+
+    python -m ssl_siamese.recipes.finetune --backbone out/simclr/exported_models/backbone.pt \
+        --data.dataset fashion_mnist --data.data_dir ./data --epochs 10
+    python -m ssl_siamese.recipes.finetune --backbone random --arch resnet18 --data.dataset cifar10 --epochs 10
+    python -m ssl_siamese.recipes.finetune --backbone imagenet --arch resnet18 --data.dataset cifar10
+
+``--backbone`` is an exported backbone (its architecture, input size and normalisation come from its
+metadata), ``random`` (``--arch``, freshly initialised, the dataset's size and normalisation) or
+``imagenet`` (torchvision's ImageNet weights for ``--arch``, read only from the local torch hub cache:
+nothing is downloaded). Training: random resized crops (scale 0.5-1) and flips on the device,
+cross-entropy, SGD with momentum and cosine decay per step. It prints the test top-1 and writes
+``<out>/results.json``.
+
+Example:
+    >>> ssl = run_finetune("backbone.pt", "fashion_mnist", "./data", epochs=5, train_subset=5000, log_to="none")
+    >>> rnd = run_finetune("random", "fashion_mnist", "./data", arch="tiny_cnn", epochs=5, train_subset=5000)
+    >>> ssl["top1"], rnd["top1"]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from ssl_siamese.augment import ViewAugmentation
+from ssl_siamese.backbones import TORCHVISION_RESNETS, build_backbone, torchvision_resnet
+from ssl_siamese.data import (
+    DATASETS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    DataNotFoundError,
+    ImageTensors,
+    UInt8ImageDataset,
+    load_split,
+)
+from ssl_siamese.export import load_backbone
+from ssl_siamese.loggers import LOGGERS, make_logger
+
+
+class FineTuneClassifier(pl.LightningModule):
+    """Backbone + linear head trained together with cross-entropy; uint8 batches are augmented on the device.
+
+    Example:
+        >>> backbone, dim = build_backbone("tiny_cnn")
+        >>> model = FineTuneClassifier(backbone, dim, num_classes=10, image_size=28, mean=(0.5,) * 3, std=(0.25,) * 3)
+        >>> pl.Trainer(max_epochs=5).fit(model, train_loader)
+    """
+
+    def __init__(self, backbone: nn.Module, feature_dim: int, num_classes: int, image_size: int,
+                 mean: Sequence[float], std: Sequence[float], lr: float = 0.05, weight_decay: float = 5e-4,
+                 momentum: float = 0.9) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone"])
+        self.backbone = backbone
+        self.head = nn.Linear(feature_dim, num_classes)
+        self.augmentation = ViewAugmentation(image_size, crop_scale=(0.5, 1.0), jitter_prob=0.0,
+                                             grayscale_prob=0.0, mean=mean, std=std)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """Logits of normalised images."""
+        return self.head(self.backbone(images).flatten(1))
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        images, labels = batch
+        training = self._trainer is not None and self.trainer.training
+        return (self.augmentation(images) if training else self.augmentation.normalize(images)), labels
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        images, labels = batch
+        loss = F.cross_entropy(self(images), labels)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        images, labels = batch
+        accuracy = (self(images).argmax(1) == labels).float().mean()
+        self.log("test/top1", accuracy, batch_size=len(labels))  # averaged over the epoch, weighted by size
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer = torch.optim.SGD(self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        steps = max(1, int(self.trainer.estimated_stepping_batches))
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+        return [optimizer], [{"scheduler": schedule, "interval": "step"}]
+
+
+def imagenet_backbone(arch: str) -> tuple[nn.Module, int]:
+    """torchvision's ImageNet weights for ``arch`` from the local torch hub cache; never downloads.
+
+    Raises:
+        ValueError: ``arch`` is not a torchvision ResNet, or its weights are not in the cache.
+    """
+    if arch not in TORCHVISION_RESNETS:
+        raise ValueError(f"--backbone imagenet needs a torchvision ResNet --arch ({', '.join(TORCHVISION_RESNETS)}), "
+                         f"not {arch!r}.")
+    url = torchvision.models.get_model_weights(arch).DEFAULT.url
+    path = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if not path.is_file():
+        raise ValueError(f"ImageNet weights for {arch} are not available locally (looked for {path}); nothing is "
+                         f"downloaded here. Fetch them once with network access: python -c \"import torchvision; "
+                         f"torchvision.models.{arch}(weights='DEFAULT')\", or copy {url} to {path}.")
+    model = torchvision_resnet(arch)
+    state = {k: v for k, v in torch.load(path, map_location="cpu", weights_only=True).items()
+             if not k.startswith("fc.")}
+    model.load_state_dict(state, strict=True)
+    return model, 2048 if arch == "resnet50" else 512
+
+
+def build_init(backbone: str, arch: str, cifar_stem: bool, dataset: str,
+               image_size: int | None) -> tuple[nn.Module, int, dict[str, Any]]:
+    """``(module, feature_dim, metadata with image_size/mean/std)`` for PATH, ``random`` or ``imagenet``."""
+    info = DATASETS[dataset]
+    if backbone == "random":
+        module, dim = build_backbone(arch, cifar_stem)
+        return module, dim, {"image_size": image_size or info.image_size, "mean": info.mean, "std": info.std}
+    if backbone == "imagenet":
+        module, dim = imagenet_backbone(arch)
+        return module, dim, {"image_size": image_size or info.image_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    module, metadata = load_backbone(backbone)
+    if image_size:
+        metadata["image_size"] = image_size
+    metadata["image_size"] = metadata.get("image_size") or info.image_size
+    return module.train(), int(metadata["feature_dim"]), metadata
+
+
+def _labelled_subset(split: ImageTensors, size: int | None, seed: int) -> ImageTensors:
+    split = split.subset(torch.nonzero(split.labels >= 0).flatten())
+    if size is None or size >= len(split):
+        return split
+    return split.subset(torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:size])
+
+
+def run_finetune(backbone: str | Path = "random", dataset: str = "fashion_mnist", data_dir: str | Path = "./data",
+                 arch: str = "resnet18", cifar_stem: bool = True, epochs: int = 10, lr: float = 0.05,
+                 weight_decay: float = 5e-4, batch_size: int = 128, train_subset: int | None = None,
+                 test_subset: int | None = None, image_size: int | None = None, out: str | Path = "out/finetune",
+                 log_to: str = "wandb", seed: int = 0, download: bool = True, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune and test; returns (and writes to ``<out>/results.json``) ``top1``, ``init`` and the settings.
+
+    ``arch`` and ``cifar_stem`` apply to ``random`` (and ``arch`` to ``imagenet``); an exported backbone
+    carries its own. ``train_subset``/``test_subset`` keep seeded random subsets (quick CPU runs).
+    """
+    if dataset not in DATASETS or (DATASETS[dataset].num_classes is None and dataset != "folder"):
+        raise ValueError(f"Unknown or unlabelled dataset {dataset!r}; choose one of "
+                         f"{', '.join(n for n, i in DATASETS.items() if i.num_classes or n == 'folder')}.")
+    pl.seed_everything(seed, verbose=False)
+    module, feature_dim, metadata = build_init(str(backbone), arch, cifar_stem, dataset, image_size)
+    size = int(metadata["image_size"])
+    train, test = (_labelled_subset(load_split(dataset, split, data_dir, download, image_size=size), subset, seed + i)
+                   for i, (split, subset) in enumerate((("train", train_subset), ("test", test_subset))))
+    if len(train) == 0 or len(test) == 0:
+        raise ValueError(f"{dataset} in {data_dir} has no labelled train or test images.")
+    num_classes = len(train.classes) or int(max(train.labels.max(), test.labels.max())) + 1
+    model = FineTuneClassifier(module, feature_dim, num_classes, size, metadata["mean"], metadata["std"], lr,
+                               weight_decay)
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(UInt8ImageDataset(train.images, train.labels), batch_size=batch_size, shuffle=True,
+                              drop_last=len(train) > batch_size, generator=generator)
+    test_loader = DataLoader(UInt8ImageDataset(test.images, test.labels), batch_size=batch_size)
+    out = Path(out)
+    trainer = pl.Trainer(max_epochs=epochs, accelerator="auto", devices=1, logger=make_logger(log_to, out, "finetune"),
+                         default_root_dir=str(out), enable_checkpointing=False, enable_progress_bar=progress,
+                         enable_model_summary=False, log_every_n_steps=10)
+    trainer.fit(model, train_loader)
+    (metrics,) = trainer.test(model, test_loader, verbose=False)
+    result = {"top1": float(metrics["test/top1"]), "init": str(backbone), "dataset": dataset,
+              "architecture": metadata.get("architecture", arch), "epochs": epochs, "lr": lr,
+              "weight_decay": weight_decay, "num_train": len(train), "num_test": len(test), "image_size": size}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2))
+    for logger in trainer.loggers:
+        logger.finalize("success")
+        if hasattr(getattr(logger, "experiment", None), "finish"):
+            logger.experiment.finish()
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ssl_siamese.recipes.finetune",
+                                     description="Fine-tune a backbone with a new linear head; report test top-1.")
+    parser.add_argument("--backbone", required=True, help="Exported backbone (.pt), 'random' or 'imagenet'.")
+    parser.add_argument("--arch", default="resnet18", help="Architecture for random/imagenet (e.g. tiny_cnn).")
+    parser.add_argument("--cifar_stem", default=True, type=lambda s: s.lower() == "true",
+                        help="3x3 stem for a random torchvision ResNet (true/false).")
+    parser.add_argument("--data.dataset", dest="dataset", default="fashion_mnist")
+    parser.add_argument("--data.data_dir", dest="data_dir", default="./data")
+    parser.add_argument("--data.download", dest="download", default=True, type=lambda s: s.lower() == "true")
+    parser.add_argument("--data.train_subset", dest="train_subset", type=int, default=None)
+    parser.add_argument("--data.test_subset", dest="test_subset", type=int, default=None)
+    parser.add_argument("--data.image_size", dest="image_size", type=int, default=None)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--weight_decay", type=float, default=5e-4)
+    parser.add_argument("--batch_size", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="out/finetune")
+    parser.add_argument("--log_to", default="wandb", choices=LOGGERS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    """Command-line entry point; user errors exit with a one-line message."""
+    args = parse_args(argv)
+    try:
+        result = run_finetune(args.backbone, args.dataset, args.data_dir, args.arch, args.cifar_stem, args.epochs,
+                              args.lr, args.weight_decay, args.batch_size, args.train_subset, args.test_subset,
+                              args.image_size, args.out, args.log_to, args.seed, args.download)
+    except (FileNotFoundError, ValueError, DataNotFoundError) as error:
+        sys.exit(f"ssl_siamese.recipes.finetune: error: {error}")
+    print(f"Fine-tuned {result['init']} ({result['architecture']}) on {result['dataset']} for {result['epochs']} "
+          f"epochs ({result['num_train']} train / {result['num_test']} test): test top-1 {result['top1']:.4f}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""Downstream use of an exported backbone: embedding index, embed recipe, one-shot classifier, fine-tuning.
+
+The index is checked against a brute-force float64 search; the recipe against a hand-written
+preprocessing; the real-data tests use Fashion-MNIST from ../shared/data (skipped when absent).
+"""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+from ssl_siamese import SimCLR, export_backbone, load_backbone
+from ssl_siamese import embeddings as embeddings_module
+from ssl_siamese.backbones import build_backbone
+from ssl_siamese.data import DATASETS, load_split
+from ssl_siamese.embeddings import EmbeddingIndex, embed_images
+from ssl_siamese.oneshot import UNKNOWN, OneShotClassifier
+from ssl_siamese.recipes import embed as embed_recipe
+from ssl_siamese.recipes.embed import run_embed
+from ssl_siamese.recipes.finetune import run_finetune
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-mnist"
+needs_fashion_mnist = pytest.mark.skipif(not (DATA / "train-images-idx3-ubyte.gz").is_file(),
+                                         reason=f"no Fashion-MNIST at {DATA}")
+FASHION = DATASETS["fashion_mnist"]
+
+
+def brute_force(gallery: torch.Tensor, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine top-k in float64, written independently of the index."""
+    g, q = gallery.double(), queries.double()
+    scores = (q @ g.T) / (q.norm(dim=1, keepdim=True) * g.norm(dim=1))
+    order = np.argsort(-scores.numpy(), axis=1, kind="stable")[:, :k]
+    return torch.from_numpy(np.take_along_axis(scores.numpy(), order, axis=1)), torch.from_numpy(order)
+
+
+# --------------------------------------------------------------------------- EmbeddingIndex
+
+def test_index_matches_brute_force_float64():
+    generator = torch.Generator().manual_seed(0)
+    gallery, queries = torch.randn(700, 48, generator=generator), torch.randn(37, 48, generator=generator)
+    index = EmbeddingIndex(gallery[:400], chunk_size=8).add(gallery[400:])  # chunked queries, two adds
+    scores, indices = index.search(queries, k=10)
+    expected_scores, expected_indices = brute_force(gallery, queries, 10)
+    assert indices.shape == (37, 10) and indices.dtype == torch.int64
+    assert torch.equal(indices, expected_indices)
+    torch.testing.assert_close(scores.double(), expected_scores, atol=1e-5, rtol=0)
+    assert index.search(queries[:2], k=10_000)[1].shape == (2, 700)  # k capped at the index size
+
+
+class FakeFaiss:
+    """Stands in for faiss when it is not installed: an exact inner-product index in numpy."""
+
+    class IndexFlatIP:
+        def __init__(self, dim: int) -> None:
+            self.vectors = np.empty((0, dim), dtype=np.float32)
+
+        def add(self, vectors: np.ndarray) -> None:
+            self.vectors = np.concatenate([self.vectors, vectors])
+
+        def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+            scores = queries @ self.vectors.T
+            order = np.argsort(-scores, axis=1)[:, :k]
+            return np.take_along_axis(scores, order, axis=1), order
+
+
+def test_index_uses_faiss_when_large(monkeypatch):
+    if embeddings_module._import_faiss() is None:
+        monkeypatch.setitem(sys.modules, "faiss", FakeFaiss)
+    monkeypatch.setattr(embeddings_module, "FAISS_MIN_SIZE", 0)
+    gallery, queries = torch.randn(300, 16), torch.randn(5, 16)
+    scores, indices = EmbeddingIndex(gallery).search(queries, k=5)
+    expected_scores, expected_indices = brute_force(gallery, queries, 5)
+    assert torch.equal(indices, expected_indices)
+    torch.testing.assert_close(scores.double(), expected_scores, atol=1e-5, rtol=0)
+
+
+def test_index_save_load_round_trip(tmp_path):
+    features = torch.randn(50, 8)
+    index = EmbeddingIndex(features, labels=torch.arange(50) % 3, ids=[f"img_{i}.png" for i in range(50)])
+    path = index.save(tmp_path / "gallery.index")  # any suffix: the name is kept as given
+    loaded = EmbeddingIndex.load(path)
+    assert path.name == "gallery.index" and len(loaded) == 50
+    assert torch.equal(loaded.features, index.features) and torch.equal(loaded.labels, index.labels)
+    assert loaded.ids == index.ids
+    queries = torch.randn(4, 8)
+    assert all(torch.equal(a, b) for a, b in zip(loaded.search(queries, 3), index.search(queries, 3)))
+    with pytest.raises(ValueError, match="labels"):
+        loaded.add(torch.randn(2, 8), ids=["a", "b"])  # labelled index: labels are required
+    with pytest.raises(ValueError, match="dimension"):
+        loaded.search(torch.randn(1, 9), 1)
+
+
+# --------------------------------------------------------------------------- embed recipe
+
+def _exported_tiny_cnn(tmp_path: Path, size: int) -> Path:
+    torch.manual_seed(0)
+    model = SimCLR(backbone="tiny_cnn", view_size=size, mean=FASHION.mean, std=FASHION.std)
+    return export_backbone(model, tmp_path / "backbone.pt", data="test")
+
+
+def test_embed_recipe_on_a_folder(tmp_path, capsys):
+    backbone_path = _exported_tiny_cnn(tmp_path, size=16)
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    written = {}
+    for name in ("cats/a.png", "cats/b.png", "dogs/c.png", "dogs/sub/d.png", "dogs/e.png"):
+        array = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array).save(root / name)
+        written[name] = array
+    (root / "cats" / "broken.png").write_bytes(b"\x89PNG not really")
+    (root / "dogs" / "notes.txt").write_text("not an image")
+
+    summary = run_embed(backbone_path, root, tmp_path / "out" / "emb.npz", batch_size=2, progress=False)
+    assert summary["skipped"] == 1 and summary["skipped_paths"] == ["cats/broken.png"]
+    assert "skipped 1 unreadable" in capsys.readouterr().err
+    with np.load(tmp_path / "out" / "emb.npz", allow_pickle=False) as data:
+        paths, embeddings = data["paths"].tolist(), data["embeddings"]
+        assert paths == sorted(written) and embeddings.shape == (5, 128) and embeddings.dtype == np.float32
+        assert data["classes"].tolist() == ["cats", "dogs"] and data["labels"].tolist() == [0, 0, 1, 1, 1]
+
+    backbone, _ = load_backbone(backbone_path)
+    images = torch.from_numpy(np.stack([written[p] for p in paths])).permute(0, 3, 1, 2).float() / 255
+    mean, std = torch.tensor(FASHION.mean).view(1, 3, 1, 1), torch.tensor(FASHION.std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = backbone((images - mean) / std)
+    torch.testing.assert_close(torch.from_numpy(embeddings), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_embed_recipe_errors_are_clear(tmp_path):
+    with pytest.raises(SystemExit, match="No exported backbone"):
+        embed_recipe.main(["--backbone", str(tmp_path / "missing.pt"), "--data", str(tmp_path)])
+    backbone_path = _exported_tiny_cnn(tmp_path, size=16)
+    with pytest.raises(SystemExit, match="does not exist"):
+        embed_recipe.main(["--backbone", str(backbone_path), "--data", str(tmp_path / "nowhere")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="No image files"):
+        embed_recipe.main(["--backbone", str(backbone_path), "--data", str(tmp_path / "empty")])
+
+
+def test_embed_images_accepts_one_image_and_gray():
+    backbone, _ = build_backbone("tiny_cnn")
+    metadata = {"image_size": 20, "mean": FASHION.mean, "std": FASHION.std}
+    one = embed_images(backbone, torch.zeros(1, 28, 28, dtype=torch.uint8), metadata, progress=False)
+    assert one.shape == (1, 128) and one.device.type == "cpu"
+    with pytest.raises(ValueError, match="mean"):
+        embed_images(backbone, torch.zeros(2, 3, 8, 8, dtype=torch.uint8), {"image_size": 8})
+
+
+# --------------------------------------------------------------------------- one-shot classifier
+
+def test_one_shot_on_colours_is_exact():
+    """Backbone = the mean colour, so similarities are known in closed form."""
+    colour = nn.Flatten()  # (B, 3, 1, 1) -> (B, 3)
+    metadata = {"image_size": 1, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+
+    def pixels(*rgb):
+        return torch.tensor(rgb, dtype=torch.uint8).view(-1, 3, 1, 1)
+
+    classifier = OneShotClassifier(colour, metadata, threshold=0.5)
+    classifier.register("red", pixels((255, 0, 0)))
+    classifier.register("green", pixels((0, 200, 0), (0, 100, 0)))
+    assert classifier.classes == ["red", "green"]
+    results = classifier.classify(pixels((200, 10, 0), (0, 0, 255), (10, 250, 0)))
+    assert [name for name, _ in results] == ["red", UNKNOWN, "green"]
+    assert results[0][1] == pytest.approx(200 / np.hypot(200, 10), abs=1e-6)
+    assert results[1][1] == pytest.approx(0.0, abs=1e-6)
+    classifier.register("blue", pixels((0, 0, 255)))  # a new class is a new reference, no retraining
+    assert classifier.classify(pixels((0, 0, 255)))[0] == ("blue", pytest.approx(1.0))
+    # a second shot moves the prototype to the normalised mean of the normalised references
+    classifier.register("red", pixels((255, 255, 0)))
+    expected = F.normalize(torch.tensor([1.0, 0.0, 0.0]) + torch.tensor([1.0, 1.0, 0.0]) / 2 ** 0.5, dim=0)
+    torch.testing.assert_close(classifier.prototypes()[0], expected)
+    with pytest.raises(ValueError, match="reserved"):
+        classifier.register(UNKNOWN, pixels((1, 2, 3)))
+
+
+@needs_fashion_mnist
+def test_one_shot_on_held_out_fashion_mnist_classes():
+    """Random-init tiny_cnn, references from the train split, queries from the test split."""
+    classes = {1: "Trouser", 5: "Sandal", 8: "Bag", 9: "Ankle boot"}  # chance = 0.25
+    train = load_split("fashion_mnist", "train", DATA, download=False)
+    test = load_split("fashion_mnist", "test", DATA, download=False)
+    torch.manual_seed(0)
+    backbone, _ = build_backbone("tiny_cnn")
+    metadata = {"image_size": 28, "mean": FASHION.mean, "std": FASHION.std}
+    classifier = OneShotClassifier(backbone, metadata)
+    generator = torch.Generator().manual_seed(0)
+    train_index = {c: torch.nonzero(train.labels == c).flatten() for c in classes}
+    train_index = {c: i[torch.randperm(len(i), generator=generator)] for c, i in train_index.items()}
+    queries = torch.cat([torch.nonzero(test.labels == c).flatten()[:100] for c in classes])
+    truth = [classes[int(label)] for label in test.labels[queries]]
+
+    def accuracy() -> float:
+        predicted = [name for name, _ in classifier.classify(test.images[queries])]
+        return float(np.mean([p == t for p, t in zip(predicted, truth)]))
+
+    for c, name in classes.items():
+        classifier.register(name, train.images[train_index[c][0]])
+    one_shot = accuracy()
+    for c, name in classes.items():
+        assert classifier.register(name, train.images[train_index[c][1:5]]) == 5
+    five_shot = accuracy()
+    print(f"\n4-way Fashion-MNIST, random tiny_cnn: 1-shot {one_shot:.3f}, 5-shot {five_shot:.3f} (chance 0.25)")
+    assert one_shot > 0.4 and five_shot > 0.5
+
+    classifier.threshold = 0.9999  # nothing is that similar to a prototype of random features
+    assert all(name == UNKNOWN for name, _ in classifier.classify(test.images[queries[:50]]))
+    held_out = torch.cat([train_index[c][5:55] for c in classes])
+    threshold = classifier.calibrate_threshold(train.images[held_out],
+                                               [classes[int(y)] for y in train.labels[held_out]], accept_rate=0.8)
+    accepted = np.mean([name != UNKNOWN for name, _ in classifier.classify(train.images[held_out])])
+    assert classifier.threshold == threshold and accepted >= 0.79
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+@needs_fashion_mnist
+def test_finetune_random_init_beats_chance(tmp_path):
+    result = run_finetune("random", "fashion_mnist", DATA, arch="tiny_cnn", epochs=3, lr=0.1, train_subset=2000,
+                          test_subset=500, out=tmp_path, log_to="none", download=False, progress=False)
+    print(f"\nfine-tuned random tiny_cnn, 2k images, 3 epochs: test top-1 {result['top1']:.3f}")
+    assert result["num_train"] == 2000 and result["num_test"] == 500
+    assert result["top1"] > 0.4, result
+    assert (tmp_path / "results.json").is_file()
+
+
+@needs_fashion_mnist
+def test_finetune_from_an_exported_backbone(tmp_path):
+    path = _exported_tiny_cnn(tmp_path, size=28)
+    result = run_finetune(path, "fashion_mnist", DATA, epochs=1, train_subset=256, test_subset=128,
+                          out=tmp_path / "ft", log_to="none", download=False, progress=False)
+    assert result["architecture"] == "tiny_cnn" and result["image_size"] == 28 and 0.0 <= result["top1"] <= 1.0
+
+
+def test_finetune_imagenet_without_local_weights_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    with pytest.raises(ValueError, match="not available locally"):
+        run_finetune("imagenet", "synthetic", arch="resnet18", out=tmp_path, log_to="none")
