@@ -95,7 +95,12 @@ def build_backbone(
             import timm
         except ImportError as error:
             raise ValueError(f"Backbone {name!r} needs timm: pip install timm") from error
-        model = timm.create_model(name[len("timm/"):], pretrained=False, num_classes=0)
+        timm_name = name[len("timm/"):]
+        try:
+            model = timm.create_model(timm_name, pretrained=False, num_classes=0)
+        except RuntimeError as error:  # timm's "Unknown model (...)"
+            raise ValueError(f"timm has no model {timm_name!r}; see timm.list_models('*{timm_name[:6]}*') "
+                             "for the names it knows.") from error
         return model, int(model.num_features)
     raise ValueError(
         f"Unknown backbone {name!r}. Valid names: {', '.join(BACKBONE_NAMES)}; "

@@ -7,6 +7,7 @@ initialisation; trains; and exports the backbone to ``<out>/exported_models/back
 
 from __future__ import annotations
 
+import difflib
 import sys
 import time
 import warnings
@@ -21,6 +22,9 @@ from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_info
 
 from ssl_siamese.callbacks import CollapseMonitor, ThroughputMonitor
+from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
+from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
+from ssl_siamese.checkpoints import CheckpointError, SafeCheckpointIO, check_resume_checkpoint
 from ssl_siamese.data import DataNotFoundError, SSLDataModule
 from ssl_siamese.evaluation.knn import KNNEvaluation
 from ssl_siamese.export import export_backbone
@@ -32,6 +36,29 @@ def default_precision() -> str:
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
+
+
+def check_option_names(parser: Any, argv: list[str]) -> None:
+    """Exit with a message listing the valid options of a group when a ``--group.option`` is unknown.
+
+    jsonargparse only says "unrecognized arguments"; a user who typed ``--model.tempurature`` wants to
+    see ``--model.temperature`` and the other options of ``model``.
+    """
+    known = set(parser._option_string_actions)  # noqa: SLF001 - the parser's own option table
+    for arg in argv:
+        name = arg.split("=", 1)[0].removesuffix("+")
+        if not name.startswith("--") or "." not in name or name in known:
+            continue
+        if any(option.startswith(name + ".") or ("." in option and name.startswith(option + "."))
+               for option in known):
+            continue  # nested class arguments (--model.augmentation.init_args.size, --trainer.callbacks ...)
+        group = name.split(".", 1)[0]
+        valid = sorted(option for option in known if option.startswith(group + ".") and option.count(".") == 1
+                       and not option.endswith("+"))
+        close = difflib.get_close_matches(name, valid, n=1)
+        hint = f"did you mean {close[0]}? " if close else ""
+        listing = ", ".join(v.removeprefix(group + ".") for v in valid) or "(none: the group is unknown)"
+        sys.exit(f"error: unknown option {name}; {hint}valid options of {group.removeprefix('--')}: {listing}")
 
 
 class SSLCLI(LightningCLI):
@@ -47,7 +74,8 @@ class SSLCLI(LightningCLI):
                 "max_epochs": 200,
                 "precision": default_precision(),
                 "log_every_n_steps": 10,
-                "callbacks": [ThroughputMonitor(), CollapseMonitor(), LearningRateMonitor("step")],
+                "callbacks": [ThroughputMonitor(), CollapseMonitor(), LearningRateMonitor("step"),
+                              NonFiniteLossGuard(), RNGStateCheckpoint()],
             },
         )
 
@@ -65,6 +93,10 @@ class SSLCLI(LightningCLI):
         for name in ("mean", "std"):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
 
+    def parse_arguments(self, parser, args) -> None:
+        check_option_names(parser, sys.argv[1:] if args is None else list(args))
+        super().parse_arguments(parser, args)
+
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         config = self.config_init
         out = Path(config["out"])
@@ -72,7 +104,11 @@ class SSLCLI(LightningCLI):
             kwargs["logger"] = make_logger(config["log_to"], out, self.method_name)
         if config["trainer"].get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(out)
+        if not config["trainer"].get("plugins"):
+            kwargs["plugins"] = [SafeCheckpointIO()]
         trainer = super().instantiate_trainer(**kwargs)
+        if not trainer.loggers:  # the learning-rate monitor needs a logger (--log_to none)
+            trainer.callbacks = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
         for checkpoint in trainer.checkpoint_callbacks:
             if getattr(checkpoint, "dirpath", None) is None:
                 checkpoint.dirpath = str((out / "checkpoints").resolve())
@@ -95,7 +131,9 @@ def main(model_class: type[pl.LightningModule], method_name: str,
         trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
         datamodule.prepare_data()
         datamodule.setup("fit")
-    except (DataNotFoundError, ValueError) as error:
+        if cli.config_init["ckpt_path"]:
+            check_resume_checkpoint(model, cli.config_init["ckpt_path"])
+    except (DataNotFoundError, FileNotFoundError, CheckpointError, ValueError) as error:
         sys.exit(f"ssl_siamese.recipes.{method_name}: error: {error}")
     out = Path(cli.config_init["out"])
     has_labels = datamodule.num_classes is not None

@@ -184,8 +184,8 @@ def fashion_mnist_search_paths(data_dir: str | Path) -> list[Path]:
     """Where Fashion-MNIST's IDX files are looked for, in order."""
     data_dir = Path(data_dir).expanduser().resolve()
     paths = [data_dir, data_dir / "fashion-mnist", data_dir / "FashionMNIST" / "raw", FASHION_MNIST_SYSTEM_DIR]
-    if os.environ.get(FASHION_MNIST_ENV):
-        paths.append(Path(os.environ[FASHION_MNIST_ENV]).expanduser().resolve())
+    if os.environ.get(FASHION_MNIST_ENV):  # an explicit setting wins over the system copy
+        paths.insert(3, Path(os.environ[FASHION_MNIST_ENV]).expanduser().resolve())
     return paths
 
 
@@ -401,8 +401,9 @@ def load_folder(root: str | Path, image_size: int = 64, cache_dir: str | Path | 
                                 f"--data.data_dir PATH (images in it or in one subfolder per class).")
     files, others = _scan_folder(root)
     if not files:
-        raise FileNotFoundError(f"No image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}"
-                                f"{f' (only {len(others)} other files)' if others else ' (it is empty)'}.")
+        raise DataNotFoundError(f"No image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}"
+                                f"{f' (only {len(others)} other files)' if others else ' (it is empty)'}. "
+                                "Point --data.data_dir at a folder that holds images (any depth).")
 
     cache_root = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir(root)
     key = _cache_key(root, image_size, files + others)
@@ -410,6 +411,9 @@ def load_folder(root: str | Path, image_size: int = 64, cache_dir: str | Path | 
     if cache_file.is_file():
         try:
             cached = torch.load(cache_file, weights_only=True)
+            if cached.get("skipped"):
+                logger.warning("skipped %d unreadable files in %s (decoded-image cache %s)",
+                               int(cached["skipped"]), root, cache_file)
             return ImageTensors(cached["images"], cached["labels"], list(cached["classes"]))
         except Exception as error:  # noqa: BLE001 - a bad cache is rebuilt
             logger.warning("ignoring unreadable cache %s: %s", cache_file, error)
@@ -432,7 +436,8 @@ def load_folder(root: str | Path, image_size: int = 64, cache_dir: str | Path | 
         classes, labels = [], torch.full((len(kept),), -1, dtype=torch.int64)
     images = torch.from_numpy(np.stack([array for _, array in kept]))
     try:
-        _save_atomically({"images": images, "labels": labels, "classes": classes}, cache_file)
+        _save_atomically({"images": images, "labels": labels, "classes": classes,
+                          "skipped": len(skipped)}, cache_file)
     except OSError as error:
         logger.warning("could not write the decoded-image cache %s: %s", cache_file, error)
     return ImageTensors(images, labels, classes)
@@ -453,7 +458,13 @@ def _decode_all(files: list[Path], size: int, num_threads: int | None) -> list[n
 def _folder_split_dir(data_dir: Path, split: str) -> Path | None:
     """The folder of a split: train = data_dir/train or data_dir; test/val = data_dir/test or data_dir/val."""
     if split == "train":
-        return data_dir / "train" if (data_dir / "train").is_dir() else data_dir
+        if (data_dir / "train").is_dir():
+            return data_dir / "train"
+        held_out = [name for name in ("test", "val") if (data_dir / name).is_dir()]
+        if held_out:  # otherwise the held-out images would be read as a training class
+            raise DataNotFoundError(f"{data_dir} has a {held_out[0]}/ folder but no train/ folder; put the "
+                                    f"training images in {data_dir / 'train'} (one subfolder per class).")
+        return data_dir
     for name in ("test", "val") if split in ("test", "val") else ():
         if (data_dir / name).is_dir():
             return data_dir / name

@@ -1,20 +1,21 @@
 """A crash while a checkpoint is being written leaves the previous last.ckpt whole and loadable.
 
-No checkpoint plugin of our own is needed: Lightning 2.6's ``TorchCheckpointIO`` saves through
-``lightning_fabric.utilities.cloud_io._atomic_save``, which serialises into memory first and then writes
-inside an fsspec transaction (a temporary file, moved over the target on commit; discarded on error).
-Caveat: fsspec makes the temporary file in the system temp folder, so the final move is an atomic
-rename only when that folder and the checkpoint folder are on the same filesystem.
+The recipes save through ``ssl_siamese.checkpoints.SafeCheckpointIO``: a temporary file in the checkpoint's
+own folder, fsynced, then ``os.replace``d over the target; and they read checkpoints weights-only.
 """
 
 from __future__ import annotations
 
-import fsspec.implementations.local
+import os
+import tempfile
+
 import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
+
+from ssl_siamese.checkpoints import CheckpointError, SafeCheckpointIO, read_checkpoint
 
 FAIL_AT_STEP = 3
 
@@ -47,26 +48,25 @@ def break_serialisation(monkeypatch) -> None:
     monkeypatch.setattr(torch, "save", save)
 
 
-def break_file_write(monkeypatch) -> None:
-    opener = fsspec.implementations.local.LocalFileOpener
-    real_write, calls = opener.write, []
+def break_rename(monkeypatch) -> None:
+    """Death after the new file is complete on disk but before it replaces the old one."""
+    real_replace, calls = os.replace, []
 
-    def write(self, data):
+    def replace(src, dst, *args, **kwargs):
         calls.append(1)
-        if len(calls) == FAIL_AT_STEP:  # the third checkpoint file: half of it, then death
-            real_write(self, data[: len(data) // 2])
+        if len(calls) == FAIL_AT_STEP:
             raise Killed
-        return real_write(self, data)
+        return real_replace(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(opener, "write", write)
+    monkeypatch.setattr(os, "replace", replace)
 
 
-@pytest.mark.parametrize("breaker", [break_serialisation, break_file_write])
+@pytest.mark.parametrize("breaker", [break_serialisation, break_rename])
 def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, breaker):
     torch.manual_seed(0)
     data = DataLoader(TensorDataset(torch.randn(64, 4), torch.randn(64, 1)), batch_size=8)
     trainer = pl.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path,
+                         enable_model_summary=False, default_root_dir=tmp_path, plugins=[SafeCheckpointIO()],
                          callbacks=[ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1,
                                                     save_top_k=0)])
     breaker(monkeypatch)
@@ -74,11 +74,43 @@ def test_crash_during_save_keeps_previous_checkpoint(tmp_path, monkeypatch, brea
         trainer.fit(Regression(), data)
     monkeypatch.undo()
 
-    checkpoint = torch.load(tmp_path / "last.ckpt", weights_only=False)
+    checkpoint = read_checkpoint(tmp_path / "last.ckpt")
     assert checkpoint["global_step"] == FAIL_AT_STEP - 1
-    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".ckpt"] == ["last.ckpt"]
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"], "no stray temporary file either"
     Regression.load_from_checkpoint(tmp_path / "last.ckpt")
     resumed = pl.Trainer(max_steps=6, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
     resumed.fit(Regression(), data, ckpt_path=tmp_path / "last.ckpt")
     assert resumed.global_step == 6
+
+
+def test_temporary_file_is_made_beside_the_target(tmp_path, monkeypatch):
+    """Same folder = same filesystem, so the final os.replace is an atomic rename (not a copy)."""
+    folders, real_mkstemp = [], tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        folders.append(kwargs.get("dir"))
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    SafeCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(2)}}, tmp_path / "sub" / "a.ckpt")
+    assert folders == [tmp_path / "sub"]
+    assert torch.equal(read_checkpoint(tmp_path / "sub" / "a.ckpt")["state_dict"]["w"], torch.ones(2))
+
+
+class Payload:
+    """Stands for an object an attacker pickled into a checkpoint."""
+
+
+def test_checkpoint_with_pickled_objects_is_refused(tmp_path):
+    torch.save({"state_dict": {}, "payload": Payload()}, tmp_path / "evil.ckpt")
+    with pytest.raises(CheckpointError, match="weights-only loading refuses"):
+        SafeCheckpointIO().load_checkpoint(tmp_path / "evil.ckpt")
+
+
+def test_truncated_checkpoint_is_a_clear_error(tmp_path):
+    SafeCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(1000)}}, tmp_path / "a.ckpt")
+    data = (tmp_path / "a.ckpt").read_bytes()
+    (tmp_path / "a.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        read_checkpoint(tmp_path / "a.ckpt")

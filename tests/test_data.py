@@ -314,3 +314,17 @@ def test_image_tensors_subset():
     split = ImageTensors(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), torch.arange(4), ["a", "b", "c", "d"])
     part = split.subset(torch.tensor([1, 3]))
     assert len(part) == 2 and part.labels.tolist() == [1, 3] and part.classes == split.classes
+
+
+def test_folder_with_a_test_split_but_no_train_split_is_a_clear_error(tmp_path):
+    """Otherwise test/ would be read as one more training class and its images would leak into training."""
+    save_png(tmp_path / "test" / "cat" / "0.png", random_rgb(0))
+    save_png(tmp_path / "dog" / "1.png", random_rgb(1))
+    with pytest.raises(DataNotFoundError, match="no train/ folder"):
+        load_split("folder", "train", tmp_path, image_size=8)
+
+
+def test_environment_variable_wins_over_the_system_copy(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.FASHION_MNIST_ENV, str(tmp_path / "mine"))
+    paths = data.fashion_mnist_search_paths(tmp_path / "nothing")
+    assert paths.index((tmp_path / "mine").resolve()) < paths.index(data.FASHION_MNIST_SYSTEM_DIR)

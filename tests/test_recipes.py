@@ -43,7 +43,7 @@ def offline_wandb(monkeypatch):
 def test_recipe_fast_dev_run(name, tmp_path):
     extra = ["--model.queue_size", "64"] if name == "moco" else []
     main(METHODS[name], name, TINY + extra + ["--trainer.fast_dev_run", "true", "--out", str(tmp_path)])
-    backbone, metadata = load_backbone(tmp_path / "exported_models" / "backbone.pt")
+    backbone, _, metadata = load_backbone(tmp_path / "exported_models" / "backbone.pt")
     assert metadata["method"] == METHODS[name].__name__ and metadata["architecture"] == "tiny_cnn"
     assert backbone(torch.zeros(2, 3, 32, 32)).shape == (2, 128)
 
@@ -85,3 +85,37 @@ def test_unknown_backbone_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         main(SimCLR, "simclr", TINY + ["--model.backbone", "resnet1000", "--out", str(tmp_path)])
     assert "Valid names" in str(exit_info.value.code)
+
+
+def test_log_to_none_trains_without_a_logger(tmp_path):
+    """The learning-rate monitor needs a logger; with none it is dropped instead of crashing."""
+    main(SimCLR, "simclr", TINY + ["--trainer.fast_dev_run", "true", "--log_to", "none", "--out", str(tmp_path)])
+    assert (tmp_path / "exported_models" / "backbone.pt").is_file()
+
+
+def test_empty_image_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "images").mkdir()
+    with pytest.raises(SystemExit) as exit_info:
+        main(SimCLR, "simclr", TINY + ["--data.dataset", "folder", "--data.data_dir", str(tmp_path / "images"),
+                                       "--out", str(tmp_path / "out")])
+    message = str(exit_info.value.code)
+    assert "No image files" in message and "it is empty" in message and "--data.data_dir" in message
+
+
+def test_unknown_option_lists_the_valid_ones(tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(SimCLR, "simclr", TINY + ["--model.tempurature", "0.2", "--out", str(tmp_path)])
+    message = str(exit_info.value.code)
+    assert "did you mean --model.temperature" in message and "projection_dim" in message
+
+
+def test_resuming_a_checkpoint_of_another_method_is_a_clear_error(tmp_path):
+    main(SimSiam, "simsiam", TINY + ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+                                     "--data.val_subset", "64", "--data.knn_bank_subset", "128",
+                                     "--knn_at_start", "false", "--log_to", "none", "--out", str(tmp_path / "simsiam")])
+    checkpoint = tmp_path / "simsiam" / "checkpoints" / "last.ckpt"
+    with pytest.raises(SystemExit) as exit_info:
+        main(MoCo, "moco", TINY + ["--model.queue_size", "64", "--ckpt_path", str(checkpoint),
+                                   "--log_to", "none", "--out", str(tmp_path / "moco")])
+    message = str(exit_info.value.code)
+    assert "does not fit this MoCo (it was saved by SimSiam)" in message and "missing" in message

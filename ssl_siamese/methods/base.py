@@ -41,7 +41,8 @@ class SiameseModule(pl.LightningModule):
         lr: learning rate per 256 images; the optimizer uses ``lr * global_batch / 256``.
         weight_decay, momentum: optimizer settings.
         warmup_epochs: linear warm-up length (may be fractional), then cosine decay to zero.
-        batch_size: images per device per step, for the learning-rate scaling (linked from the data).
+        batch_size: images per device per step, for the learning-rate scaling when the Trainer has no
+            datamodule that says it (recipes link it from the data).
         view_size, mean, std: the views' size and normalisation (linked from the data in recipes).
         augmentation: a ``ViewAugmentation``; ``None`` uses the method's preset for ``view_size``.
         channels_last: use the channels-last memory format (faster convolutions on recent GPUs).
@@ -112,13 +113,22 @@ class SiameseModule(pl.LightningModule):
         images, labels = batch
         return {"features": self(images).detach(), "labels": labels}
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["ssl_siamese_method"] = type(self).__name__  # named in errors when resumed wrongly
+
     def on_fit_start(self) -> None:
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)
 
+    def per_device_batch_size(self) -> int:
+        """The datamodule's batch size when training with one (a user's own Trainer), else ``batch_size``."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        size = getattr(datamodule, "batch_size", None) or getattr(datamodule, "hparams", {}).get("batch_size")
+        return int(size or self.hparams.batch_size)
+
     def configure_optimizers(self) -> Any:
         world_size = self.trainer.world_size if self._trainer is not None else 1
-        lr = self.hparams.lr * self.hparams.batch_size * world_size / 256
+        lr = self.hparams.lr * self.per_device_batch_size() * world_size / 256
         params = [p for p in self.parameters() if p.requires_grad]
         if self.hparams.optimizer == "lars":
             optimizer = LARS(params, lr=lr, momentum=self.hparams.momentum,
