@@ -34,6 +34,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ssl_siamese.loader import ResumableBatchLoader
+
 logger = logging.getLogger("ssl_siamese")
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -654,10 +656,20 @@ class SSLDataModule(pl.LightningDataModule):
                           persistent_workers=workers > 0,
                           pin_memory=self.hparams.pin_memory and torch.cuda.is_available())
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> ResumableBatchLoader:
+        """Shuffled batches in an order fixed by ``seed`` and the epoch, sharded over ranks, resumable mid-epoch."""
         if self.train_data is None:
             self.setup("fit")
-        return self._loader(self.train_data, shuffle=True, drop_last=self.hparams.drop_last)
+        trainer = self.trainer
+        batches_done = None
+        if trainer is not None:  # what Lightning has finished of this epoch, saved in checkpoints
+            batches_done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed  # noqa: E731
+        return ResumableBatchLoader(
+            self.train_data.images, self.train_data.labels, self.hparams.batch_size, shuffle=True,
+            drop_last=self.hparams.drop_last, seed=self.hparams.seed,
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1, batches_done=batches_done,
+            pin_memory=self.hparams.pin_memory and torch.cuda.is_available())
 
     def val_dataloader(self) -> list[DataLoader]:
         """``[bank_loader, query_loader]`` for kNN evaluation, or ``[]`` when the data has no labels."""

@@ -1,12 +1,19 @@
-"""A run that crashes after step 4 and resumes from last.ckpt ends with the uninterrupted run's weights.
+"""A run that dies and resumes from last.ckpt ends with exactly the uninterrupted run's weights.
 
 Both runs use ``max_steps=8`` (so the LR schedule and MoCo's momentum schedule are the same), 4 batches per
-epoch; the crash comes after the step-4 checkpoint, at an epoch boundary. What must survive the resume:
-weights, optimizer and LR scheduler (Lightning), MoCo's key encoder and queue (module state), and the
-augmentation RNG and the data order (the global torch RNG: ``RNGStateCheckpoint``).
+epoch; the crash comes at an epoch boundary, mid-epoch, or as a real SIGKILL of a child process. What must
+survive the resume: weights, optimizer and LR scheduler (Lightning), MoCo's key encoder and queue (module
+state), the augmentation RNG (the global torch RNG: ``RNGStateCheckpoint``) and the data order and position
+in the epoch (``ResumableBatchLoader``'s state in the checkpoint).
 """
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -15,12 +22,13 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
 from ssl_siamese.data import SSLDataModule
-from ssl_siamese.methods import MoCo, SimCLR
+from ssl_siamese.methods import MoCo, SimCLR, SimSiam
 
 MAX_STEPS = 8
 BATCHES_PER_EPOCH = 4
 METHODS = {"simclr": (SimCLR, {"projection_dim": 16, "hidden_dim": 32}),
-           "moco": (MoCo, {"projection_dim": 16, "hidden_dim": 32, "queue_size": 80})}
+           "moco": (MoCo, {"projection_dim": 16, "hidden_dim": 32, "queue_size": 80}),
+           "simsiam": (SimSiam, {"projection_dim": 32, "predictor_hidden_dim": 8})}
 
 
 class Crash(Exception):
@@ -38,8 +46,16 @@ class CrashAtStep(pl.Callback):
             raise Crash
 
 
+class KillAtStep(CrashAtStep):
+    """The real thing: SIGKILL, no exception handler, no cleanup."""
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def fit(tmp_path, name: str, crash_at: int | None = None, ckpt_path=None,
-        rng_callback: bool = True) -> pl.LightningModule:
+        rng_callback: bool = True, kill_at: int | None = None) -> pl.LightningModule:
     pl.seed_everything(0, verbose=False)
     cls, kwargs = METHODS[name]
     model = cls(backbone="tiny_cnn", batch_size=32, warmup_epochs=0.5, **kwargs)
@@ -47,6 +63,7 @@ def fit(tmp_path, name: str, crash_at: int | None = None, ckpt_path=None,
     callbacks = [ModelCheckpoint(dirpath=tmp_path, save_last=True, every_n_train_steps=1, save_top_k=0)]
     callbacks += [RNGStateCheckpoint()] if rng_callback else []
     callbacks += [CrashAtStep(crash_at)] if crash_at is not None else []
+    callbacks += [KillAtStep(kill_at)] if kill_at is not None else []
     trainer = pl.Trainer(max_steps=MAX_STEPS, accelerator="cpu", deterministic=True, logger=False,
                          limit_val_batches=0, enable_progress_bar=False, enable_model_summary=False,
                          default_root_dir=tmp_path, callbacks=callbacks)
@@ -88,9 +105,23 @@ def test_without_rng_state_the_resume_diverges(tmp_path, uninterrupted):
     assert max_weight_diff(resumed, uninterrupted["simclr"]) > 1e-6
 
 
-def test_mid_epoch_resume_is_warned_and_not_exact(tmp_path, uninterrupted):
-    """Documented limit: a plain DataLoader restarts its shuffle mid-epoch; Lightning warns."""
-    fit(tmp_path, "simclr", crash_at=BATCHES_PER_EPOCH + 2)
-    with pytest.warns(UserWarning, match="ended before the epoch ended"):
-        resumed = fit(tmp_path, "simclr", ckpt_path=tmp_path / "last.ckpt")
-    assert max_weight_diff(resumed, uninterrupted["simclr"]) > 1e-6
+@pytest.mark.parametrize(("name", "crash_at"), [("simclr", 2), ("moco", BATCHES_PER_EPOCH + 1),
+                                               ("simsiam", BATCHES_PER_EPOCH + 3)])
+def test_mid_epoch_resume_is_exact(tmp_path, uninterrupted, name, crash_at):
+    fit(tmp_path, name, crash_at=crash_at)
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == crash_at
+    resumed = fit(tmp_path, name, ckpt_path=tmp_path / "last.ckpt")
+    assert max_weight_diff(resumed, uninterrupted[name]) == 0.0
+
+
+def test_sigkill_mid_epoch_then_resume_is_exact(tmp_path, uninterrupted):
+    """A child process trains MoCo and SIGKILLs itself mid-epoch; this process resumes from its last.ckpt."""
+    script = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_resume; "
+              f"test_resume.fit(__import__('pathlib').Path({str(tmp_path)!r}), 'moco', "
+              f"kill_at={BATCHES_PER_EPOCH + 2})")
+    child = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True)["global_step"] == BATCHES_PER_EPOCH + 2
+    resumed = fit(tmp_path, "moco", ckpt_path=tmp_path / "last.ckpt")
+    assert max_weight_diff(resumed, uninterrupted["moco"]) == 0.0
+    assert torch.equal(resumed.queue.keys, uninterrupted["moco"].queue.keys)

@@ -1,0 +1,100 @@
+"""The training loader: batches of an in-memory uint8 dataset, in a fixed order per epoch, resumable mid-epoch.
+
+The images are already decoded into one ``(N, C, H, W)`` uint8 tensor, so a batch is a single indexing
+operation (no per-image ``__getitem__``, no collate, no worker processes). The order of epoch ``e`` is a
+permutation drawn from ``seed + e`` and sharded over ranks like ``DistributedSampler``; it does not touch
+the global RNG. Lightning saves ``state_dict()`` in every checkpoint (epoch and batches already trained);
+after ``load_state_dict`` the next pass over that epoch starts at the first batch not yet trained, so a run
+killed mid-epoch and resumed sees exactly the batches the uninterrupted run would have seen.
+
+Example:
+    >>> loader = ResumableBatchLoader(images, labels, batch_size=256, seed=0)
+    >>> loader.set_epoch(3)
+    >>> for uint8_images, labels in loader: ...
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+class ResumableBatchLoader:
+    """Shuffled batches of ``(images, labels)`` tensors, with Lightning's stateful-loader interface.
+
+    Args:
+        images, labels: the whole split, ``(N, ...)`` and ``(N,)``.
+        batch_size: images per batch on this rank.
+        shuffle: a new permutation each epoch (``seed + epoch``); otherwise the stored order.
+        drop_last: drop the last incomplete batch of the rank's shard.
+        seed: base seed of the permutations; the same on every rank.
+        rank, world_size: this process's shard (every rank gets ``ceil(N / world_size)`` items, padded
+            by repeating the start of the permutation, as ``DistributedSampler`` does).
+        batches_done: returns how many batches of the current epoch the trainer has finished; it is what
+            ``state_dict`` records (the loader itself runs ahead of training by Lightning's prefetch).
+        pin_memory: pin each batch for a faster, asynchronous copy to the GPU.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, batch_size: int, shuffle: bool = True,
+                 drop_last: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 batches_done: Callable[[], int] | None = None, pin_memory: bool = False) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.batches_done, self.pin_memory = batches_done, pin_memory
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, first batch) set by load_state_dict
+        self.sampler = self  # Lightning calls ``loader.sampler.set_epoch(epoch)`` at each epoch start
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _shard_size(self) -> int:
+        return math.ceil(len(self.images) / self.world_size)
+
+    def __len__(self) -> int:
+        per_rank = self._shard_size()
+        return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
+
+    def order(self, epoch: int) -> Tensor:
+        """The indices this rank visits in ``epoch``, in order."""
+        n = len(self.images)
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            order = torch.randperm(n, generator=generator)
+        else:
+            order = torch.arange(n)
+        total = self._shard_size() * self.world_size
+        if total > n:
+            order = torch.cat([order, order[: total - n]])
+        return order[self.rank :: self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        order = self.order(self.epoch)
+        start = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            start = self._resume[1]
+        self._resume = None
+        for b in range(start, len(self)):
+            index = order[b * self.batch_size : (b + 1) * self.batch_size]
+            images, labels = self.images[index], self.labels[index]
+            if self.pin_memory:
+                images, labels = images.pin_memory(), labels.pin_memory()
+            yield images, labels
+
+    def state_dict(self) -> dict[str, Any]:
+        done = self.batches_done() if self.batches_done is not None else 0
+        return {"epoch": self.epoch, "batches_done": int(done), "seed": self.seed}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("seed", self.seed) != self.seed:
+            raise ValueError(f"The checkpoint's data order was drawn with seed {state['seed']}, this run's "
+                             f"with {self.seed}; resume with --data.seed {state['seed']}.")
+        self._resume = (int(state["epoch"]), int(state["batches_done"]))
+        self.epoch = self._resume[0]  # the resumed run continues this epoch
