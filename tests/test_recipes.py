@@ -16,17 +16,17 @@ TINY = ["--model.backbone", "tiny_cnn", "--data.dataset", "synthetic", "--data.b
         "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
 
 
-def wandb_records(out: Path, expected: bytes, timeout_s: float = 30.0) -> bytes:
+def wandb_records(out: Path, expected: tuple[bytes, ...], timeout_s: float = 30.0) -> bytes:
     """The raw bytes of the offline W&B run file(s) under ``out`` (metric names are stored as text).
 
     wandb's service process writes the file asynchronously, shortly after ``run.finish()`` returns,
-    so wait until ``expected`` appears (or the timeout passes).
+    so wait until every name in ``expected`` appears (or the timeout passes).
     """
     deadline = time.monotonic() + timeout_s
     while True:
         files = list(out.glob("wandb/offline-run-*/run-*.wandb"))
         records = b"".join(f.read_bytes() for f in files)
-        if expected in records or time.monotonic() > deadline:
+        if all(name in records for name in expected) or time.monotonic() > deadline:
             assert files, f"no offline W&B run under {out}"
             return records
         time.sleep(0.2)
@@ -54,8 +54,9 @@ def test_recipe_logs_metrics_to_offline_wandb(name, tmp_path):
     main(METHODS[name], name, TINY + extra + [
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "6", "--trainer.log_every_n_steps", "1",
         "--data.val_subset", "64", "--data.knn_bank_subset", "256", "--out", str(tmp_path)])
-    records = wandb_records(tmp_path, expected=b"knn/top5")
-    for metric in (b"train/loss", b"knn/top1", b"knn/top5", b"train/embedding_std", b"train/img_per_s"):
+    metrics = (b"train/loss", b"knn/top1", b"knn/top5", b"train/embedding_std", b"train/img_per_s")
+    records = wandb_records(tmp_path, expected=metrics)
+    for metric in metrics:
         assert metric in records, f"{metric!r} missing from the W&B run"
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
