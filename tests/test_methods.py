@@ -121,3 +121,20 @@ def test_backbone_module_and_unknown_name():
     assert model(torch.zeros(2, 3, 16, 16)).shape == (2, 4)
     with pytest.raises(ValueError, match="Valid names"):
         SimCLR(backbone="resnet1000")
+
+
+@pytest.mark.parametrize(("devices_batch", "accumulate"), [(64, 1), (128, 2)])
+def test_learning_rate_scales_with_the_datamodule_batch(devices_batch, accumulate):
+    """lr is per 256 images of the global batch: the datamodule's batch (not the model's default) x accumulation."""
+    import pytorch_lightning as pl
+
+    from ssl_siamese import SSLDataModule
+
+    model = SimCLR(backbone="tiny_cnn", lr=0.3, batch_size=512)
+    data = SSLDataModule("synthetic", batch_size=devices_batch)
+    trainer = pl.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         accumulate_grad_batches=accumulate)
+    trainer.fit(model, datamodule=data)
+    assert trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(
+        0.3 * devices_batch * accumulate / 256)

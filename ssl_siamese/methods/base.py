@@ -38,7 +38,8 @@ class SiameseModule(pl.LightningModule):
         cifar_stem: 3x3 stem without max-pool for torchvision ResNets (small images).
         feature_dim: the backbone's output size, needed only for a module without ``feature_dim``.
         optimizer: ``sgd`` or ``lars``.
-        lr: learning rate per 256 images; the optimizer uses ``lr * global_batch / 256``.
+        lr: learning rate per 256 images; the optimizer uses ``lr * global_batch / 256`` where the global
+            batch is per-device batch x devices x nodes x gradient-accumulation steps.
         weight_decay, momentum: optimizer settings.
         warmup_epochs: linear warm-up length (may be fractional), then cosine decay to zero.
         batch_size: images per device per step, for the learning-rate scaling when the Trainer has no
@@ -128,7 +129,8 @@ class SiameseModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         world_size = self.trainer.world_size if self._trainer is not None else 1
-        lr = self.hparams.lr * self.per_device_batch_size() * world_size / 256
+        accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
+        lr = self.hparams.lr * self.per_device_batch_size() * world_size * accumulate / 256
         params = [p for p in self.parameters() if p.requires_grad]
         if self.hparams.optimizer == "lars":
             optimizer = LARS(params, lr=lr, momentum=self.hparams.momentum,
