@@ -8,7 +8,7 @@ similarity: a chunked matrix product in torch, or faiss's ``IndexFlatIP`` (also 
 installed and the index holds more than ``FAISS_MIN_SIZE`` vectors. It saves to and loads from ``.npz``.
 
 Example:
-    >>> backbone, metadata = load_backbone("out/simclr/exported_models/backbone.pt")
+    >>> backbone, transform, metadata = load_backbone("out/simclr/exported_models/backbone.pt")
     >>> features = embed_images(backbone, split.images, metadata)          # (N, D) float32 on the CPU
     >>> index = EmbeddingIndex(features, labels=split.labels)
     >>> scores, indices = index.search(embed_images(backbone, queries, metadata), k=5)
@@ -37,7 +37,31 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def preprocessing(metadata: Mapping[str, Any], image_size: int | None = None) -> ViewAugmentation:
+class Preprocess(nn.Module):
+    """The evaluation preprocessing of a backbone: no randomness, images in, normalised float32 out.
+
+    uint8 (or [0, 1] float) images ``(B, 1|3, H, W)`` become RGB, are resized to ``size`` (bilinear,
+    antialiased) and normalised with ``mean`` and ``std``: ``ViewAugmentation.normalize``.
+
+    Example:
+        >>> transform = Preprocess(32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+        >>> transform(torch.zeros(4, 1, 28, 28, dtype=torch.uint8)).shape
+        torch.Size([4, 3, 32, 32])
+    """
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        super().__init__()
+        self.views = ViewAugmentation(size=size, mean=mean, std=std)  # only its deterministic path is used
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.views.normalize(images)
+
+    def extra_repr(self) -> str:
+        return (f"size={self.views.size}, mean={self.views.mean.flatten().tolist()}, "
+                f"std={self.views.std.flatten().tolist()}")
+
+
+def preprocessing(metadata: Mapping[str, Any], image_size: int | None = None) -> Preprocess:
     """The evaluation preprocessing of an exported backbone (size, mean and std from its metadata).
 
     ``image_size`` is used when the metadata records none (a backbone passed as a module).
@@ -48,7 +72,7 @@ def preprocessing(metadata: Mapping[str, Any], image_size: int | None = None) ->
     size = int(metadata.get("image_size") or image_size or 0)
     if size <= 0:
         raise ValueError("The backbone metadata has no 'image_size'; add it to the metadata dict.")
-    return ViewAugmentation(size=size, mean=metadata["mean"], std=metadata["std"])
+    return Preprocess(size, metadata["mean"], metadata["std"])
 
 
 @torch.no_grad()
@@ -65,7 +89,7 @@ def embed_images(backbone: nn.Module, images_uint8: Tensor, metadata: Mapping[st
     preprocess = preprocessing(metadata, images.shape[-1]).to(device)
     backbone.eval().to(device)
     batches = tqdm(images.split(batch_size), desc="embedding", unit="batch", disable=not progress, leave=False)
-    features = [backbone(preprocess.normalize(batch.to(device))).flatten(1).float().cpu() for batch in batches]
+    features = [backbone(preprocess(batch.to(device))).flatten(1).float().cpu() for batch in batches]
     if not features:
         raise ValueError("No images to embed.")
     return torch.cat(features)
@@ -153,15 +177,25 @@ class EmbeddingIndex:
 
     @classmethod
     def load(cls, path: str | Path) -> EmbeddingIndex:
-        """Read an index written by ``save`` (no pickles: ``allow_pickle=False``)."""
+        """Read an index written by ``save``, or the ``.npz`` of the embed recipe (no pickles).
+
+        ``save`` writes ``features`` (normalised) and optional ``labels`` and ``ids``; the embed recipe writes
+        ``embeddings`` (raw, normalised here), ``paths`` (used as ids) and, for class folders, ``labels``.
+        """
         with np.load(Path(path), allow_pickle=False) as data:
-            features = torch.from_numpy(data["features"].astype(np.float32))
-            index = cls(features[:0], [] if "labels" in data else None, [] if "ids" in data else None)
-            index.features = features  # stored normalised: normalising again would change the last bits
-            if "labels" in data:
-                index.labels = torch.from_numpy(data["labels"].astype(np.int64))
-            if "ids" in data:
-                index.ids = data["ids"].tolist()
+            key = next((name for name in ("features", "embeddings") if name in data), None)
+            if key is None:
+                raise ValueError(f"{path} holds no 'features' (EmbeddingIndex.save) or 'embeddings' (the embed "
+                                 f"recipe) array, only {sorted(data.files)}.")
+            features = torch.from_numpy(data[key].astype(np.float32))
+            labels = torch.from_numpy(data["labels"].astype(np.int64)) if "labels" in data else None
+            ids_key = next((name for name in ("ids", "paths") if name in data), None)
+            ids = data[ids_key].tolist() if ids_key else None
+        if key == "embeddings":
+            return cls(features, labels, ids)
+        index = cls(features[:0], None if labels is None else labels[:0], None if ids is None else [])
+        index.features = features  # stored normalised: normalising again would change the last bits
+        index.labels, index.ids = labels, ids
         return index
 
 

@@ -3,40 +3,58 @@
 The file holds only tensors and plain metadata, so it loads with ``torch.load(weights_only=True)``:
 opening a file never runs code from it. For torchvision ResNets the weights load into
 ``torchvision.models.resnet18()`` (with ``fc = Identity`` and, when ``metadata["cifar_stem"]``, the
-3x3 stem) with ``strict=True``.
+3x3 stem) with ``strict=True``. ``load_backbone`` also reads a Lightning checkpoint of SimCLR, MoCo,
+SimSiam or SupervisedSiamese (weights-only as well) and returns the backbone inside it.
 
 Example:
     >>> export_backbone(model, "out/simclr/exported_models/backbone.pt", data="cifar10", epochs=200)
-    >>> backbone, metadata = load_backbone("out/simclr/exported_models/backbone.pt")
-    >>> features = backbone(images)          # (B, 512), eval mode
+    >>> backbone, transform, metadata = load_backbone("out/simclr/exported_models/backbone.pt")
+    >>> features = backbone(transform(images_uint8))          # (B, 512), eval mode
 """
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 
-from ssl_siamese.backbones import build_backbone
+from ssl_siamese.backbones import BACKBONE_NAMES, build_backbone
+from ssl_siamese.embeddings import Preprocess, preprocessing
 
 FORMAT = "ssl_siamese.backbone/1"
+
+
+class LoadedBackbone(NamedTuple):
+    """What ``load_backbone`` returns: the feature extractor, its preprocessing and the metadata.
+
+    ``transform`` maps uint8 images ``(B, C, H, W)`` to the backbone's input (resize and normalise, no
+    randomness); it is ``None`` when the metadata records no input size or normalisation.
+    """
+
+    backbone: nn.Module
+    transform: Preprocess | None
+    metadata: dict[str, Any]
 
 
 def export_backbone(model: nn.Module, path: str | Path, **metadata: Any) -> Path:
     """Write ``model.backbone``'s weights and metadata to ``path`` atomically; return the path.
 
     ``model`` is a method (``SimCLR``, ``MoCo``, ``SimSiam``). Metadata records the architecture, the
-    stem, feature dimension, input size and normalisation, the method, plus any ``metadata`` given.
+    stem, feature dimension, input size and normalisation, the method, plus any ``metadata`` given. A
+    backbone given as a user module has ``architecture`` None and its class name in ``module_class``:
+    ``load_backbone`` cannot rebuild it, the user loads the ``state_dict`` into their own module.
     """
     hparams = dict(getattr(model, "hparams", {}))
     arch = hparams.get("backbone")
     info = {
         "format": FORMAT,
-        "architecture": arch if isinstance(arch, str) else type(model.backbone).__name__,
+        "architecture": arch if isinstance(arch, str) else None,  # None: a user module, not rebuildable
+        "module_class": type(model.backbone).__name__,
         "cifar_stem": bool(hparams.get("cifar_stem", False)),
         "feature_dim": int(model.feature_dim),
         "image_size": int(hparams.get("view_size", 0)),
@@ -54,34 +72,109 @@ def export_backbone(model: nn.Module, path: str | Path, **metadata: Any) -> Path
     return path
 
 
-def load_backbone(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Load an exported backbone: ``(module in eval mode, metadata)``. Weights-only; never unpickles code.
+def load_backbone(path: str | Path) -> LoadedBackbone:
+    """``(backbone in eval mode, transform, metadata)`` from an exported backbone or a Lightning checkpoint.
+
+    Weights-only loading: a file holding pickled objects is refused, never unpickled. A checkpoint's method
+    is found by building each of our methods from its ``hyper_parameters`` and keeping the one whose
+    ``state_dict`` loads strictly.
+
+    Example:
+        >>> backbone, transform, metadata = load_backbone("out/simclr/checkpoints/last.ckpt")
+        >>> features = backbone(transform(images_uint8))
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: a file that is not an ssl_siamese backbone export, is truncated, or holds weights
-            that do not fit the architecture it names.
+        ValueError: a truncated or unreadable file, pickled objects, a file that is neither an export nor
+            a checkpoint of our methods, weights that do not fit the architecture they name, or the
+            weights of a user module (rebuild that module yourself and load its ``state_dict``).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"No exported backbone at {path.resolve()}")
+        raise FileNotFoundError(f"No exported backbone or checkpoint at {path.resolve()}")
+    payload = _read_weights_only(path)
+    if isinstance(payload, dict) and isinstance(payload.get("metadata"), dict) \
+            and payload["metadata"].get("format") == FORMAT:
+        backbone, metadata = _from_export(payload, path)
+    elif isinstance(payload, dict) and "state_dict" in payload and "hyper_parameters" in payload:
+        backbone, metadata = _from_checkpoint(payload, path)
+    else:
+        raise ValueError(f"{path} is not an ssl_siamese backbone export (expected format {FORMAT}) nor a "
+                         "Lightning checkpoint with 'state_dict' and 'hyper_parameters'.")
+    has_preprocessing = metadata.get("image_size") and metadata.get("mean") and metadata.get("std")
+    transform = preprocessing(metadata) if has_preprocessing else None
+    return LoadedBackbone(backbone.eval(), transform, metadata)
+
+
+def _read_weights_only(path: Path) -> Any:
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated, corrupt, or carries pickled objects
         raise ValueError(
-            f"Cannot read {path} as an exported backbone ({type(error).__name__}: {str(error)[:200]}). "
-            "The file may be truncated, or hold pickled objects, which are refused for safety; "
-            "export it again with ssl_siamese.export_backbone."
+            f"Cannot read {path} ({type(error).__name__}: {str(error)[:200]}). The file may be truncated "
+            "(copy or export it again), or hold pickled objects, which are refused for safety."
         ) from error
-    if not isinstance(payload, dict) or payload.get("metadata", {}).get("format") != FORMAT:
-        raise ValueError(f"{path} is not an ssl_siamese backbone export (expected format {FORMAT}).")
-    metadata = payload["metadata"]
-    backbone, _ = build_backbone(metadata["architecture"], metadata.get("cifar_stem", False))
+
+
+def _from_export(payload: dict[str, Any], path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    metadata = dict(payload["metadata"])
+    arch = metadata.get("architecture")
+    if not isinstance(arch, str) or not (arch in BACKBONE_NAMES or arch.startswith("timm/")):
+        module = metadata.get("module_class") or arch or "unknown"
+        raise ValueError(
+            f"{path} holds the weights of a user module ({module}), which ssl_siamese cannot rebuild. "
+            f"Build the module yourself and load the weights: module.load_state_dict(torch.load({str(path)!r}, "
+            "weights_only=True)['state_dict'])."
+        )
+    backbone, _ = build_backbone(arch, metadata.get("cifar_stem", False))
     try:
         backbone.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as error:
         raise ValueError(
-            f"The weights in {path} do not fit architecture {metadata['architecture']!r} "
+            f"The weights in {path} do not fit architecture {arch!r} "
             f"(cifar_stem={metadata.get('cifar_stem')}): {str(error)[:300]}"
         ) from error
-    return backbone.eval(), metadata
+    return backbone, metadata
+
+
+def _method_classes() -> tuple[type[nn.Module], ...]:
+    # imported here: the methods import this module (SupervisedSiamese starts from an exported backbone)
+    from ssl_siamese.methods import MoCo, SimCLR, SimSiam
+    from ssl_siamese.methods.siamese import SupervisedSiamese
+
+    return SimCLR, MoCo, SimSiam, SupervisedSiamese
+
+
+def _constructor_arguments(cls: type) -> set[str]:
+    """The keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up to the base classes."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        parameters = list(inspect.signature(klass.__init__).parameters.values())[1:]
+        names.update(p.name for p in parameters if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL))
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            break
+    return names
+
+
+def _from_checkpoint(payload: dict[str, Any], path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    hparams = {key: value for key, value in dict(payload["hyper_parameters"]).items() if not key.startswith("_")}
+    hparams.pop("pretrained", None)  # the checkpoint's weights replace any initial backbone file
+    for method in _method_classes():
+        accepted = _constructor_arguments(method)
+        try:
+            model = method(**{key: value for key, value in hparams.items() if key in accepted})
+            model.load_state_dict(payload["state_dict"], strict=True)
+        except (TypeError, ValueError, RuntimeError):
+            continue
+        metadata = {"method": method.__name__, "architecture": hparams.get("backbone"),
+                    "cifar_stem": bool(hparams.get("cifar_stem", False)), "feature_dim": int(model.feature_dim),
+                    "image_size": int(hparams.get("view_size", 0)), "mean": [float(v) for v in hparams.get("mean", ())],
+                    "std": [float(v) for v in hparams.get("std", ())], "epochs": payload.get("epoch"),
+                    "steps": payload.get("global_step")}
+        return model.backbone, metadata
+    names = ", ".join(m.__name__ for m in _method_classes())
+    raise ValueError(f"The checkpoint {path} does not match any of {names} (hyper-parameters {sorted(hparams)}). "
+                     "A checkpoint of a method trained on a user backbone module cannot be rebuilt here: "
+                     "export its backbone with ssl_siamese.export_backbone instead.")

@@ -6,7 +6,7 @@ prototype. With a ``threshold``, an image whose best similarity is below it is `
 class is registering its references: nothing is retrained.
 
 Example:
-    >>> backbone, metadata = load_backbone("out/simclr/exported_models/backbone.pt")
+    >>> backbone, _, metadata = load_backbone("out/simclr/exported_models/backbone.pt")
     >>> classifier = OneShotClassifier(backbone, metadata, threshold=0.6)
     >>> classifier.register("sneaker", sneaker_image)            # uint8 (C, H, W) or (K, C, H, W)
     >>> classifier.register("bag", bag_images)

@@ -124,12 +124,32 @@ def test_embed_recipe_on_a_folder(tmp_path, capsys):
         assert paths == sorted(written) and embeddings.shape == (5, 128) and embeddings.dtype == np.float32
         assert data["classes"].tolist() == ["cats", "dogs"] and data["labels"].tolist() == [0, 0, 1, 1, 1]
 
-    backbone, _ = load_backbone(backbone_path)
-    images = torch.from_numpy(np.stack([written[p] for p in paths])).permute(0, 3, 1, 2).float() / 255
+    backbone, transform, _ = load_backbone(backbone_path)
+    uint8 = torch.from_numpy(np.stack([written[p] for p in paths])).permute(0, 3, 1, 2)
     mean, std = torch.tensor(FASHION.mean).view(1, 3, 1, 1), torch.tensor(FASHION.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(transform(uint8), (uint8.float() / 255 - mean) / std)
     with torch.no_grad():
-        expected = backbone((images - mean) / std)
+        expected = backbone((uint8.float() / 255 - mean) / std)
     torch.testing.assert_close(torch.from_numpy(embeddings), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_embed_recipe_output_loads_as_an_index(tmp_path):
+    backbone_path = _exported_tiny_cnn(tmp_path, size=16)
+    rng = np.random.default_rng(1)
+    for name in ("a/1.png", "a/2.png", "b/3.png", "b/4.png"):
+        (tmp_path / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "images" / name)
+    run_embed(backbone_path, tmp_path / "images", tmp_path / "emb.npz", progress=False)
+    index = EmbeddingIndex.load(tmp_path / "emb.npz")
+    with np.load(tmp_path / "emb.npz", allow_pickle=False) as data:
+        raw = torch.from_numpy(data["embeddings"]).double()
+    assert index.ids == ["a/1.png", "a/2.png", "b/3.png", "b/4.png"] and index.labels.tolist() == [0, 0, 1, 1]
+    torch.testing.assert_close(index.features.double(), raw / raw.norm(dim=1, keepdim=True))
+    _, nearest = index.search(raw.float(), k=1)
+    assert nearest.flatten().tolist() == [0, 1, 2, 3]
+    np.savez(tmp_path / "other.npz", vectors=raw.numpy())
+    with pytest.raises(ValueError, match="no 'features'.*'embeddings'"):
+        EmbeddingIndex.load(tmp_path / "other.npz")
 
 
 def test_embed_recipe_errors_are_clear(tmp_path):

@@ -175,9 +175,12 @@ def test_fewshot_is_deterministic_and_checks_class_counts():
     with pytest.raises(ValueError, match="only 0 of 8 classes"):
         fewshot_episodes(features, labels, n_way=5, k_shot=5, n_query=16)
     short = labels.clone()
-    short[labels < 6] = -1  # classes 6 and 7 stay; 0-5 become one class of 120
-    with pytest.raises(ValueError, match="only 3 of 3 classes"):
+    short[labels < 6] = -1  # classes 6 and 7 stay; 0-5 become unlabelled rows, never drawn
+    with pytest.raises(ValueError, match="only 2 of 2 classes"):
         fewshot_episodes(features, short, n_way=5)
+    result = fewshot_episodes(features, short, n_way=2, k_shot=1, n_query=5, episodes=10)
+    drawn = torch.cat([result.support_indices.flatten(), result.query_indices.flatten()])
+    assert (short[drawn] >= 0).all()
 
 
 # ---------------------------------------------------------------- linear probe

@@ -5,7 +5,7 @@ import torch
 import torchvision
 from torch import nn
 
-from ssl_siamese import SimCLR, SimSiam, export_backbone, load_backbone
+from ssl_siamese import LoadedBackbone, SimCLR, SimSiam, export_backbone, load_backbone
 from ssl_siamese.backbones import torchvision_resnet
 
 
@@ -35,11 +35,62 @@ def test_round_trip_gives_identical_features(tmp_path):
         model.backbone(torch.randn(16, 3, 28, 28))
     model.eval()
     export_backbone(model, tmp_path / "b.pt", epochs=3)
-    backbone, metadata = load_backbone(tmp_path / "b.pt")
+    loaded = load_backbone(tmp_path / "b.pt")
+    assert isinstance(loaded, LoadedBackbone)
+    backbone, transform, metadata = loaded
     assert not backbone.training
     assert metadata["method"] == "SimSiam" and metadata["epochs"] == 3 and metadata["image_size"] == 28
     images = torch.randn(4, 3, 28, 28)
     torch.testing.assert_close(backbone(images), model(images))
+    uint8 = torch.randint(0, 256, (4, 1, 28, 28), dtype=torch.uint8)
+    torch.testing.assert_close(transform(uint8), model.augmentation.normalize(uint8))  # the model's eval views
+    assert transform(uint8).shape == (4, 3, 28, 28)
+
+
+def test_transform_resizes_and_normalises_like_a_hand_written_reference(tmp_path):
+    mean, std = (0.2, 0.3, 0.4), (0.5, 0.6, 0.7)
+    export_backbone(SimCLR(backbone="tiny_cnn", view_size=16, mean=mean, std=std), tmp_path / "b.pt")
+    _, transform, _ = load_backbone(tmp_path / "b.pt")
+    uint8 = torch.randint(0, 256, (3, 3, 16, 16), dtype=torch.uint8)
+    expected = (uint8.double() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    torch.testing.assert_close(transform(uint8).double(), expected)
+    assert transform(torch.zeros(2, 3, 32, 32, dtype=torch.uint8)).shape == (2, 3, 16, 16)
+
+
+def test_export_without_preprocessing_metadata_has_no_transform(tmp_path):
+    path = export_backbone(SimCLR(backbone="tiny_cnn"), tmp_path / "b.pt")
+    payload = torch.load(path, weights_only=True)
+    payload["metadata"]["image_size"] = 0
+    torch.save(payload, path)
+    assert load_backbone(path).transform is None
+
+
+class UserNet(nn.Module):
+    feature_dim = 4
+
+    def __init__(self):
+        super().__init__()
+        self.layer = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return self.layer(x).mean((2, 3))
+
+
+def test_user_module_export_says_how_to_load_it(tmp_path):
+    path = export_backbone(SimCLR(backbone=UserNet()), tmp_path / "user.pt")
+    with pytest.raises(ValueError, match=r"user module \(UserNet\).*load_state_dict"):
+        load_backbone(path)
+    payload = torch.load(path, weights_only=True)  # what the message tells the user to do
+    UserNet().load_state_dict(payload["state_dict"], strict=True)
+
+
+def test_metadata_without_architecture_is_a_clear_error(tmp_path):
+    path = export_backbone(SimCLR(backbone="tiny_cnn"), tmp_path / "b.pt")
+    payload = torch.load(path, weights_only=True)
+    del payload["metadata"]["architecture"], payload["metadata"]["module_class"]
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match="cannot rebuild.*load_state_dict"):
+        load_backbone(path)
 
 
 def test_truncated_file_is_a_clear_error(tmp_path):
@@ -74,7 +125,7 @@ def test_weights_of_another_architecture_are_refused(tmp_path):
 def test_not_an_export_and_missing_file(tmp_path):
     path = tmp_path / "plain.pt"
     torch.save(torchvision_resnet("resnet18").state_dict(), path)
-    with pytest.raises(ValueError, match="not an ssl_siamese backbone export"):
+    with pytest.raises(ValueError, match="not an ssl_siamese backbone export .* nor a Lightning checkpoint"):
         load_backbone(path)
     with pytest.raises(FileNotFoundError):
         load_backbone(tmp_path / "missing.pt")

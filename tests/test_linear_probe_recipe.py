@@ -1,4 +1,8 @@
-"""The linear-probe recipe on real Fashion-MNIST: exported backbones, Lightning checkpoints, bad files."""
+"""The linear-probe recipe on real Fashion-MNIST: exported backbones, Lightning checkpoints, bad files.
+
+Loading a Lightning checkpoint is ``load_backbone``'s job; it is tested here with checkpoints written by
+a plain ``Trainer`` and by the recipes' LightningCLI (whose hyper-parameters carry ``_instantiator``).
+"""
 
 import json
 from pathlib import Path
@@ -7,8 +11,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from ssl_siamese import MoCo, SimCLR, SSLDataModule, export_backbone
-from ssl_siamese.recipes.linear_probe import load_pretrained, main, run_linear_probe
+from ssl_siamese import MoCo, SimCLR, SSLDataModule, export_backbone, load_backbone
+from ssl_siamese.cli import main as cli_main
+from ssl_siamese.recipes.linear_probe import main, run_linear_probe
 
 FASHION_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-mnist"
 pytestmark = [
@@ -52,8 +57,8 @@ def test_exported_backbone_is_well_above_chance(tmp_path):
 @pytest.mark.parametrize("method, kwargs", [(SimCLR, {}), (MoCo, {"queue_size": 64})])
 def test_lightning_checkpoint_is_recognised(tmp_path, method, kwargs):
     model = lightning_checkpoint(method, tmp_path / "last.ckpt", **kwargs)
-    backbone, metadata = load_pretrained(tmp_path / "last.ckpt")
-    assert metadata["method"] == method.__name__ and metadata["image_size"] == 28
+    backbone, transform, metadata = load_backbone(tmp_path / "last.ckpt")
+    assert metadata["method"] == method.__name__ and metadata["image_size"] == 28 and transform is not None
     model.eval()
     images = torch.randn(4, 3, 28, 28)
     torch.testing.assert_close(backbone(images), model(images))
@@ -62,22 +67,41 @@ def test_lightning_checkpoint_is_recognised(tmp_path, method, kwargs):
         assert result["method"] == "SimCLR" and result["top1"] > 0.5
 
 
+def test_checkpoint_written_by_the_cli_recipe_is_recognised(tmp_path):
+    cli_main(SimCLR, "simclr", [
+        "--model.backbone", "tiny_cnn", "--data.dataset", "synthetic", "--data.batch_size", "32",
+        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "2", "--data.val_subset", "64", "--data.knn_bank_subset", "256",
+        "--log_to", "csv", "--out", str(tmp_path)])
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    assert "_instantiator" in torch.load(ckpt, weights_only=True)["hyper_parameters"]  # what used to break it
+    backbone, transform, metadata = load_backbone(ckpt)
+    exported, _, _ = load_backbone(tmp_path / "exported_models" / "backbone.pt")
+    assert metadata["method"] == "SimCLR" and metadata["architecture"] == "tiny_cnn"
+    images = transform(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8))
+    torch.testing.assert_close(backbone(images), exported(images))
+    result = run_linear_probe(ckpt, out=tmp_path / "probe", log_to="none", **{**QUICK, "subset": 500, "epochs": 5})
+    assert result["method"] == "SimCLR" and result["top1"] > 0.3
+
+
 def test_truncated_checkpoint_is_a_clear_error(tmp_path, capsys):
     lightning_checkpoint(SimCLR, tmp_path / "last.ckpt")
     data = (tmp_path / "last.ckpt").read_bytes()
     (tmp_path / "cut.ckpt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated"):
-        load_pretrained(tmp_path / "cut.ckpt")
+        load_backbone(tmp_path / "cut.ckpt")
     with pytest.raises(SystemExit, match="truncated"):
         main(["--ckpt", str(tmp_path / "cut.ckpt"), "--data.data_dir", str(FASHION_MNIST), "--log_to", "none"])
 
 
-def test_finetune_from_the_command_line(tmp_path, capsys):
+def test_finetune_from_the_command_line_runs_the_finetune_recipe(tmp_path, capsys):
     torch.manual_seed(0)
     path = export_backbone(SimCLR(backbone="tiny_cnn", view_size=28), tmp_path / "backbone.pt")
     result = main(["--ckpt", str(path), "--data.dataset", "fashion_mnist", "--data.data_dir", str(FASHION_MNIST),
                    "--data.download", "false", "--finetune", "--epochs", "3", "--batch_size", "64", "--subset", "600",
                    "--out", str(tmp_path / "out"), "--log_to", "none"])
-    assert result["mode"] == "finetune" and result["top1"] > 0.4
+    assert result["mode"] == "finetune" and result["method"] == "SimCLR" and result["top1"] > 0.4
+    assert result["num_train"] == result["num_test"] == 600 and result["weight_decay"] == 5e-4
+    assert result["top5"] >= result["top1"]
     assert "top-1" in capsys.readouterr().out
-    assert (tmp_path / "out" / "finetune_probe_confusion_matrix.png").is_file()
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["mode"] == "finetune"

@@ -45,6 +45,7 @@ def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "backbone.pt").is_file()
     assert (tmp_path / "out" / "train_index.npz").is_file()
     text = _stdout(notebook)
+    assert "ResNet loaded strictly; same features as load_backbone: True" in text, text
     probe = float(re.search(r"linear probe: top-1 ([0-9.]+)", text).group(1))
     one_shot = float(re.search(r"one-shot accuracy: ([0-9.]+)", text).group(1))
     five_shot = float(re.search(r"5-shot accuracy: ([0-9.]+)", text).group(1))

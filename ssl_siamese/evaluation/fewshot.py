@@ -2,8 +2,8 @@
 
 Each episode draws ``n_way`` classes, then ``k_shot`` support and ``n_query`` query samples of each,
 without overlap. A class prototype is the mean of its L2-normalised support embeddings; each query takes
-the class of the prototype with the highest cosine similarity. The features should come from classes that
-were held out of training.
+the class of the prototype with the highest cosine similarity. Rows with a negative label (unlabelled,
+-1) are never drawn. The features should come from classes that were held out of training.
 
 Example:
     >>> result = fewshot_episodes(features, labels, n_way=5, k_shot=1, n_query=15, episodes=600)
@@ -36,13 +36,14 @@ class FewShotResult:
 
 
 def _class_index_table(labels: Tensor, per_class: int) -> tuple[Tensor, Tensor]:
-    """Row indices of each class with at least ``per_class`` samples, padded with -1: ``(C, max_count)``."""
+    """Row indices of each class (label >= 0) with at least ``per_class`` samples, padded with -1: ``(C, max)``."""
     classes, counts = labels.unique(return_counts=True)
-    eligible = classes[counts >= per_class]
+    keep = (counts >= per_class) & (classes >= 0)
+    eligible = classes[keep]
     order = labels.argsort(stable=True)
     sorted_labels = labels[order]
     starts = torch.searchsorted(sorted_labels, eligible)
-    sizes = counts[counts >= per_class]
+    sizes = counts[keep]
     width = int(sizes.max()) if len(sizes) else 0
     offsets = torch.arange(width)
     valid = offsets < sizes.unsqueeze(1)
@@ -58,7 +59,7 @@ def fewshot_episodes(features: Tensor, labels: Tensor, n_way: int = 5, k_shot: i
     ``ci95`` is ``1.96 * std / sqrt(episodes)`` with the population standard deviation, as in the usual
     few-shot protocol. Sampling uses its own generator seeded with ``seed`` (on the CPU), so results do
     not depend on the device or on global random state. Raises ``ValueError`` when fewer than ``n_way``
-    classes have ``k_shot + n_query`` samples.
+    classes have ``k_shot + n_query`` samples. Negative labels (unlabelled rows) are ignored.
     """
     per_class = k_shot + n_query
     cpu_labels = labels.detach().long().cpu()
@@ -66,7 +67,7 @@ def fewshot_episodes(features: Tensor, labels: Tensor, n_way: int = 5, k_shot: i
     if len(table) < n_way:
         raise ValueError(f"{n_way}-way {k_shot}-shot episodes with {n_query} queries need {n_way} classes of "
                          f"at least {per_class} samples; only {len(table)} of "
-                         f"{len(cpu_labels.unique())} classes have that many")
+                         f"{len(cpu_labels[cpu_labels >= 0].unique())} classes have that many")
     features = F.normalize(features.detach().float(), dim=1)
     generator = torch.Generator().manual_seed(seed)
     target = torch.arange(n_way, device=features.device).repeat_interleave(n_query)

@@ -3,7 +3,7 @@
 Example:
     >>> scores = weighted_knn_scores(query, bank, bank_labels, num_classes=10, k=200, temperature=0.1)
     >>> top1 = (scores.argmax(1) == query_labels).float().mean()
-    >>> trainer = pl.Trainer(callbacks=[KNNEvaluation(k=200)])   # logs knn/top1, knn/top5
+    >>> trainer = pl.Trainer(callbacks=[KNNEvaluation(k=200, every_n_epochs=5)])   # logs knn/top1, knn/top5
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
-from ssl_siamese.queue import gather_from_all_ranks
+from ssl_siamese.evaluation.features import BANK, QUERIES, ValidationFeatures, gather_rows
 
 
 def weighted_knn_scores(query: Tensor, bank: Tensor, bank_labels: Tensor, num_classes: int,
@@ -46,50 +46,66 @@ def topk_accuracy(scores: Tensor, labels: Tensor, ks: tuple[int, ...] = (1, 5)) 
 
 
 class KNNEvaluation(pl.Callback):
-    """Weighted kNN accuracy of the backbone's features after each validation run.
+    """Weighted kNN accuracy of the backbone's features after every ``every_n_epochs``-th validation.
 
     It collects what ``validation_step`` returns: dataloader 0 is the bank (train split, no
-    augmentation), dataloader 1 the queries (test split). Features are gathered from all ranks, scored in
-    chunks, logged as ``knn/top1`` and ``knn/top5``, then freed, so nothing accumulates across epochs.
-    The sanity check is skipped. ``history`` keeps ``(epoch, top1, top5)`` for a summary at the end.
+    augmentation), dataloader 1 the queries (test split). Features are gathered from all ranks (which
+    may hold different numbers), scored in chunks, logged as ``knn/top1`` and ``knn/top5``, then freed,
+    so nothing accumulates across epochs. It runs after every ``every_n_epochs``-th training epoch, after
+    the last one, and on every ``trainer.validate``; the sanity check is skipped. ``history`` keeps
+    ``(epoch, top1, top5)`` for a summary at the end (epoch -1: outside ``fit``).
     """
 
-    def __init__(self, k: int = 200, temperature: float = 0.1, chunk_size: int = 1024) -> None:
+    def __init__(self, k: int = 200, temperature: float = 0.1, chunk_size: int = 1024,
+                 every_n_epochs: int = 1) -> None:
+        if every_n_epochs < 1:
+            raise ValueError(f"every_n_epochs must be at least 1, got {every_n_epochs}.")
         self.k = k
         self.temperature = temperature
         self.chunk_size = chunk_size
+        self.every_n_epochs = every_n_epochs
         self.history: list[tuple[int, float, float]] = []
-        self._reset()
+        self.features = ValidationFeatures()
+        self._active = False
 
-    def _reset(self) -> None:
-        self._features: dict[int, list[Tensor]] = {0: [], 1: []}
-        self._labels: dict[int, list[Tensor]] = {0: [], 1: []}
+    def is_due(self, trainer: pl.Trainer) -> bool:
+        """Whether this validation computes kNN: outside ``fit``, on every n-th epoch, and on the last one."""
+        if trainer.sanity_checking:
+            return False
+        if trainer.state.fn != "fit":
+            return True
+        epoch = trainer.current_epoch + 1
+        last_epoch = trainer.max_epochs is not None and 0 < trainer.max_epochs <= epoch
+        last_step = 0 < trainer.max_steps <= trainer.global_step
+        return epoch % self.every_n_epochs == 0 or last_epoch or last_step
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._reset()
+        self.features.reset()
+        self._active = self.is_due(trainer)
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                                 outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if isinstance(outputs, dict) and "features" in outputs and dataloader_idx in self._features:
-            self._features[dataloader_idx].append(outputs["features"].float())
-            self._labels[dataloader_idx].append(outputs["labels"])
+        if self._active:
+            self.features.add(outputs, dataloader_idx)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not self._features[0] or not self._features[1]:
-            self._reset()
+        if not self._active:
             return
-        bank, bank_labels, query, query_labels = (
-            gather_from_all_ranks(torch.cat(parts))
-            for parts in (self._features[0], self._labels[0], self._features[1], self._labels[1])
-        )
-        self._reset()
+        self._active = False
+        # every rank gathers, also one without features, so that no rank waits for another forever
+        (bank, bank_labels), (query, query_labels) = (
+            (gather_rows(features), gather_rows(labels))
+            for features, labels in (self.features.take(loader, pl_module.device) for loader in (BANK, QUERIES)))
+        self.features.reset()
+        if len(bank) == 0 or len(query) == 0:
+            return
         num_classes = int(max(bank_labels.max(), query_labels.max()).item()) + 1
         scores = weighted_knn_scores(query, bank, bank_labels, num_classes, self.k,
                                      self.temperature, self.chunk_size)
         accuracy = topk_accuracy(scores, query_labels)
         pl_module.log("knn/top1", accuracy[1], sync_dist=False)
         pl_module.log("knn/top5", accuracy[5], sync_dist=False)
-        epoch = trainer.current_epoch if trainer.training or trainer.state.fn == "fit" else -1
+        epoch = trainer.current_epoch if trainer.state.fn == "fit" else -1
         self.history.append((epoch, accuracy[1], accuracy[5]))
         rank_zero_info(f"kNN (k={self.k}, t={self.temperature}) top-1 {accuracy[1]:.4f} "
                        f"top-5 {accuracy[5]:.4f}  [bank {len(bank)}, queries {len(query)}]")

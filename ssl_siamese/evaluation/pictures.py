@@ -1,7 +1,8 @@
 """Pictures of the embedding during training: a PCA scatter of the queries and a nearest-neighbour grid.
 
-Like ``KNNEvaluation`` it reads what ``validation_step`` returns (loader 0: bank, loader 1: queries),
-but keeps only the first ``max_queries`` queries and ``max_bank`` bank items, on the CPU. Every
+Like ``KNNEvaluation`` it reads what ``validation_step`` returns (loader 0: bank, loader 1: queries,
+through ``ValidationFeatures``), but keeps only the first ``max_queries`` queries and ``max_bank`` bank
+items, on the CPU. Every
 ``every_n_epochs`` validations, and once more at the end of fit if the last one was not drawn, it logs
 ``pictures/embedding_pca`` and ``pictures/neighbours`` through ``log_figure`` (W&B when present, and
 PNGs in ``<trainer.default_root_dir>/pictures``). The grid needs the raw images, taken from
@@ -22,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssl_siamese.evaluation.features import BANK, QUERIES, ValidationFeatures
 from ssl_siamese.evaluation.plots import (
     embedding_projection_figure,
     log_figure,
@@ -41,39 +43,26 @@ class EmbeddingPictures(pl.Callback):
     def __init__(self, every_n_epochs: int = 10, max_queries: int = 2000, max_bank: int = 10000,
                  grid_queries: int = 8, neighbours: int = 8) -> None:
         self.every_n_epochs = every_n_epochs
-        self.max_queries, self.max_bank = max_queries, max_bank
         self.grid_queries, self.neighbours = grid_queries, neighbours
         self.saved: list[Path] = []
+        self.features = ValidationFeatures({BANK: max_bank, QUERIES: max_queries}, cpu=True)
         self._collected: dict[str, Tensor] | None = None
         self._drawn = True
-        self._reset()
-
-    def _reset(self) -> None:
-        self._features: dict[int, list[Tensor]] = {0: [], 1: []}
-        self._labels: dict[int, list[Tensor]] = {0: [], 1: []}
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._reset()
+        self.features.reset()
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if trainer.sanity_checking or not isinstance(outputs, dict) or dataloader_idx not in self._features:
-            return
-        limit = self.max_bank if dataloader_idx == 0 else self.max_queries
-        room = limit - sum(len(f) for f in self._features[dataloader_idx])
-        if room > 0:
-            self._features[dataloader_idx].append(outputs["features"][:room].float().cpu())
-            self._labels[dataloader_idx].append(outputs["labels"][:room].cpu())
+        if not trainer.sanity_checking:
+            self.features.add(outputs, dataloader_idx)
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or not self._features[1]:
+        (bank, bank_labels), (query, query_labels) = self.features.take(BANK), self.features.take(QUERIES)
+        self.features.reset()
+        if trainer.sanity_checking or len(query) == 0:
             return
-        self._collected = {
-            "query": torch.cat(self._features[1]), "query_labels": torch.cat(self._labels[1]),
-            "bank": torch.cat(self._features[0]) if self._features[0] else torch.empty(0),
-            "bank_labels": torch.cat(self._labels[0]) if self._labels[0] else torch.empty(0, dtype=torch.long),
-        }
-        self._reset()
+        self._collected = {"query": query, "query_labels": query_labels, "bank": bank, "bank_labels": bank_labels}
         self._drawn = False
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0 or trainer.state.fn != "fit":
             self.draw(trainer)

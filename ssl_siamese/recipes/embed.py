@@ -7,7 +7,8 @@ Images are found recursively (hidden files skipped), decoded at the backbone's i
 resized, centre crop) and preprocessed like its evaluation views. Unreadable files are skipped and
 counted. The ``.npz`` holds ``paths`` (relative to the folder, POSIX), ``embeddings`` ``(N, D)`` float32
 (not normalised) and, for an ImageFolder layout (every image in a class subfolder), ``labels`` and
-``classes``. Load it with ``np.load`` or as a search index with ``EmbeddingIndex(data["embeddings"])``.
+``classes``. Load it with ``np.load``, or as a search index with ``EmbeddingIndex.load("embeddings.npz")``
+(the paths become the index's ids).
 
 Example:
     >>> summary = run_embed("backbone.pt", "photos/", "embeddings.npz")
@@ -50,7 +51,7 @@ def run_embed(backbone: str | Path, data: str | Path, out: str | Path = "embeddi
                                 "(it writes <out>/exported_models/backbone.pt).")
     if not root.is_dir():
         raise FileNotFoundError(f"Image folder {root} does not exist.")
-    model, metadata = load_backbone(backbone_path)
+    model, _, metadata = load_backbone(backbone_path)
     files, _ = _scan_folder(root)
     if not files:
         raise FileNotFoundError(f"No image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}.")

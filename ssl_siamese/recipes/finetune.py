@@ -9,8 +9,8 @@
 metadata), ``random`` (``--arch``, freshly initialised, the dataset's size and normalisation) or
 ``imagenet`` (torchvision's ImageNet weights for ``--arch``, read only from the local torch hub cache:
 nothing is downloaded). Training: random resized crops (scale 0.5-1) and flips on the device,
-cross-entropy, SGD with momentum and cosine decay per step. It prints the test top-1 and writes
-``<out>/results.json``.
+cross-entropy, SGD with momentum and cosine decay per step. It prints the test top-1 and top-5 and writes
+``<out>/results.json``. ``--backbone`` may also be a Lightning checkpoint of our methods (``load_backbone``).
 
 Example:
     >>> ssl = run_finetune("backbone.pt", "fashion_mnist", "./data", epochs=5, train_subset=5000, log_to="none")
@@ -85,8 +85,10 @@ class FineTuneClassifier(pl.LightningModule):
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         images, labels = batch
-        accuracy = (self(images).argmax(1) == labels).float().mean()
-        self.log("test/top1", accuracy, batch_size=len(labels))  # averaged over the epoch, weighted by size
+        ranked = self(images).topk(min(5, self.head.out_features), dim=1).indices
+        hits = (ranked == labels.unsqueeze(1)).float()
+        self.log("test/top1", hits[:, 0].mean(), batch_size=len(labels))  # averaged over the epoch, by size
+        self.log("test/top5", hits.amax(dim=1).mean(), batch_size=len(labels))
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -128,14 +130,16 @@ def build_init(backbone: str, arch: str, cifar_stem: bool, dataset: str,
     if backbone == "imagenet":
         module, dim = imagenet_backbone(arch)
         return module, dim, {"image_size": image_size or info.image_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    module, metadata = load_backbone(backbone)
+    module, _, metadata = load_backbone(backbone)
     if image_size:
         metadata["image_size"] = image_size
     metadata["image_size"] = metadata.get("image_size") or info.image_size
+    metadata["mean"], metadata["std"] = metadata.get("mean") or info.mean, metadata.get("std") or info.std
     return module.train(), int(metadata["feature_dim"]), metadata
 
 
-def _labelled_subset(split: ImageTensors, size: int | None, seed: int) -> ImageTensors:
+def labelled_subset(split: ImageTensors, size: int | None, seed: int) -> ImageTensors:
+    """The labelled images of ``split`` (label >= 0); with ``size``, a random ``size`` of them seeded by ``seed``."""
     split = split.subset(torch.nonzero(split.labels >= 0).flatten())
     if size is None or size >= len(split):
         return split
@@ -158,7 +162,7 @@ def run_finetune(backbone: str | Path = "random", dataset: str = "fashion_mnist"
     pl.seed_everything(seed, verbose=False)
     module, feature_dim, metadata = build_init(str(backbone), arch, cifar_stem, dataset, image_size)
     size = int(metadata["image_size"])
-    train, test = (_labelled_subset(load_split(dataset, split, data_dir, download, image_size=size), subset, seed + i)
+    train, test = (labelled_subset(load_split(dataset, split, data_dir, download, image_size=size), subset, seed + i)
                    for i, (split, subset) in enumerate((("train", train_subset), ("test", test_subset))))
     if len(train) == 0 or len(test) == 0:
         raise ValueError(f"{dataset} in {data_dir} has no labelled train or test images.")
@@ -175,9 +179,10 @@ def run_finetune(backbone: str | Path = "random", dataset: str = "fashion_mnist"
                          enable_model_summary=False, log_every_n_steps=10)
     trainer.fit(model, train_loader)
     (metrics,) = trainer.test(model, test_loader, verbose=False)
-    result = {"top1": float(metrics["test/top1"]), "init": str(backbone), "dataset": dataset,
-              "architecture": metadata.get("architecture", arch), "epochs": epochs, "lr": lr,
-              "weight_decay": weight_decay, "num_train": len(train), "num_test": len(test), "image_size": size}
+    result = {"top1": float(metrics["test/top1"]), "top5": float(metrics["test/top5"]), "init": str(backbone),
+              "method": metadata.get("method"), "dataset": dataset, "architecture": metadata.get("architecture", arch),
+              "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "num_train": len(train), "num_test": len(test),
+              "image_size": size}
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2))
     for logger in trainer.loggers:
@@ -190,7 +195,8 @@ def run_finetune(backbone: str | Path = "random", dataset: str = "fashion_mnist"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ssl_siamese.recipes.finetune",
                                      description="Fine-tune a backbone with a new linear head; report test top-1.")
-    parser.add_argument("--backbone", required=True, help="Exported backbone (.pt), 'random' or 'imagenet'.")
+    parser.add_argument("--backbone", required=True,
+                        help="Exported backbone (.pt), Lightning checkpoint (.ckpt), 'random' or 'imagenet'.")
     parser.add_argument("--arch", default="resnet18", help="Architecture for random/imagenet (e.g. tiny_cnn).")
     parser.add_argument("--cifar_stem", default=True, type=lambda s: s.lower() == "true",
                         help="3x3 stem for a random torchvision ResNet (true/false).")
@@ -220,7 +226,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     except (FileNotFoundError, ValueError, DataNotFoundError) as error:
         sys.exit(f"ssl_siamese.recipes.finetune: error: {error}")
     print(f"Fine-tuned {result['init']} ({result['architecture']}) on {result['dataset']} for {result['epochs']} "
-          f"epochs ({result['num_train']} train / {result['num_test']} test): test top-1 {result['top1']:.4f}")
+          f"epochs ({result['num_train']} train / {result['num_test']} test): test top-1 {result['top1']:.4f}  "
+          f"top-5 {result['top5']:.4f}")
     return result
 
 
