@@ -27,6 +27,8 @@ from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
 from ssl_siamese.checkpoints import CheckpointError, SafeCheckpointIO, check_resume_checkpoint
 from ssl_siamese.data import DataNotFoundError, SSLDataModule
 from ssl_siamese.evaluation.knn import KNNEvaluation
+from ssl_siamese.evaluation.online_probe import OnlineLinearProbe
+from ssl_siamese.evaluation.pictures import EmbeddingPictures
 from ssl_siamese.export import export_backbone
 from ssl_siamese.loggers import LOGGERS, make_logger
 
@@ -87,6 +89,10 @@ class SSLCLI(LightningCLI):
         parser.add_argument("--ckpt_path", default=None, help="Resume from this Lightning checkpoint.")
         parser.add_argument("--knn_at_start", default=True, type=bool,
                             help="Measure kNN accuracy of the untrained backbone first.")
+        parser.add_argument("--online_probe", default=True, type=bool,
+                            help="Train a linear probe on detached features alongside (labelled data only).")
+        parser.add_argument("--pictures_every_n_epochs", default=10, type=int,
+                            help="Log embedding pictures (PCA, nearest neighbours) every N epochs; 0: never.")
         parser.add_lightning_class_args(KNNEvaluation, "knn")
         parser.link_arguments("data.batch_size", "model.batch_size")
         parser.link_arguments("data.image_size", "model.view_size", apply_on="instantiate")
@@ -137,6 +143,11 @@ def main(model_class: type[pl.LightningModule], method_name: str,
         sys.exit(f"ssl_siamese.recipes.{method_name}: error: {error}")
     out = Path(cli.config_init["out"])
     has_labels = datamodule.num_classes is not None
+    if has_labels:  # evaluation on the side, before the checkpoint callbacks so their state is saved
+        extra = [OnlineLinearProbe()] if cli.config_init["online_probe"] else []
+        every = cli.config_init["pictures_every_n_epochs"]
+        extra += [EmbeddingPictures(every_n_epochs=every)] if every > 0 else []
+        trainer.callbacks[0:0] = extra
     if cli.config_init["knn_at_start"] and has_labels:
         rank_zero_info("Measuring kNN accuracy of the backbone at initialisation ...")
         trainer.validate(model, datamodule=datamodule, verbose=False)
