@@ -328,3 +328,19 @@ def test_environment_variable_wins_over_the_system_copy(tmp_path, monkeypatch):
     monkeypatch.setenv(data.FASHION_MNIST_ENV, str(tmp_path / "mine"))
     paths = data.fashion_mnist_search_paths(tmp_path / "nothing")
     assert paths.index((tmp_path / "mine").resolve()) < paths.index(data.FASHION_MNIST_SYSTEM_DIR)
+
+
+def test_resumable_loader_shards_ranks_disjointly_and_reorders_each_epoch():
+    from ssl_siamese.loader import ResumableBatchLoader
+
+    images, labels = torch.arange(10).view(10, 1), torch.arange(10)
+    shards = [ResumableBatchLoader(images, labels, batch_size=2, seed=3, rank=r, world_size=2) for r in range(2)]
+    seen = [torch.cat([b[1] for b in shard]) for shard in shards]
+    assert len(shards[0]) == 2 and sorted(torch.cat(seen).tolist()) == sorted(set(torch.cat(seen).tolist()))
+    shards[0].set_epoch(1)
+    assert torch.cat([b[1] for b in shards[0]]).tolist() != seen[0].tolist()
+    resumed = ResumableBatchLoader(images, labels, batch_size=2, seed=3, rank=0, world_size=2)
+    resumed.load_state_dict({"epoch": 0, "batches_done": 1, "seed": 3})
+    assert torch.cat([b[1] for b in resumed]).tolist() == seen[0][2:].tolist()
+    with pytest.raises(ValueError, match="--data.seed 9"):
+        resumed.load_state_dict({"epoch": 0, "batches_done": 1, "seed": 9})

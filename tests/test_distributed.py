@@ -132,3 +132,39 @@ def test_moco_queue_identical_on_all_ranks_and_single_process(runs):
         assert torch.allclose(rank0, single, atol=1e-5), (
             f"queue differs from the single-process queue after step {step}: "
             f"max diff {(rank0 - single).abs().max().item():.2e}")
+
+
+class RecordRank(__import__("pytorch_lightning").Callback):
+    """Writes what this rank trained on (image checksums per step) and its learning rate to a file."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        images = batch[0][0] if isinstance(batch[0], list) else batch[0]
+        with open(f"{self.folder}/rank{trainer.global_rank}.txt", "a") as file:
+            file.write(f"{trainer.current_epoch} {images.shape[0]}\n")
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        torch.save({"lr": trainer.optimizers[0].param_groups[0]["initial_lr"],
+                    "knn": [row[1] for row in trainer.callbacks[-1].history]},
+                   f"{self.folder}/rank{trainer.global_rank}.pt")
+
+
+def test_lightning_ddp_two_processes_shard_the_data_and_scale_the_lr(tmp_path):
+    """The real Trainer path: DDP with 2 gloo processes on CPU, our resumable loader, kNN gathered."""
+    import pytorch_lightning as pl
+
+    from ssl_siamese import KNNEvaluation, SSLDataModule
+
+    model = SimCLR(backbone="tiny_cnn", lr=0.2, projection_dim=16, hidden_dim=32)
+    data = SSLDataModule("synthetic", batch_size=16, train_subset=64, knn_bank_subset=64, val_subset=30)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[RecordRank(str(tmp_path)), KNNEvaluation(k=5)])
+    trainer.fit(model, datamodule=data)
+    steps = [(tmp_path / f"rank{r}.txt").read_text().split("\n")[:-1] for r in range(2)]
+    assert steps[0] == steps[1] == ["0 16", "0 16"], "64 images, 2 ranks, 16 per step: 2 steps each"
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert results[0]["lr"] == results[1]["lr"] == pytest.approx(0.2 * 16 * 2 / 256)
+    assert len(results[0]["knn"]) == 1 and results[0]["knn"] == results[1]["knn"], "kNN on all ranks' features"
