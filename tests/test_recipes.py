@@ -123,3 +123,13 @@ def test_resuming_a_checkpoint_of_another_method_is_a_clear_error(tmp_path):
                                    "--log_to", "none", "--out", str(tmp_path / "moco")])
     message = str(exit_info.value.code)
     assert "does not fit this MoCo (it was saved by SimSiam)" in message and "missing" in message
+
+
+def test_lars_bf16_channels_last_and_warmup_run_on_cpu(tmp_path):
+    """The speed options fall back cleanly on a CPU: LARS, bf16 autocast, channels_last, warm-up."""
+    summary = main(MoCo, "moco", TINY + [
+        "--model.queue_size", "64", "--model.optimizer", "lars", "--model.channels_last", "true",
+        "--model.warmup_epochs", "0.5", "--trainer.precision", "bf16-mixed", "--trainer.max_epochs", "1",
+        "--trainer.limit_train_batches", "3", "--data.val_subset", "64", "--data.knn_bank_subset", "128",
+        "--knn_at_start", "false", "--log_to", "none", "--out", str(tmp_path)])
+    assert summary["epochs"] == 1 and torch.isfinite(torch.tensor(summary["knn_history"][-1][1]))
