@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ssl_siamese.backbones import BACKBONE_NAMES, build_backbone
+from ssl_siamese.backbones import BACKBONE_NAMES, TORCHVISION_RESNETS, build_backbone
 from ssl_siamese.embeddings import Preprocess, preprocessing
 
 FORMAT = "ssl_siamese.backbone/1"
@@ -55,7 +55,7 @@ def export_backbone(model: nn.Module, path: str | Path, **metadata: Any) -> Path
         "format": FORMAT,
         "architecture": arch if isinstance(arch, str) else None,  # None: a user module, not rebuildable
         "module_class": type(model.backbone).__name__,
-        "cifar_stem": bool(hparams.get("cifar_stem", False)),
+        "cifar_stem": bool(hparams.get("cifar_stem", False)) and arch in TORCHVISION_RESNETS,  # only ResNets have one
         "feature_dim": int(model.feature_dim),
         "image_size": int(hparams.get("view_size", 0)),
         "mean": [float(v) for v in hparams.get("mean", ())],
@@ -169,7 +169,7 @@ def _from_checkpoint(payload: dict[str, Any], path: Path) -> tuple[nn.Module, di
         except (TypeError, ValueError, RuntimeError):
             continue
         metadata = {"method": method.__name__, "architecture": hparams.get("backbone"),
-                    "cifar_stem": bool(hparams.get("cifar_stem", False)), "feature_dim": int(model.feature_dim),
+                    "cifar_stem": bool(hparams.get("cifar_stem", False)) and arch in TORCHVISION_RESNETS,  # only ResNets have one "feature_dim": int(model.feature_dim),
                     "image_size": int(hparams.get("view_size", 0)), "mean": [float(v) for v in hparams.get("mean", ())],
                     "std": [float(v) for v in hparams.get("std", ())], "epochs": payload.get("epoch"),
                     "steps": payload.get("global_step")}

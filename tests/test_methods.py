@@ -138,3 +138,23 @@ def test_learning_rate_scales_with_the_datamodule_batch(devices_batch, accumulat
     trainer.fit(model, datamodule=data)
     assert trainer.optimizers[0].param_groups[0]["initial_lr"] == pytest.approx(
         0.3 * devices_batch * accumulate / 256)
+
+
+def test_timm_backbones_through_a_stand_in_timm(monkeypatch):
+    """timm is optional (not installed in CI): a stand-in module checks the calls and the error path."""
+    import sys
+    import types
+
+    def create_model(name, pretrained, num_classes):
+        if name != "tiny_vit":
+            raise RuntimeError(f"Unknown model ({name})")
+        assert pretrained is False and num_classes == 0  # no download, no classifier head
+        model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 24))
+        model.num_features = 24
+        return model
+
+    monkeypatch.setitem(sys.modules, "timm", types.SimpleNamespace(create_model=create_model))
+    module, dim = build_backbone("timm/tiny_vit", cifar_stem=True)
+    assert dim == 24 and module(torch.zeros(2, 3, 8, 8)).shape == (2, 24)
+    with pytest.raises(ValueError, match="timm has no model 'nope'"):
+        build_backbone("timm/nope")
