@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma
 PRESETS = ("simclr", "moco_v2", "simsiam")
+CROP_ATTEMPTS = 10  # as torchvision's RandomResizedCrop.get_params
 
 
 def to_float_rgb(images: Tensor) -> Tensor:
@@ -66,9 +67,9 @@ def _check_prob(name: str, p: float) -> None:
 class ViewAugmentation(nn.Module):
     """Random resized crop + flip, colour jitter, grayscale, blur, solarize and normalisation, batched.
 
-    Crop: area fraction ~ U(crop_scale) and log aspect ratio ~ U(log crop_ratio) as in torchvision's
-    ``RandomResizedCrop``, but instead of its rejection loop the crop width/height are clamped to the
-    image (so extreme ratios give slightly smaller areas than drawn). Crop, flip and resize are one
+    Crop: area fraction ~ U(crop_scale) and log aspect ratio ~ U(log crop_ratio) with torchvision's
+    ``RandomResizedCrop`` rejection rule (the first of 10 candidates that fits, else a centre crop), the
+    10 candidates drawn at once for the whole batch, so the crops follow torchvision's distribution. Crop, flip and resize are one
     ``affine_grid`` + ``grid_sample`` (bilinear) per batch. Colour jitter is applied in a FIXED order
     (brightness, contrast, saturation, hue); torchvision randomises the order per image.
 
@@ -111,13 +112,9 @@ class ViewAugmentation(nn.Module):
         Crop ``w``/``h`` are fractions of the image width/height, ``cx``/``cy`` the crop centre in
         [-1, 1] coordinates, ``area = w * h``. Samples not jittered get identity factors / zero hue.
         """
-        u = torch.rand(batch_size, 14, device=device, generator=generator)
-        lo, hi = self.crop_scale
-        scale = lo + (hi - lo) * u[:, 0]
-        log_lo, log_hi = math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])
-        ratio = torch.exp(log_lo + (log_hi - log_lo) * u[:, 1])  # width / height in pixels
-        w = torch.sqrt(scale * ratio * aspect).clamp(max=1.0)
-        h = torch.sqrt(scale / ratio / aspect).clamp(max=1.0)
+        u = torch.rand(batch_size, 14 + 2 * (CROP_ATTEMPTS - 1), device=device, generator=generator)
+        w, h = self._crop_size(torch.cat([u[:, :1], u[:, 14::2]], 1), torch.cat([u[:, 1:2], u[:, 15::2]], 1),
+                               aspect)
         jitter = u[:, 5] < self.jitter_prob
 
         def factor(col: int, strength: float) -> Tensor:
@@ -135,6 +132,25 @@ class ViewAugmentation(nn.Module):
             "grayscale": u[:, 10] < self.grayscale_prob, "blur": u[:, 11] < self.blur_prob,
             "sigma": sig_lo + (sig_hi - sig_lo) * u[:, 12], "solarize": u[:, 13] < self.solarize_prob,
         }
+
+    def _crop_size(self, scale_u: Tensor, ratio_u: Tensor, aspect: float) -> tuple[Tensor, Tensor]:
+        """Crop width/height fractions as torchvision draws them: the first of ``CROP_ATTEMPTS`` candidates
+        (area ~ U(scale), log ratio ~ U(log ratio)) that fits in the image, else a centre crop of the
+        whole image with its ratio clamped to ``crop_ratio``. ``scale_u``/``ratio_u``: (B, attempts) in [0, 1)."""
+        lo, hi = self.crop_scale
+        scale = lo + (hi - lo) * scale_u
+        log_lo, log_hi = math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])
+        ratio = torch.exp(log_lo + (log_hi - log_lo) * ratio_u)  # width / height in pixels
+        w, h = torch.sqrt(scale * ratio * aspect), torch.sqrt(scale / ratio / aspect)
+        fits = (w <= 1.0) & (h <= 1.0)
+        first = fits.to(torch.uint8).argmax(1, keepdim=True)  # index of the first candidate that fits
+        image_ratio = 1.0 / aspect  # W / H
+        fallback_w = min(1.0, self.crop_ratio[1] / image_ratio)
+        fallback_h = min(1.0, image_ratio / self.crop_ratio[0])
+        found = fits.any(1)
+        w = torch.where(found, w.gather(1, first).squeeze(1), torch.full_like(w[:, 0], fallback_w))
+        h = torch.where(found, h.gather(1, first).squeeze(1), torch.full_like(h[:, 0], fallback_h))
+        return w, h
 
     def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One random view per image: ``(B, 1|3, H, W)`` uint8 or [0, 1] float -> normalised float32."""
