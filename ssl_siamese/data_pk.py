@@ -3,20 +3,22 @@
 Metric learning is judged on classes the model never saw. :class:`PKDataModule` trains on ``train_classes``
 of the train split with :class:`PKBatchSampler` (P classes x K images per batch) and keeps ``eval_classes``
 of the evaluation split for few-shot, verification and retrieval metrics. Disjoint labels are not enough when
-a dataset holds near-copies of one picture under two labels, so :func:`near_duplicate_report` compares
-perceptual hashes across the split.
+a dataset holds near-copies of one picture under two labels, so :func:`near_duplicate_report` finds them
+across the split (perceptual hash to find candidates, pixel difference to confirm) and the data module
+reports them, drops them from training, or fails.
 
 Example:
     >>> dm = PKDataModule("fashion_mnist", "./data", train_classes=range(7), eval_classes=range(7, 10), p=7, k=8)
-    >>> dm.setup("fit")
+    >>> dm.setup("fit")                                        # drops training near-copies of eval images
     >>> images, labels = next(iter(dm.train_dataloader()))     # (56, 1, 28, 28) uint8, 7 classes x 8
-    >>> report = near_duplicate_report(dm.train_data.images, dm.eval_data.images, threshold=0)
+    >>> print(dm.duplicate_report)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -27,6 +29,8 @@ from torch.utils.data import DataLoader
 from ssl_siamese.augment import grayscale, to_float_rgb
 from ssl_siamese.data import DATASETS, ImageTensors, UInt8ImageDataset, load_split
 from ssl_siamese.samplers import PKBatchSampler, assert_no_class_overlap
+
+NEAR_DUPLICATE_MODES = ("report", "drop", "fail")
 
 
 def average_hash(images: Tensor, hash_size: int = 8) -> Tensor:
@@ -42,72 +46,125 @@ def average_hash(images: Tensor, hash_size: int = 8) -> Tensor:
 
 @dataclass(frozen=True)
 class NearDuplicateReport:
-    """How many images of ``b`` have a near-duplicate in ``a`` (Hamming distance <= ``threshold``).
+    """Near-copies between images ``a`` (train) and ``b`` (eval): hash candidates confirmed by their pixels.
 
-    ``pairs`` lists up to ``max_examples`` ``(index in a, index in b, distance, pixel difference)``, closest
-    first, with the mean absolute pixel difference in [0, 255] to tell true copies (about 0) from look-alikes;
-    ``min_distance`` is the smallest distance between any image of ``a`` and any of ``b``. Hashes are
-    coarse: on Fashion-MNIST many different shoes share an 8x8 hash, so read the examples before trusting
-    the count (``hash_size=16`` is stricter).
+    A pair is a candidate when its average hashes differ in at most ``threshold`` bits, and a near-copy
+    when also its mean absolute pixel difference is at most ``pixel_threshold`` (of 255). Hashes alone are
+    far too coarse (on Fashion-MNIST many different shoes share an 8x8 hash): ``hash_matches_in_b`` counts
+    the eval images the hash alone would flag. ``duplicates_in_b`` eval images have a near-copy among the
+    ``a`` images ``duplicates_in_a``; ``pairs`` lists up to ``max_examples`` of the ``num_pairs`` near-copy
+    pairs ``(index in a, index in b, hash distance, pixel difference)``, closest first.
     """
 
     threshold: int
+    pixel_threshold: float
     num_a: int
     num_b: int
+    hash_matches_in_b: int
     duplicates_in_b: int
+    duplicates_in_a: list[int]
+    num_pairs: int
     pairs: list[tuple[int, int, int, float]]
-    min_distance: int
+
+    def to_dict(self, index_a: Tensor | None = None, index_b: Tensor | None = None) -> dict[str, Any]:
+        """Counts and the (capped) example pairs, for ``results.json``; not the full ``duplicates_in_a``.
+
+        ``index_a`` / ``index_b`` map the positions in ``a`` / ``b`` to other indices (e.g. in the dataset).
+        """
+        def position(index: Tensor | None, n: int) -> int:
+            return n if index is None else int(index[n])
+
+        return {"hash_threshold": self.threshold, "pixel_threshold": self.pixel_threshold,
+                "train_images": self.num_a, "eval_images": self.num_b,
+                "hash_matches_in_eval": self.hash_matches_in_b, "eval_images_with_copy": self.duplicates_in_b,
+                "train_copies": len(self.duplicates_in_a), "num_pairs": self.num_pairs,
+                "pairs": [{"train": position(index_a, i), "eval": position(index_b, j), "hash_distance": d,
+                           "pixel_difference": round(diff, 3)} for i, j, d, diff in self.pairs]}
 
     def __str__(self) -> str:
-        examples = ", ".join(f"a[{i}]~b[{j}] (d={d}, pixels {diff:.1f})" for i, j, d, diff in self.pairs[:5])
-        return (f"near-duplicates (average hash, Hamming <= {self.threshold}): {self.duplicates_in_b} of "
-                f"{self.num_b} eval images match one of {self.num_a} train images; closest distance "
-                f"{self.min_distance}; examples: {examples or 'none'}")
+        examples = ", ".join(f"a[{i}]~b[{j}] (pixels {diff:.1f})" for i, j, _, diff in self.pairs[:5])
+        return (f"near-duplicates (hash Hamming <= {self.threshold}, then mean pixel difference <= "
+                f"{self.pixel_threshold:g} of 255): {self.duplicates_in_b} of {self.num_b} eval images have a "
+                f"near-copy among {len(self.duplicates_in_a)} of {self.num_a} train images "
+                f"({self.hash_matches_in_b} eval images match by hash alone); examples: {examples or 'none'}")
 
 
-def near_duplicate_report(images_a: Tensor, images_b: Tensor, threshold: int = 0, hash_size: int = 8,
-                          max_examples: int = 10, chunk_size: int = 512) -> NearDuplicateReport:
-    """Compare average hashes of uint8 ``images_a`` (e.g. train) and ``images_b`` (e.g. eval), ``(N, C, H, W)``.
+def _mean_abs_difference(x_a: Tensor, x_b: Tensor, index_a: Tensor, index_b: Tensor,
+                         batch: int = 65536) -> Tensor:
+    """``mean(|x_a[index_a[n]] - x_b[index_b[n]]|)`` over dim 1 for each pair ``n``, ``batch`` pairs at a time."""
+    return torch.cat([(x_a[ia].float() - x_b[ib].float()).abs().mean(dim=1)
+                      for ia, ib in zip(index_a.split(batch), index_b.split(batch))] or [torch.zeros(0)])
 
-    Distances are counted exactly for every pair, ``chunk_size`` rows of ``b`` at a time.
+
+def _block_means(images: Tensor, block: int = 4) -> tuple[Tensor, float]:
+    """Means over ``block`` x ``block`` tiles, flattened, and the share of the pixels the tiles cover."""
+    tiles = F.avg_pool2d(images.float(), block).flatten(1)
+    return tiles, tiles.shape[1] * block * block / images[0].numel()
+
+
+def near_duplicate_report(images_a: Tensor, images_b: Tensor, threshold: int = 3, hash_size: int = 8,
+                          pixel_threshold: float = 5.0, max_examples: int = 20,
+                          chunk_size: int = 512) -> NearDuplicateReport:
+    """Find near-copies between uint8 ``images_a`` (e.g. train) and ``images_b`` (e.g. eval), ``(N, C, H, W)``.
+
+    Every pair whose average hashes differ in <= ``threshold`` bits (counted exactly, ``chunk_size`` rows of
+    ``b`` at a time) is a candidate; its mean absolute pixel difference then decides. The defaults flag
+    none of the 3000 Fashion-MNIST test images of classes 7-9 against the 42000 training images of classes
+    0-6 (no pair of these differs by less than 9 of 255), and find copies with a few grey levels of noise.
 
     Example:
-        >>> report = near_duplicate_report(train.images, test.images, threshold=2)
-        >>> print(report)         # counts, closest distance, example index pairs
+        >>> report = near_duplicate_report(train.images, test.images)
+        >>> print(report)         # counts and example index pairs
     """
-    hash_a, hash_b = average_hash(images_a, hash_size).float(), average_hash(images_b, hash_size).float()
-    bits = hash_a.shape[1]
-    nearest, nearest_index = [], []
-    for chunk in hash_b.split(chunk_size):
-        # Hamming distance = number of differing bits = bits - agreements on ones - agreements on zeros.
-        distance = bits - chunk @ hash_a.T - (1 - chunk) @ (1 - hash_a).T
-        values, index = distance.min(dim=1)
-        nearest.append(values.round().long())
-        nearest_index.append(index)
-    nearest, nearest_index = torch.cat(nearest), torch.cat(nearest_index)
-    hits = (nearest <= threshold).nonzero().flatten()
-    hits = hits[nearest[hits].argsort(stable=True)][:max_examples]
-    pairs = [(int(nearest_index[j]), int(j), int(nearest[j]),
-              (images_a[nearest_index[j]].float() - images_b[j].float()).abs().mean().item()) for j in hits]
-    return NearDuplicateReport(threshold=threshold, num_a=len(images_a), num_b=len(images_b),
-                               duplicates_in_b=int((nearest <= threshold).sum()), pairs=pairs,
-                               min_distance=int(nearest.min()))
+    if images_a.shape[1:] != images_b.shape[1:]:
+        raise ValueError(f"images_a and images_b must share (C, H, W), got {tuple(images_a.shape[1:])} "
+                         f"and {tuple(images_b.shape[1:])}")
+    signs_a = average_hash(images_a, hash_size).float() * 2 - 1
+    signs_b = average_hash(images_b, hash_size).float() * 2 - 1
+    bits = signs_a.shape[1]
+    candidates_a, candidates_b, candidate_distances = [], [], []
+    for start, chunk in zip(range(0, len(signs_b), chunk_size), signs_b.split(chunk_size)):
+        # With bits as +-1, agreements - disagreements = the dot product, so Hamming = (bits - dot) / 2.
+        dot = chunk @ signs_a.T
+        index_b, index_a = (dot >= bits - 2 * threshold).nonzero(as_tuple=True)
+        candidates_a.append(index_a)
+        candidates_b.append(index_b + start)
+        candidate_distances.append(((bits - dot[index_b, index_a]) / 2).round().long())
+    index_a, index_b, hamming = torch.cat(candidates_a), torch.cat(candidates_b), torch.cat(candidate_distances)
+
+    # Tile means differ by no more than the pixels do (scaled by the share of pixels the tiles cover), so
+    # a candidate whose tiles already differ by more than pixel_threshold is no copy; compare the rest.
+    (tiles_a, covered), (tiles_b, _) = _block_means(images_a), _block_means(images_b)
+    close = _mean_abs_difference(tiles_a, tiles_b, index_a, index_b) * covered <= pixel_threshold
+    index_a, index_b, hamming = index_a[close], index_b[close], hamming[close]
+    pixels = _mean_abs_difference(images_a.flatten(1), images_b.flatten(1), index_a, index_b)
+    copy = pixels <= pixel_threshold
+    index_a, index_b, hamming, pixels = index_a[copy], index_b[copy], hamming[copy], pixels[copy]
+    pairs = [(int(index_a[n]), int(index_b[n]), int(hamming[n]), float(pixels[n]))
+             for n in pixels.argsort(stable=True)[:max_examples]]
+    return NearDuplicateReport(
+        threshold=threshold, pixel_threshold=pixel_threshold, num_a=len(images_a), num_b=len(images_b),
+        hash_matches_in_b=len(torch.cat(candidates_b).unique()), duplicates_in_b=len(index_b.unique()),
+        duplicates_in_a=index_a.unique().tolist(), num_pairs=len(pixels), pairs=pairs)
 
 
-def _restrict(data: ImageTensors, classes: list[int], size: int | None, seed: int) -> ImageTensors:
-    """The images of ``classes``; then at most ``size`` of them, chosen with ``seed``."""
+def _restrict(data: ImageTensors, classes: list[int], size: int | None, seed: int) -> Tensor:
+    """Indices of the images of ``classes``; then at most ``size`` of them, chosen with ``seed``."""
     index = torch.isin(data.labels, torch.tensor(classes)).nonzero().flatten()
     if size is not None and size < len(index):
         chosen = torch.randperm(len(index), generator=torch.Generator().manual_seed(seed))[:size]
         index = index[chosen.sort().values]
-    return data.subset(index)
+    return index
 
 
 class PKDataModule(pl.LightningDataModule):
     """P x K batches from ``train_classes`` of ``train_split``; ``eval_data`` from ``eval_classes`` of ``eval_split``.
 
-    The two class sets must be disjoint (checked with ``assert_no_class_overlap``). There is no validation
-    loader: evaluate ``eval_data`` after training (see ``ssl_siamese.recipes.siamese``).
+    The two class sets must be disjoint (checked with ``assert_no_class_overlap``), and ``setup`` looks for
+    near-copies across the split with :func:`near_duplicate_report`: ``duplicate_report`` (positions in
+    ``train_data`` before any drop) and ``near_duplicates``, a JSON-ready summary with the pairs' indices in
+    their splits and the number of dropped images. There is no validation loader: evaluate ``eval_data``
+    after training (see ``ssl_siamese.recipes.siamese``).
 
     Args:
         dataset, data_dir, download: as for ``load_split``.
@@ -116,6 +173,12 @@ class PKDataModule(pl.LightningDataModule):
         batches_per_epoch: ``None``: about one pass over the training images.
         train_subset, eval_subset: at most this many images (seeded), or all.
         train_split, eval_split: which splits the two sides come from.
+        class_balanced: ``PKBatchSampler`` picks the ``p`` classes uniformly (``True``) or in proportion to
+            their size (``False``).
+        near_duplicates: what to do with training images that are near-copies of eval images: ``report``
+            (keep them), ``drop`` (remove them from ``train_data``; the eval set stays as it is), ``fail``
+            (raise ``ValueError``).
+        hash_size: side of the average hash used to find candidates.
     """
 
     def __init__(self, dataset: str = "fashion_mnist", data_dir: str = "./data",
@@ -123,10 +186,14 @@ class PKDataModule(pl.LightningDataModule):
                  p: int = 7, k: int = 8, batches_per_epoch: int | None = None,
                  train_subset: int | None = None, eval_subset: int | None = None,
                  train_split: str = "train", eval_split: str = "test", download: bool = True,
-                 num_workers: int = 0, seed: int = 0) -> None:
+                 num_workers: int = 0, seed: int = 0, class_balanced: bool = True,
+                 near_duplicates: str = "drop", hash_size: int = 8) -> None:
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"Unknown dataset {dataset!r}. Valid names: {', '.join(DATASETS)}.")
+        if near_duplicates not in NEAR_DUPLICATE_MODES:
+            raise ValueError(f"near_duplicates must be one of {', '.join(NEAR_DUPLICATE_MODES)}, "
+                             f"got {near_duplicates!r}")
         self.info = DATASETS[dataset]
         self.train_classes, self.eval_classes = sorted(set(train_classes)), sorted(set(eval_classes))
         shared = set(self.train_classes) & set(self.eval_classes)
@@ -135,6 +202,10 @@ class PKDataModule(pl.LightningDataModule):
         self.save_hyperparameters(ignore=["train_classes", "eval_classes"])
         self.train_data: ImageTensors | None = None
         self.eval_data: ImageTensors | None = None
+        self.train_index: Tensor | None = None  # position of each train_data / eval_data image in its split
+        self.eval_index: Tensor | None = None
+        self.duplicate_report: NearDuplicateReport | None = None
+        self.near_duplicates: dict[str, Any] = {}
 
     @property
     def batch_size(self) -> int:
@@ -159,18 +230,38 @@ class PKDataModule(pl.LightningDataModule):
         train = load_split(hp.dataset, hp.train_split, hp.data_dir, hp.download)
         held_out = train if hp.eval_split == hp.train_split else load_split(
             hp.dataset, hp.eval_split, hp.data_dir, hp.download)
-        self.train_data = _restrict(train, self.train_classes, hp.train_subset, hp.seed)
-        self.eval_data = _restrict(held_out, self.eval_classes, hp.eval_subset, hp.seed + 1)
+        self.train_index = _restrict(train, self.train_classes, hp.train_subset, hp.seed)
+        self.eval_index = _restrict(held_out, self.eval_classes, hp.eval_subset, hp.seed + 1)
+        self.train_data, self.eval_data = train.subset(self.train_index), held_out.subset(self.eval_index)
+        self._check_near_duplicates()
         n_train = len(self.train_data)
         assert_no_class_overlap(torch.cat([self.train_data.labels, self.eval_data.labels]),
                                 torch.arange(n_train), n_train + torch.arange(len(self.eval_data)))
+
+    def _check_near_duplicates(self) -> None:
+        report = near_duplicate_report(self.train_data.images, self.eval_data.images,
+                                       hash_size=self.hparams.hash_size)
+        mode = self.hparams.near_duplicates
+        self.duplicate_report = report
+        self.near_duplicates = {"mode": mode, "dropped_train_images": 0,
+                                **report.to_dict(self.train_index, self.eval_index)}
+        if mode == "fail" and report.duplicates_in_a:
+            raise ValueError(f"{report}. Remove them, or pass near_duplicates='drop' to leave them out of "
+                             "training.")
+        if mode == "drop" and report.duplicates_in_a:
+            keep = torch.ones(len(self.train_data), dtype=torch.bool)
+            keep[report.duplicates_in_a] = False
+            self.train_data = self.train_data.subset(keep.nonzero().flatten())
+            self.train_index = self.train_index[keep]
+            self.near_duplicates["dropped_train_images"] = len(report.duplicates_in_a)
+            self.dropped_train_images = len(report.duplicates_in_a)
 
     def train_dataloader(self) -> DataLoader:
         if self.train_data is None:
             self.setup("fit")
         hp = self.hparams
         sampler = PKBatchSampler(self.train_data.labels, p=hp.p, k=hp.k, num_batches=hp.batches_per_epoch,
-                                 seed=hp.seed)
+                                 seed=hp.seed, class_balanced=hp.class_balanced)
         return DataLoader(UInt8ImageDataset(self.train_data.images, self.train_data.labels),
                           batch_sampler=sampler, num_workers=hp.num_workers,
                           persistent_workers=hp.num_workers > 0)

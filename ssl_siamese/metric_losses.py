@@ -1,9 +1,12 @@
 """Supervised Siamese metric-learning losses: margin contrastive and triplet with online mining.
 
 lightly (1.6) has only self-supervised losses, with no margin contrastive loss and no triplet loss with
-mining, and ``torch.nn.TripletMarginLoss`` takes triplets that are already formed. Here triplets are mined
-inside the batch from a (B, B) distance matrix, so one forward pass of the batch serves every triplet.
-Mining only chooses indices (no gradient); the loss is then taken on the differentiable distances.
+mining, and ``torch.nn.TripletMarginLoss`` takes triplets that are already formed. pytorch-metric-learning
+has both, but its ``TripletMarginMiner("semihard")`` keeps *every* semi-hard triplet rather than FaceNet's
+nearest semi-hard negative per (anchor, positive), and its ``ContrastiveLoss`` is not Hadsell's squared hinge;
+an extra dependency for about 150 lines. Here triplets are mined inside the batch from a (B, B) distance
+matrix, so one forward pass of the batch serves every triplet. Mining only chooses indices (no gradient);
+the loss is then taken on the differentiable distances.
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ def _safe_sqrt(squared: Tensor, eps: float) -> Tensor:
     return torch.where(squared > eps, squared.clamp_min(eps).sqrt(), torch.zeros_like(squared))
 
 
-def pairwise_distance_matrix(embeddings: Tensor, metric: str = "euclidean", eps: float = 1e-12) -> Tensor:
+def pairwise_distance_matrix(embeddings: Tensor, metric: str = "euclidean") -> Tensor:
     """(B, D) embeddings -> (B, B) distances with an exactly zero diagonal.
 
-    ``"euclidean"``: ``||x_i - x_j||`` from the Gram matrix; squared distances at or below ``eps`` count
-    as 0, so the gradient stays finite for coincident points. ``"cosine"``: ``1 - cos(x_i, x_j)`` in [0, 2].
+    ``"euclidean"``: ``||x_i - x_j||`` from the differences ``x_i - x_j`` themselves, not from the Gram
+    matrix (``|x_i|^2 + |x_j|^2 - 2 x_i.x_j`` loses most digits in float32 for near points); the gradient
+    is zero, not NaN, for coincident points. ``"cosine"``: ``1 - cos(x_i, x_j)`` in [0, 2].
 
     Example:
         >>> distances = pairwise_distance_matrix(torch.randn(8, 16), metric="cosine")  # (8, 8)
@@ -38,15 +42,11 @@ def pairwise_distance_matrix(embeddings: Tensor, metric: str = "euclidean", eps:
     _check_choice("metric", metric, METRICS)
     if embeddings.dim() != 2:
         raise ValueError(f"embeddings must be (B, D), got shape {tuple(embeddings.shape)}")
+    if metric == "euclidean":  # cdist's backward gives 0, not NaN, where a distance is 0
+        return torch.cdist(embeddings, embeddings, compute_mode="donot_use_mm_for_euclid_dist")
     eye = torch.eye(len(embeddings), dtype=torch.bool, device=embeddings.device)
-    if metric == "cosine":
-        normed = F.normalize(embeddings, dim=1)
-        distances = (1.0 - normed @ normed.T).clamp(0.0, 2.0)
-        return distances.masked_fill(eye, 0.0)
-    sq_norms = embeddings.pow(2).sum(dim=1)
-    squared = sq_norms[:, None] + sq_norms[None, :] - 2.0 * embeddings @ embeddings.T
-    squared = squared.clamp_min(0.0).masked_fill(eye, 0.0)
-    return _safe_sqrt(squared, eps)
+    normed = F.normalize(embeddings, dim=1)
+    return (1.0 - normed @ normed.T).clamp(0.0, 2.0).masked_fill(eye, 0.0)
 
 
 def paired_distance(x0: Tensor, x1: Tensor, metric: str = "euclidean", eps: float = 1e-12) -> Tensor:

@@ -2,7 +2,9 @@
 
 Triplet mining needs every batch to hold several classes with several samples each (P x K batches,
 Hermans et al., 2017); pair losses need balanced positive and negative pairs; and metric-learning
-evaluation needs classes that were never seen in training. torch and lightly offer none of these.
+evaluation needs classes that were never seen in training. torch and lightly offer none of these;
+pytorch-metric-learning's ``MPerClassSampler`` gives P x K batches, but not the pairs or the class-disjoint
+split, and is an extra dependency for these few lines.
 """
 
 from __future__ import annotations
@@ -85,13 +87,15 @@ class PKBatchSampler(Sampler[list[int]]):
             yield np.concatenate([self._draw(self.members[c], rng) for c in chosen]).tolist()
 
 
-def balanced_pairs(labels: Sequence[int] | Tensor, num_pairs: int,
-                   seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+def balanced_pairs(labels: Sequence[int] | Tensor, num_pairs: int, seed: int = 0,
+                   num_positive: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Index pairs ``(i, j, same)`` for pair losses: ``num_pairs // 2`` positive pairs, the rest negative.
 
     Positive pairs go round-robin over the classes with >= 2 samples (two distinct samples of one class);
     negative pairs take their first class round-robin over all classes and the second uniformly among the
-    others. So every class appears about equally often, whatever its size. Needs >= 2 classes.
+    others. So every class appears about equally often, whatever its size. ``num_positive`` sets another
+    share of positives (0: negatives only, which need no class with 2 samples). Positives need a class
+    with >= 2 samples; negatives need >= 2 classes.
 
     Example:
         >>> i, j, same = balanced_pairs(dataset_labels, num_pairs=1000, seed=0)
@@ -99,21 +103,27 @@ def balanced_pairs(labels: Sequence[int] | Tensor, num_pairs: int,
     """
     labels = _as_numpy_labels(labels)
     classes, order, starts, counts = _group_by_class(labels)
-    if len(classes) < 2 or not (counts >= 2).any():
-        raise ValueError("balanced_pairs needs >= 2 classes and one class with >= 2 samples")
-    rng = np.random.default_rng(seed)
-    num_positive = num_pairs // 2
+    num_positive = num_pairs // 2 if num_positive is None else num_positive
+    if not 0 <= num_positive <= num_pairs:
+        raise ValueError(f"num_positive must be in [0, num_pairs={num_pairs}], got {num_positive}")
     num_negative = num_pairs - num_positive
+    if num_positive > 0 and not (counts >= 2).any():
+        raise ValueError("positive pairs need a class with >= 2 samples; every class here has one "
+                         "(pass num_positive=0 for negative pairs only)")
+    if num_negative > 0 and len(classes) < 2:
+        raise ValueError(f"negative pairs need >= 2 classes, got only class {classes.tolist()} "
+                         "(pass num_positive=num_pairs for positive pairs only)")
+    rng = np.random.default_rng(seed)
 
     eligible = np.flatnonzero(counts >= 2)
-    pos_class = eligible[rng.permutation(len(eligible))][np.arange(num_positive) % len(eligible)]
+    pos_class = eligible[rng.permutation(len(eligible))][np.arange(num_positive) % max(1, len(eligible))]
     first = rng.integers(0, counts[pos_class])
     second = (first + rng.integers(1, counts[pos_class])) % counts[pos_class]  # distinct from first
     pos_i, pos_j = order[starts[pos_class] + first], order[starts[pos_class] + second]
 
     num_classes = len(classes)
     neg_a = rng.permutation(num_classes)[np.arange(num_negative) % num_classes]
-    neg_b = (neg_a + rng.integers(1, num_classes, size=num_negative)) % num_classes  # another class
+    neg_b = (neg_a + rng.integers(1, max(2, num_classes), size=num_negative)) % num_classes  # another class
     neg_i = order[starts[neg_a] + rng.integers(0, counts[neg_a])]
     neg_j = order[starts[neg_b] + rng.integers(0, counts[neg_b])]
 

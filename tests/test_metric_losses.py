@@ -5,6 +5,7 @@ from collections import Counter
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from ssl_siamese.metric_losses import ContrastiveLoss, TripletLoss, pairwise_distance_matrix
 from ssl_siamese.samplers import PKBatchSampler, assert_no_class_overlap, balanced_pairs, class_disjoint_split
@@ -114,6 +115,58 @@ def test_gradient_pulls_positive_and_pushes_negative(mining, metric):
     after = pairwise_distance_matrix(x.detach() - step, metric)
     assert after[0, 1] < before[0, 1]  # anchor pulled toward the positive
     assert after[0, 2] > before[0, 2]  # and pushed away from the negative
+
+
+@pytest.mark.parametrize("mining", ["batch_hard", "semi_hard", "batch_all"])
+def test_float32_gradient_matches_float64_for_near_points(mining):
+    # Unit-norm embeddings about 1e-3 apart: from the Gram matrix, float32 keeps only a digit or two of
+    # these distances and the gradient was off by 15-100%; from the differences it agrees to ~1e-7.
+    labels = torch.arange(4).repeat_interleave(3)
+    for seed in range(3):
+        generator = torch.Generator().manual_seed(seed)
+        centre = F.normalize(torch.randn(1, 64, dtype=torch.float64, generator=generator))
+        points = (centre + 1e-4 * torch.randn(12, 64, dtype=torch.float64, generator=generator)).float()
+        gradients = []
+        for x in (points, points.double()):  # the same points in both precisions
+            x = x.clone().requires_grad_(True)
+            TripletLoss(margin=1e-3, mining=mining)(x, labels).backward()
+            gradients.append(x.grad.double())
+        error = (gradients[0] - gradients[1]).norm() / gradients[1].norm()
+        assert gradients[1].norm() > 0 and error < 1e-4, (seed, error.item())
+
+
+def test_euclidean_distance_matrix_near_points_and_coincident_points():
+    x = torch.tensor([[1.0, 1.0], [1.0 + 1e-4, 1.0], [1.0, 1.0]], requires_grad=True)
+    distances = pairwise_distance_matrix(x)
+    assert distances[0, 1].item() == pytest.approx(1e-4, rel=1e-3)  # the Gram matrix gave 0 here
+    assert distances[0, 2].item() == 0.0 and (distances.diagonal() == 0).all()
+    distances.sum().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_contrastive_gradient_pulls_positives_and_pushes_negatives_inside_the_margin(metric):
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.randn(6, 4, dtype=torch.float64, generator=generator)
+    x1 = x0 + 0.3 * torch.randn(6, 4, dtype=torch.float64, generator=generator)
+    x1[5] = -10.0 * x0[5]  # far apart: beyond the margin for both metrics (cosine distance 2 > 1.5)
+    same = torch.tensor([1, 1, 1, 0, 0, 0])
+    margin = 10.0 if metric == "euclidean" else 1.5
+    x0.requires_grad_(True)
+    x1.requires_grad_(True)
+    loss_fn = ContrastiveLoss(margin=margin, metric=metric)
+    loss_fn(x0, x1, same).backward()
+    before = paired(x0.detach(), x1.detach(), metric)
+    assert (before[3:5] < margin).all() and before[5] >= margin
+    after = paired(x0.detach() - 1e-3 * x0.grad, x1.detach() - 1e-3 * x1.grad, metric)
+    assert (after[:3] < before[:3]).all()   # positives pulled together
+    assert (after[3:5] > before[3:5]).all()  # negatives inside the margin pushed apart
+    assert x0.grad[5].abs().max() == 0 and x1.grad[5].abs().max() == 0  # beyond the margin: no gradient
+
+
+def paired(x0, x1, metric):
+    return torch.tensor([reference_distance(torch.stack([a, b]), 0, 1, metric) for a, b in zip(x0, x1)],
+                        dtype=torch.float64)
 
 
 @pytest.mark.parametrize("mining", ["batch_hard", "semi_hard", "batch_all"])
@@ -232,6 +285,22 @@ def test_balanced_pairs_are_half_positive_and_class_balanced():
     positive_classes = Counter(lab[i[same]].tolist())
     assert max(positive_classes.values()) - min(positive_classes.values()) <= 1 and len(positive_classes) == 4
     assert torch.equal(balanced_pairs(labels, 400, seed=1)[0], i)
+
+
+def test_balanced_pairs_with_a_chosen_number_of_positives():
+    i, j, same = balanced_pairs(torch.arange(6), num_pairs=10, num_positive=0)  # every image its own class
+    assert not same.any() and (i != j).all()
+    i, j, same = balanced_pairs([4, 4, 4], num_pairs=5, num_positive=5)  # one class: positives only
+    assert same.all() and (i != j).all()
+    lab = torch.tensor(imbalanced_labels([5, 3, 2]))
+    i, j, same = balanced_pairs(lab, num_pairs=12, num_positive=3)
+    assert int(same.sum()) == 3 and (lab[i] == lab[j]).tolist() == same.tolist()
+    with pytest.raises(ValueError, match="num_positive=0"):
+        balanced_pairs(torch.arange(6), num_pairs=10)
+    with pytest.raises(ValueError, match=">= 2 classes"):
+        balanced_pairs([4, 4, 4], num_pairs=4)
+    with pytest.raises(ValueError, match="num_positive"):
+        balanced_pairs(lab, num_pairs=4, num_positive=5)
 
 
 def test_class_disjoint_split_has_no_overlap():

@@ -4,7 +4,8 @@ The self-supervised methods learn from two views of one image; this one also kno
 class. Training batches are uint8 images + labels (best as P x K batches, :class:`PKBatchSampler`); the base
 class makes two augmented views of each, so every image brings an extra positive. The losses are our own
 (:mod:`ssl_siamese.metric_losses`): lightly has no margin contrastive loss and no triplet loss with mining.
-``pretrained`` starts the backbone from an exported self-supervised backbone (SSL + Siamese fine-tuning).
+``pretrained`` starts the backbone from an exported self-supervised backbone (SSL + Siamese fine-tuning);
+checkpoints record its architecture, not its path, so they load after the file has moved.
 
 Example:
     >>> model = SupervisedSiamese(backbone="tiny_cnn", loss="triplet", mining="semi_hard", view_size=28)
@@ -37,13 +38,36 @@ def metric_learning_views(size: int, mean: tuple[float, ...], std: tuple[float, 
                             mean=mean, std=std)
 
 
+def contrastive_pairs(labels: Tensor, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Pairs ``(i, j, same)`` of ``(view0[i], view1[j])`` for the contrastive loss on a batch of B images.
+
+    Every image with its own other view (B positives), then :func:`balanced_pairs` from the labels:
+    ``B // 2`` positives of two images of one class and ``B + B // 2`` negatives, so positives and
+    negatives are as many. Where the labels allow no positives (every image its own class) or no negatives
+    (one class), that part is left out; any batch works.
+
+    Example:
+        >>> i, j, same = contrastive_pairs(torch.tensor([0, 0, 1, 1]))  # 4 own + 2 positive + 6 negative
+        >>> loss = ContrastiveLoss()(z0[i], z1[j], same)
+    """
+    n = len(labels)
+    counts = labels.unique(return_counts=True)[1]
+    num_positive = n // 2 if counts.max() >= 2 else 0
+    num_negative = n + num_positive if len(counts) >= 2 else 0
+    i, j, same = balanced_pairs(labels, num_pairs=num_positive + num_negative, seed=seed,
+                                num_positive=num_positive)
+    own = torch.arange(n)
+    return torch.cat([own, i]), torch.cat([own, j]), torch.cat([torch.ones(n, dtype=torch.bool), same])
+
+
 class SupervisedSiamese(SiameseModule):
     """Backbone + embedding head trained with a label-aware metric loss.
 
     ``triplet``: :class:`TripletLoss` on the embeddings of both views (labels repeated), with ``mining``
-    ``batch_hard``, ``semi_hard`` or ``batch_all``. ``contrastive``: :class:`ContrastiveLoss` on B
-    balanced pairs (half same-class, half different) ``(view0[i], view1[j])`` formed inside the batch.
-    Without labels (``shared_step(view0, view1)``) each image is its own class.
+    ``batch_hard``, ``semi_hard`` or ``batch_all``. ``contrastive``: :class:`ContrastiveLoss` on the pairs
+    ``(view0[i], view1[j])`` of :func:`contrastive_pairs`: each image with its own other view, plus pairs
+    from the labels, as many positive as negative. Without labels (``shared_step(view0, view1)``) each image
+    is its own class.
 
     Args:
         embedding_dim: output size of the head.
@@ -54,7 +78,8 @@ class SupervisedSiamese(SiameseModule):
         margin: loss margin; ``None``: 0.2 for triplet, 1.0 for contrastive.
         metric: ``euclidean`` or ``cosine`` distance inside the loss.
         pretrained: an exported backbone file (``export_backbone``); its weights initialise ``self.backbone``,
-            and its architecture and stem are the defaults for ``backbone`` and ``cifar_stem``.
+            and its architecture, stem and feature size are the defaults for ``backbone``, ``cifar_stem`` and
+            ``feature_dim``. Not saved in the hyperparameters: a checkpoint holds the weights itself.
         **kwargs: the shared options of ``SiameseModule`` (backbone, lr, view_size, mean, std, ...);
             ``augmentation=None`` uses :func:`metric_learning_views`.
     """
@@ -66,11 +91,13 @@ class SupervisedSiamese(SiameseModule):
             raise ValueError(f"loss must be one of {LOSSES} and head one of {HEADS}, got {loss!r}, {head!r}")
         initial = None
         if pretrained is not None:
-            initial, info = load_backbone(pretrained)
+            loaded = load_backbone(pretrained)
+            initial, info = loaded.backbone, loaded.metadata
             kwargs.setdefault("backbone", info["architecture"])
             kwargs.setdefault("cifar_stem", info.get("cifar_stem", False))
+            kwargs.setdefault("feature_dim", info.get("feature_dim"))
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=self.hparams_ignore)
+        self.save_hyperparameters(ignore=self.hparams_ignore + ["pretrained"])
         if kwargs.get("augmentation") is None:
             self.augmentation = metric_learning_views(self.hparams.view_size, self.hparams.mean, self.hparams.std)
         if initial is not None:
@@ -106,8 +133,8 @@ class SupervisedSiamese(SiameseModule):
         if self.hparams.loss == "triplet":
             return self.criterion(z, labels.repeat(2)), z[: len(view0)]
         z0, z1 = z.chunk(2)
-        i, j, same = balanced_pairs(labels, num_pairs=len(labels), seed=int(self.global_step))
-        return self.criterion(z0[i.to(z.device)], z1[j.to(z.device)], same.to(z.device)), z0
+        i, j, same = (t.to(z.device) for t in contrastive_pairs(labels, seed=int(self.global_step)))
+        return self.criterion(z0[i], z1[j], same), z0
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         (view0, view1), labels = batch

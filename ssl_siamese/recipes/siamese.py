@@ -2,14 +2,17 @@
 
     python -m ssl_siamese.recipes.siamese --data.dataset fashion_mnist --data.data_dir ./data \
         --train_classes 0-6 --eval_classes 7-9 [--pretrained backbone.pt] [--loss triplet --mining semi_hard] \
-        [--epochs 5] [--out out/siamese]
+        [--epochs 5] [--near_duplicates drop] [--class_balanced true] [--out out/siamese]
 
 Trains :class:`SupervisedSiamese` on P x K batches of ``--train_classes`` (train split), then evaluates the
 frozen backbone features of ``--eval_classes`` (test split, never seen in training) before and after
 training: N-way 1-shot accuracy with its 95% CI (``fewshot_episodes``, N = number of eval classes),
 verification ROC AUC and EER on balanced pairs (``verification_roc``) and Recall@1/5/10 (``recall_at_k``).
-Prints a near-duplicate report across the split and the metrics table, writes ``results.json`` and exports
-the backbone to ``<out>/exported_models/backbone.pt``. ``--epochs 0`` only evaluates (e.g. an SSL backbone).
+Before training, training images that are near-copies of eval images (average hash, confirmed by the pixel
+difference) are dropped (``--near_duplicates drop``), only reported (``report``) or stop the run (``fail``).
+Prints the near-duplicate report and the metrics table, writes ``results.json`` (with the near-duplicate
+counts and example pairs) and exports the backbone to ``<out>/exported_models/backbone.pt``. ``--epochs 0``
+only evaluates (e.g. an SSL backbone).
 
 Example:
     >>> result = run_siamese("fashion_mnist", "./data", range(7), range(7, 10), epochs=1, out="out/siamese")
@@ -29,12 +32,19 @@ import pytorch_lightning as pl
 import torch
 from torch import Tensor
 
-from ssl_siamese.data_pk import PKDataModule, near_duplicate_report
+from ssl_siamese.data_pk import NEAR_DUPLICATE_MODES, PKDataModule
 from ssl_siamese.evaluation.fewshot import fewshot_episodes
 from ssl_siamese.evaluation.retrieval import pair_scores, recall_at_k, verification_roc
 from ssl_siamese.export import export_backbone
 from ssl_siamese.methods.siamese import SupervisedSiamese
 from ssl_siamese.samplers import balanced_pairs
+
+
+def parse_bool(text: str) -> bool:
+    """``"true"`` / ``"false"`` (any case) -> bool; anything else is an error."""
+    if text.lower() not in ("true", "false"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() == "true"
 
 
 def parse_classes(spec: str) -> list[int]:
@@ -89,20 +99,24 @@ def run_siamese(dataset: str = "fashion_mnist", data_dir: str = "./data",
                 mining: str = "semi_hard", margin: float | None = None, embedding_dim: int = 128,
                 epochs: int = 5, p: int | None = None, k: int = 8, batches_per_epoch: int | None = None,
                 lr: float = 0.5, train_subset: int | None = None, eval_subset: int | None = None,
-                episodes: int = 600, hash_size: int = 8, out: str | Path = "out/siamese",
-                download: bool = True, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+                class_balanced: bool = True, near_duplicates: str = "drop", hash_size: int = 8,
+                episodes: int = 600, out: str | Path = "out/siamese", download: bool = True, seed: int = 0,
+                progress: bool = True) -> dict[str, Any]:
     """Train on ``train_classes``, evaluate before/after on ``eval_classes``, export; returns the results.
 
     ``backbone=None`` means the pretrained file's architecture, or ``tiny_cnn`` without one. ``p=None``
     uses every training class in each batch (at most 16). ``lr`` is per 256 images (SGD, cosine schedule).
+    ``class_balanced``, ``near_duplicates`` and ``hash_size`` are :class:`PKDataModule`'s.
     """
     pl.seed_everything(seed, verbose=False)
     dm = PKDataModule(dataset, data_dir, train_classes, eval_classes, p=p or min(16, len(set(train_classes))),
                       k=k, batches_per_epoch=batches_per_epoch, train_subset=train_subset,
-                      eval_subset=eval_subset, download=download, seed=seed)
-    dm.setup("fit")
-    duplicates = near_duplicate_report(dm.train_data.images, dm.eval_data.images, hash_size=hash_size)
-    print(duplicates)
+                      eval_subset=eval_subset, download=download, seed=seed, class_balanced=class_balanced,
+                      near_duplicates=near_duplicates, hash_size=hash_size)
+    dm.setup("fit")  # raises for near_duplicates="fail" when the split leaks
+    print(dm.duplicate_report)
+    if near_duplicates == "drop":
+        print(f"near-duplicates: dropped {dm.near_duplicates['dropped_train_images']} training images")
     model_kwargs: dict[str, Any] = {} if backbone is None and pretrained else {"backbone": backbone or "tiny_cnn"}
     model = SupervisedSiamese(embedding_dim=embedding_dim, loss=loss, mining=mining, margin=margin,
                               pretrained=pretrained, lr=lr, batch_size=dm.batch_size, view_size=dm.image_size,
@@ -125,7 +139,7 @@ def run_siamese(dataset: str = "fashion_mnist", data_dir: str = "./data",
     results["backbone_path"] = str(export_backbone(
         model, out / "exported_models" / "backbone.pt", data=dataset, epochs=epochs, loss=loss,
         train_classes=list(dm.train_classes), eval_classes=list(dm.eval_classes)))
-    results.update(near_duplicates=duplicates.duplicates_in_b, train_images=len(dm.train_data),
+    results.update(near_duplicates=dm.near_duplicates, train_images=len(dm.train_data),
                    eval_images=len(dm.eval_data), steps=int(model.global_step))
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
@@ -136,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data.dataset", dest="dataset", default="fashion_mnist")
     parser.add_argument("--data.data_dir", dest="data_dir", default="./data")
-    parser.add_argument("--data.download", dest="download", type=lambda s: s.lower() == "true", default=True)
+    parser.add_argument("--data.download", dest="download", type=parse_bool, default=True)
     parser.add_argument("--train_classes", type=parse_classes, default="0-6", help="e.g. 0-6 or 0,2,4")
     parser.add_argument("--eval_classes", type=parse_classes, default="7-9", help="disjoint from train")
     parser.add_argument("--backbone", default=None, help="default: the pretrained file's, else tiny_cnn")
@@ -152,8 +166,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lr", type=float, default=0.5, help="per 256 images")
     parser.add_argument("--train_subset", type=int, default=None)
     parser.add_argument("--eval_subset", type=int, default=None)
-    parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--class_balanced", type=parse_bool, default=True,
+                        help="true: classes drawn uniformly into batches; false: in proportion to their size")
+    parser.add_argument("--near_duplicates", default="drop", choices=NEAR_DUPLICATE_MODES,
+                        help="training images that are near-copies of eval images: report, drop, or fail")
     parser.add_argument("--hash_size", type=int, default=8, help="average-hash side for the duplicate check")
+    parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="out/siamese")
     return run_siamese(**vars(parser.parse_args(argv)))
