@@ -529,6 +529,19 @@ def _random_subset(data: ImageTensors, size: int | None, seed: int) -> ImageTens
     return data.subset(torch.randperm(len(data), generator=generator)[:size].sort().values)
 
 
+def _keep_classes(data: ImageTensors, classes: list[int] | None) -> ImageTensors:
+    """The images whose label is in ``classes`` (all of them when ``classes`` is None)."""
+    if classes is None:
+        return data
+    if not data.has_labels:
+        raise ValueError("--data.classes needs labelled data; this split has no labels.")
+    keep = torch.isin(data.labels, torch.tensor(list(classes), dtype=data.labels.dtype))
+    if not keep.any():
+        raise ValueError(f"No image has a label in --data.classes {list(classes)}; the labels run from 0 to "
+                         f"{int(data.labels.max())}.")
+    return data.subset(torch.nonzero(keep).flatten())
+
+
 def _align_classes(query: ImageTensors, classes: list[str]) -> ImageTensors:
     """Relabel ``query`` with the indices of ``classes``; drop images of classes not in it."""
     if query.classes == classes:
@@ -545,7 +558,9 @@ class SSLDataModule(pl.LightningDataModule):
 
     Training batches come from the train split (shuffled, optionally a seeded ``train_subset``); the
     validation loaders are ``[kNN bank, queries]``: the train split unshuffled (optionally
-    ``knn_bank_subset`` images) and the test split (optionally ``val_subset`` images).
+    ``knn_bank_subset`` images) and the test split (optionally ``val_subset`` images). ``classes`` keeps
+    only the images of those label indices in every split, e.g. to pretrain on classes 0-6 and keep 7-9
+    unseen for a one-shot evaluation (the labels are used for that filter and for evaluation only).
 
     Example:
         >>> dm = SSLDataModule("fashion_mnist", data_dir="./data", batch_size=256, train_subset=2000)
@@ -557,7 +572,7 @@ class SSLDataModule(pl.LightningDataModule):
                  num_workers: int = 0, image_size: int | None = None, train_subset: int | None = None,
                  knn_bank_subset: int | None = None, val_subset: int | None = None,
                  download: bool = True, cache_dir: str | None = None, seed: int = 0,
-                 drop_last: bool = True, pin_memory: bool = True) -> None:
+                 drop_last: bool = True, pin_memory: bool = True, classes: list[int] | None = None) -> None:
         super().__init__()
         self.info = _check_dataset(dataset)
         self.save_hyperparameters()
@@ -627,7 +642,7 @@ class SSLDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
-        train = self._load(self.info.train_split)
+        train = _keep_classes(self._load(self.info.train_split), hp.classes)
         self.train_data = _random_subset(train, hp.train_subset, hp.seed)
         if hp.drop_last and hp.batch_size > len(self.train_data):
             raise ValueError(
@@ -639,7 +654,7 @@ class SSLDataModule(pl.LightningDataModule):
         bank = self._load(self.info.bank_split)
         if query_split is None or not bank.has_labels:
             return
-        query = self._load(query_split)
+        bank, query = _keep_classes(bank, hp.classes), _keep_classes(self._load(query_split), hp.classes)
         bank = bank.subset(torch.nonzero(bank.labels >= 0).flatten()) if (bank.labels < 0).any() else bank
         query = _align_classes(query, bank.classes)
         query = query.subset(torch.nonzero(query.labels >= 0).flatten()) if (query.labels < 0).any() else query

@@ -344,3 +344,12 @@ def test_resumable_loader_shards_ranks_disjointly_and_reorders_each_epoch():
     assert torch.cat([b[1] for b in resumed]).tolist() == seen[0][2:].tolist()
     with pytest.raises(ValueError, match="--data.seed 9"):
         resumed.load_state_dict({"epoch": 0, "batches_done": 1, "seed": 9})
+
+
+def test_classes_filter_keeps_only_those_labels_in_every_split():
+    dm = SSLDataModule("synthetic", batch_size=16, classes=[0, 1, 2])
+    dm.setup("fit")
+    for split in (dm.train_data, dm.bank_data, dm.query_data):
+        assert len(split) > 0 and set(split.labels.unique().tolist()) == {0, 1, 2}
+    with pytest.raises(ValueError, match="No image has a label in --data.classes"):
+        SSLDataModule("synthetic", batch_size=16, classes=[42]).setup("fit")
