@@ -169,7 +169,9 @@ def _from_checkpoint(payload: dict[str, Any], path: Path) -> tuple[nn.Module, di
         except (TypeError, ValueError, RuntimeError):
             continue
         metadata = {"method": method.__name__, "architecture": hparams.get("backbone"),
-                    "cifar_stem": bool(hparams.get("cifar_stem", False)) and arch in TORCHVISION_RESNETS,  # only ResNets have one "feature_dim": int(model.feature_dim),
+                    "cifar_stem": bool(hparams.get("cifar_stem", False))
+                    and hparams.get("backbone") in TORCHVISION_RESNETS,
+                    "feature_dim": int(model.feature_dim),
                     "image_size": int(hparams.get("view_size", 0)), "mean": [float(v) for v in hparams.get("mean", ())],
                     "std": [float(v) for v in hparams.get("std", ())], "epochs": payload.get("epoch"),
                     "steps": payload.get("global_step")}
