@@ -1,73 +1,216 @@
-"""Train SimCLR, MoCo and SimSiam through the real recipe path and print a table.
+"""Train SimCLR, MoCo and SimSiam through the real recipe path, evaluate them, and print one table.
 
-Each method runs ``ssl_siamese.recipes.<method>`` (LightningCLI, on-device augmentation, kNN callback)
-with the same data and budget; the table gives kNN top-1 at initialisation and at the end, training
-throughput and wall time, and the ratio of each method's throughput to SimCLR's in the same run.
+Each method runs ``ssl_siamese.cli.main`` (LightningCLI, on-device augmentation, kNN callback) with the
+same data and budget. Its exported backbone, and the same architecture at random init (same seed), are
+then evaluated on frozen features with the library's own functions: weighted kNN top-1 (k=200, t=0.1,
+cosine; bank = training split, queries = test split), linear-probe top-1 (trained on the training split,
+tested on the test split) and 5-way 1-shot accuracy with its 95% interval (nearest prototype, 600 episodes
+on the test split). Raw-pixel kNN (flattened normalised pixels, same kNN) is the reference row. The table
+also gives training throughput, minutes of training and the throughput ratio to SimCLR in the same run.
 
-    # GPU: ResNet-18 (CIFAR stem) on Fashion-MNIST, 10 epochs per method
-    python benchmarks/methods.py --data_dir .data/fashion-mnist --epochs 10 --json $OUT/methods.json
-    # CPU smoke test (what CI runs): tiny ConvNet on synthetic data
+    # GPU: ResNet-18 (CIFAR stem, bf16) on all of Fashion-MNIST (60k / 10k), 10 epochs per method
+    python benchmarks/methods.py --data_dir .data/fashion-mnist --json $OUT/methods.json
+    # CPU: tiny_cnn with the settings of recipes/quickstart.yaml, a training subset, a few epochs
+    python benchmarks/methods.py --cpu --data_dir data/fashion-mnist --json methods_cpu.json
+    # CPU smoke test (what CI runs): tiny ConvNet on synthetic data, seconds
     python benchmarks/methods.py --quick
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import platform
 import tempfile
+import warnings
 from datetime import date
+from pathlib import Path
+from typing import Any
 
+import lightly
+import pytorch_lightning as pl
 import torch
+import yaml
+from torch import Tensor
 
+from ssl_siamese import build_backbone, embed_images, load_backbone
 from ssl_siamese.cli import main
-from ssl_siamese.methods import MoCo, SimCLR, SimSiam
+from ssl_siamese.data import ImageTensors, load_split
+from ssl_siamese.embeddings import default_device, preprocessing
+from ssl_siamese.evaluation import fewshot_episodes, fit_linear_probe, topk_accuracy, weighted_knn_scores
+from ssl_siamese.methods import MoCo, SiameseModule, SimCLR, SimSiam
 
 METHODS = {"simclr": SimCLR, "moco": MoCo, "simsiam": SimSiam}
+QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
+# defaults per mode; train_subset, eval_train, eval_test None: the whole split
+MODES = {
+    "gpu": {"epochs": 10, "train_subset": None, "eval_train": None, "eval_test": None, "probe_epochs": 100,
+            "episodes": 600},
+    "cpu": {"epochs": 4, "train_subset": 12288, "eval_train": 10000, "eval_test": 5000, "probe_epochs": 100,
+            "episodes": 600},
+    "quick": {"epochs": 1, "train_subset": None, "eval_train": 1024, "eval_test": 512, "probe_epochs": 20,
+              "episodes": 100},
+}
 
 
-def run(name: str, args: argparse.Namespace, out: str) -> dict:
-    if args.quick:
+def training_args(name: str, args: argparse.Namespace, out: str) -> list[str]:
+    """The recipe command line of one method in the chosen mode."""
+    if args.mode == "quick":
         cli = ["--model.backbone", "tiny_cnn", "--data.dataset", "synthetic", "--data.batch_size", "64",
-               "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "8", "--trainer.accelerator", "cpu",
-               "--data.knn_bank_subset", "512", "--data.val_subset", "128"]
+               "--trainer.max_epochs", str(args.epochs), "--trainer.limit_train_batches", "8",
+               "--trainer.accelerator", "cpu", "--data.knn_bank_subset", "512", "--data.val_subset", "128"]
         if name == "moco":
             cli += ["--model.queue_size", "512"]
+    elif args.mode == "cpu":  # quickstart.yaml, less the options this method does not have (SimSiam: temperature)
+        config = yaml.safe_load(QUICKSTART.read_text())
+        accepted = {*inspect.signature(METHODS[name]).parameters, *inspect.signature(SiameseModule).parameters}
+        config["model"] = {key: value for key, value in config["model"].items() if key in accepted}
+        config["data"].update(data_dir=args.data_dir, download=False, train_subset=args.train_subset)
+        config["trainer"].update(max_epochs=args.epochs, check_val_every_n_epoch=args.epochs)
+        path = Path(out) / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        cli = ["--config", str(path), "--model.backbone", "tiny_cnn"]
+        if name == "moco":  # the keys of the last 8 steps (2 views x 256), a third of the default training subset
+            cli += ["--model.queue_size", "4096"]
     else:
         cli = ["--config", f"recipes/fashion_mnist_{name}.yaml", "--data.data_dir", args.data_dir,
                "--data.download", "false", "--trainer.max_epochs", str(args.epochs),
                "--trainer.check_val_every_n_epoch", str(args.epochs)]
-    cli += ["--out", f"{out}/{name}", "--log_to", "csv", "--trainer.enable_progress_bar", "false"]
-    summary = main(METHODS[name], name, cli)
+        if args.train_subset:
+            cli += ["--data.train_subset", str(args.train_subset)]
+    return cli + ["--seed_everything", str(args.seed), "--out", f"{out}/{name}", "--log_to", "csv",
+                  "--pictures_every_n_epochs", "0", "--trainer.enable_progress_bar", "false"]
+
+
+def seeded_subset(data: ImageTensors, size: int | None, seed: int) -> ImageTensors:
+    """A seeded random subset in the original order (as the data module draws its kNN bank and queries)."""
+    if size is None or size >= len(data):
+        return data
+    return data.subset(torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:size].sort().values)
+
+
+def evaluate(features: tuple[Tensor, Tensor], labels: tuple[Tensor, Tensor], num_classes: int,
+             args: argparse.Namespace, probe: bool = True) -> dict[str, Any]:
+    """kNN top-1, linear-probe top-1 and 5-way 1-shot of (train, test) features; on the GPU when there is one."""
+    device = default_device()
+    (train, test), (train_y, test_y) = ((a.to(device), b.to(device)) for a, b in (features, labels))
+    scores = weighted_knn_scores(test, train, train_y, num_classes, k=200, temperature=0.1)
+    result: dict[str, Any] = {"knn_top1": topk_accuracy(scores, test_y, ks=(1,))[1]}
+    if probe:
+        result["linear_top1"] = fit_linear_probe(train, train_y, test, test_y, num_classes,
+                                                 epochs=args.probe_epochs, seed=args.seed).top1
+        fewshot = fewshot_episodes(test, test_y, n_way=5, k_shot=1, episodes=args.episodes, seed=args.seed)
+        result["fewshot_5w1s"], result["fewshot_ci95"] = fewshot.mean, fewshot.ci95
+    return result
+
+
+def evaluate_backbone(backbone: torch.nn.Module, metadata: dict[str, Any], splits: tuple[ImageTensors, ImageTensors],
+                      num_classes: int, args: argparse.Namespace) -> dict[str, Any]:
+    features = tuple(embed_images(backbone, split.images, metadata, progress=False) for split in splits)
+    return evaluate(features, tuple(split.labels for split in splits), num_classes, args)
+
+
+def run(name: str, args: argparse.Namespace, out: str, splits: tuple[ImageTensors, ImageTensors],
+        num_classes: int) -> dict[str, Any]:
+    summary = main(METHODS[name], name, training_args(name, args, out))
+    trained, _, metadata = load_backbone(summary["backbone"])
+    torch.manual_seed(args.seed)  # the recipe seeds everything with the same seed before it builds the model
+    initial, _ = build_backbone(metadata["architecture"], metadata["cifar_stem"])
     history = summary["knn_history"]
-    return {"method": name, "knn_init": history[0][1], "knn_final": history[-1][1],
-            "epochs": summary["epochs"], "img_per_s": summary["img_per_s"],
-            "fit_minutes": summary["fit_seconds"] / 60}
+    return {"method": name, "epochs": summary["epochs"], "img_per_s": summary["img_per_s"],
+            "fit_minutes": summary["fit_seconds"] / 60, "metadata": metadata,
+            "callback_knn_top1": [top1 for _, top1, _ in history],
+            "init": evaluate_backbone(initial, metadata, splits, num_classes, args),
+            "trained": evaluate_backbone(trained, metadata, splits, num_classes, args)}
+
+
+def raw_pixels(splits: tuple[ImageTensors, ImageTensors], metadata: dict[str, Any], num_classes: int,
+               args: argparse.Namespace) -> float:
+    """kNN top-1 on flattened pixels, normalised like the backbone's input."""
+    transform = preprocessing(metadata)
+    features = tuple(torch.cat([transform(chunk).flatten(1) for chunk in split.images.split(4096)])
+                     for split in splits)
+    return evaluate(features, tuple(split.labels for split in splits), num_classes, args, probe=False)["knn_top1"]
+
+
+def table(rows: list[dict[str, Any]], pixels: float) -> list[str]:
+    """The markdown table: per method random init -> trained, speed and time; raw-pixel kNN last."""
+    reference = next((r["img_per_s"] for r in rows if r["method"] == "simclr"), None)
+    lines = ["| method | epochs | kNN top-1 | linear probe top-1 | 5-way 1-shot | img/s | vs SimCLR | train minutes |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        init, trained = r["init"], r["trained"]
+        ratio = f"{r['img_per_s'] / reference:.2f}" if reference and r["img_per_s"] else "-"
+        speed = f"{r['img_per_s']:,.0f}" if r["img_per_s"] else "-"
+        lines.append(f"| {r['method']} | {r['epochs']} | {init['knn_top1']:.4f} -> {trained['knn_top1']:.4f} | "
+                     f"{init['linear_top1']:.4f} -> {trained['linear_top1']:.4f} | "
+                     f"{init['fewshot_5w1s']:.4f} ± {init['fewshot_ci95']:.4f} -> "
+                     f"{trained['fewshot_5w1s']:.4f} ± {trained['fewshot_ci95']:.4f} | {speed} | {ratio} | "
+                     f"{r['fit_minutes']:.2f} |")
+    lines.append(f"| raw pixels (reference) | - | {pixels:.4f} | - | - | - | - | - |")
+    return lines
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument("--quick", dest="mode", action="store_const", const="quick",
+                       help="CPU smoke test on synthetic data (seconds)")
+    modes.add_argument("--cpu", dest="mode", action="store_const", const="cpu",
+                       help="tiny_cnn with recipes/quickstart.yaml settings on real data, a few CPU minutes each")
+    parser.set_defaults(mode="gpu")
+    parser.add_argument("--data_dir", default="./data/fashion-mnist")
+    parser.add_argument("--epochs", type=int, default=None, help="default: 10 (GPU), 4 (--cpu)")
+    parser.add_argument("--train_subset", type=int, default=None,
+                        help="training images for pretraining; default: all (GPU), 12288 (--cpu)")
+    parser.add_argument("--eval_train", type=int, default=None,
+                        help="kNN bank and linear-probe training images from the train split; "
+                             "default: all 60,000 (GPU), 10,000 (--cpu)")
+    parser.add_argument("--eval_test", type=int, default=None,
+                        help="query / probe test / few-shot images from the test split; "
+                             "default: all 10,000 (GPU), 5,000 (--cpu)")
+    parser.add_argument("--probe_epochs", type=int, default=None, help="linear-probe epochs; default 100 (20 --quick)")
+    parser.add_argument("--episodes", type=int, default=None, help="few-shot episodes; default 600 (100 --quick)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--json", default=None, help="write full results here")
+    args = parser.parse_args()
+    for key, default in MODES[args.mode].items():
+        if getattr(args, key) is None:
+            setattr(args, key, default)
+    return args
 
 
 def main_cli() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="CPU smoke test on synthetic data")
-    parser.add_argument("--data_dir", default="./data/fashion-mnist")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--methods", nargs="+", default=list(METHODS))
-    parser.add_argument("--json", default=None, help="write full results here")
-    args = parser.parse_args()
+    args = parse_args()
+    if args.mode == "quick":  # a smoke test: one thread is enough, and a busy second core cannot stall it
+        torch.set_num_threads(1)
+    # each recipe gets its own argument list while sys.argv holds this script's: intended here
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    dataset = "synthetic" if args.mode == "quick" else "fashion_mnist"
+    train, test = (load_split(dataset, split, args.data_dir, download=False) for split in ("train", "test"))
+    # the same seeds as the data module's kNN bank and queries: equal sizes give the same images
+    splits = seeded_subset(train, args.eval_train, args.seed + 1), seeded_subset(test, args.eval_test, args.seed + 2)
+    num_classes = len(train.classes)
     with tempfile.TemporaryDirectory() as out:
-        rows = [run(name, args, out) for name in args.methods]
-    reference = next((r["img_per_s"] for r in rows if r["method"] == "simclr"), None)
+        rows = [run(name, args, out, splits, num_classes) for name in args.methods]
+    pixels = raw_pixels(splits, rows[0]["metadata"], num_classes, args)
+
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
-    print(f"\n{date.today()}  {device}  torch {torch.__version__}")
-    print("| method | epochs | kNN top-1 init | kNN top-1 final | img/s | vs SimCLR | fit minutes |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        ratio = f"{r['img_per_s'] / reference:.2f}" if reference and r["img_per_s"] else "-"
-        speed = f"{r['img_per_s']:,.0f}" if r["img_per_s"] else "-"
-        print(f"| {r['method']} | {r['epochs']} | {r['knn_init']:.4f} | {r['knn_final']:.4f} | {speed} | "
-              f"{ratio} | {r['fit_minutes']:.2f} |")
+    versions = {"torch": torch.__version__, "lightning": pl.__version__, "lightly": lightly.__version__}
+    settings = {"train_subset": args.train_subset or len(train), "eval_train": len(splits[0]),
+                "eval_test": len(splits[1]), "epochs": args.epochs, "probe_epochs": args.probe_epochs,
+                "episodes": args.episodes}
+    print(f"\n{date.today()}  {device}  " + "  ".join(f"{k} {v}" for k, v in versions.items()))
+    print(f"{dataset}, mode {args.mode}: pretraining on {settings['train_subset']:,} images; evaluation on "
+          f"{settings['eval_train']:,} train / {settings['eval_test']:,} test images; random init -> trained")
+    print("\n".join(table(rows, pixels)))
     if args.json:
         with open(args.json, "w") as handle:
-            json.dump({"device": device, "torch": torch.__version__, "rows": rows}, handle, indent=2)
+            json.dump({"date": str(date.today()), "device": device, **versions, "mode": args.mode,
+                       "dataset": dataset, **settings, "seed": args.seed, "raw_pixel_knn_top1": pixels,
+                       "rows": rows}, handle, indent=2)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The benchmark scripts' quick modes run on the CPU, so they cannot rot."""
 
+import json
 import os
 import subprocess
 import sys
@@ -14,5 +15,15 @@ def test_methods_benchmark_quick(tmp_path):
                             env={**os.environ, "WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stderr[-2000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
-    assert len(table) == 5 and all(name in result.stdout for name in ("simclr", "moco", "simsiam"))
-    assert (tmp_path / "r.json").is_file()
+    # header, separator, one row per method, the raw-pixel reference row
+    assert len(table) == 6, result.stdout[-2000:]
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["simclr", "moco", "simsiam", "raw pixels (reference)"]
+    assert all(line.count(" -> ") == 3 and line.count("±") == 2 for line in table[2:5])
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert 0.0 <= report["raw_pixel_knn_top1"] <= 1.0
+    for row in report["rows"]:
+        for stage in ("init", "trained"):
+            scores = row[stage]
+            assert set(scores) == {"knn_top1", "linear_top1", "fewshot_5w1s", "fewshot_ci95"}
+            assert all(0.0 <= scores[key] <= 1.0 for key in ("knn_top1", "linear_top1", "fewshot_5w1s"))
+        assert row["init"] != row["trained"]  # the trained backbone is not the random-init one
