@@ -42,10 +42,10 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(
-            f"{path} holds Python objects that weights-only loading refuses (it could run code), so it was "
+            f"{path} holds pickled objects that weights-only loading refuses (they could run code), so it was "
             f"not loaded. Only load checkpoints you trust; re-save its state_dict with plain tensors. "
             f"Details: {str(error).splitlines()[0]}") from error
-    except (RuntimeError, EOFError) as error:
+    except (RuntimeError, EOFError, OSError, ValueError) as error:  # a cut-off zip, a foreign format
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): {error}") from error
 
 

@@ -24,8 +24,8 @@ from pytorch_lightning.utilities import rank_zero_info
 from ssl_siamese.callbacks import CollapseMonitor, ThroughputMonitor
 from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
 from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
-from ssl_siamese.checkpoints import CheckpointError, SafeCheckpointIO, check_resume_checkpoint
-from ssl_siamese.data import DataNotFoundError, SSLDataModule
+from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint
+from ssl_siamese.data import SSLDataModule
 from ssl_siamese.evaluation.knn import KNNEvaluation
 from ssl_siamese.evaluation.online_probe import OnlineLinearProbe
 from ssl_siamese.evaluation.pictures import EmbeddingPictures
@@ -139,7 +139,7 @@ def main(model_class: type[pl.LightningModule], method_name: str,
         datamodule.setup("fit")
         if cli.config_init["ckpt_path"]:
             check_resume_checkpoint(model, cli.config_init["ckpt_path"])
-    except (DataNotFoundError, FileNotFoundError, CheckpointError, ValueError) as error:
+    except (FileNotFoundError, ValueError) as error:  # DataNotFoundError and CheckpointError among them
         sys.exit(f"ssl_siamese.recipes.{method_name}: error: {error}")
     out = Path(cli.config_init["out"])
     has_labels = datamodule.num_classes is not None

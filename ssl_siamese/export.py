@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from ssl_siamese.backbones import BACKBONE_NAMES, TORCHVISION_RESNETS, build_backbone
+from ssl_siamese.checkpoints import read_checkpoint
 from ssl_siamese.embeddings import Preprocess, preprocessing
 
 FORMAT = "ssl_siamese.backbone/1"
@@ -92,7 +93,7 @@ def load_backbone(path: str | Path) -> LoadedBackbone:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No exported backbone or checkpoint at {path.resolve()}")
-    payload = _read_weights_only(path)
+    payload = read_checkpoint(path)
     if isinstance(payload, dict) and isinstance(payload.get("metadata"), dict) \
             and payload["metadata"].get("format") == FORMAT:
         backbone, metadata = _from_export(payload, path)
@@ -104,16 +105,6 @@ def load_backbone(path: str | Path) -> LoadedBackbone:
     has_preprocessing = metadata.get("image_size") and metadata.get("mean") and metadata.get("std")
     transform = preprocessing(metadata) if has_preprocessing else None
     return LoadedBackbone(backbone.eval(), transform, metadata)
-
-
-def _read_weights_only(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # truncated, corrupt, or carries pickled objects
-        raise ValueError(
-            f"Cannot read {path} ({type(error).__name__}: {str(error)[:200]}). The file may be truncated "
-            "(copy or export it again), or hold pickled objects, which are refused for safety."
-        ) from error
 
 
 def _from_export(payload: dict[str, Any], path: Path) -> tuple[nn.Module, dict[str, Any]]:
