@@ -11,7 +11,12 @@ The features come from the training forward itself, without a second one: a forw
 ``cat([view0, view1])`` (``encode_views``), and the probe trains on the first ``B`` rows, the augmented
 ``view0``. A second forward would cost time and, in train mode, move the BatchNorm running statistics.
 Unlabelled images (label < 0) are skipped. Validation scores the query loader (dataloader 1) using the
-features that ``validation_step`` returns. Under DDP each rank trains its own copy on its own shard.
+features that ``validation_step`` returns.
+
+Under DDP the probe is one classifier trained on the global batch, as if it were part of the DDP model:
+each rank sums the loss over its labelled rows, the gradients and the row counts are summed over ranks,
+and every rank takes the same step with the gradient of the mean loss over all ranks' rows (the ranks'
+copies start equal and stay equal). The logged accuracies count the rows of all ranks.
 
 Example:
     >>> probe = OnlineLinearProbe(lr=0.1)          # num_classes from the datamodule
@@ -24,10 +29,18 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 PROBE_OPTIMIZERS = ("sgd", "adam")
+
+
+def _sum_over_ranks(tensor: Tensor) -> Tensor:
+    """``tensor`` summed over all ranks, in place; unchanged without a process group."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
 
 
 class OnlineLinearProbe(pl.Callback):
@@ -78,18 +91,24 @@ class OnlineLinearProbe(pl.Callback):
             self._pending_state = None
 
     def train_step(self, features: Tensor, labels: Tensor) -> tuple[int, int]:
-        """One optimizer step on the labelled rows; returns ``(correct, seen)`` before the step."""
+        """One optimizer step on the labelled rows of all ranks; returns this rank's ``(correct, seen)``.
+
+        Every rank must call it at every step (it sums over ranks), even with no labelled row.
+        """
         keep = (labels >= 0) & (labels < self.classifier.out_features)
-        if not keep.any():
-            return 0, 0
         features, labels = features.detach()[keep].float(), labels[keep]
+        seen = _sum_over_ranks(torch.tensor(float(len(labels)), device=features.device))
+        if seen == 0:
+            return 0, 0
         with torch.enable_grad():
             logits = self.classifier(features)
-            loss = F.cross_entropy(logits, labels)
-            self.optimizer.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(logits, labels, reduction="sum")
+            self.optimizer.zero_grad(set_to_none=False)
             loss.backward()
-            self.optimizer.step()
-        return int((logits.argmax(1) == labels).sum()), int(keep.sum())
+        for param in self.classifier.parameters():  # gradient of the mean loss over all ranks' rows
+            _sum_over_ranks(param.grad).div_(seen)
+        self.optimizer.step()
+        return int((logits.argmax(1) == labels).sum()), len(labels)
 
     @torch.no_grad()
     def predict(self, features: Tensor) -> Tensor:
@@ -133,7 +152,7 @@ class OnlineLinearProbe(pl.Callback):
         self._train_counts += torch.tensor([correct, seen])
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        correct, seen = self._train_counts.tolist()
+        correct, seen = _sum_over_ranks(self._train_counts.to(pl_module.device)).tolist()
         self._train_counts.zero_()
         if seen:
             pl_module.log("probe/train_acc", correct / seen, sync_dist=False)
@@ -152,7 +171,7 @@ class OnlineLinearProbe(pl.Callback):
             self._val_counts += torch.tensor([int(correct), int(keep.sum())])
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        correct, seen = self._val_counts.tolist()
+        correct, seen = _sum_over_ranks(self._val_counts.to(pl_module.device)).tolist()
         self._val_counts.zero_()
         if seen and not trainer.sanity_checking:
             pl_module.log("probe/val_top1", correct / seen, sync_dist=False)
