@@ -158,3 +158,43 @@ def test_timm_backbones_through_a_stand_in_timm(monkeypatch):
     assert dim == 24 and module(torch.zeros(2, 3, 8, 8)).shape == (2, 24)
     with pytest.raises(ValueError, match="timm has no model 'nope'"):
         build_backbone("timm/nope")
+
+
+def _batchnorm_kinds(module: nn.Module) -> set[str]:
+    return {type(m).__name__ for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+
+
+@pytest.mark.parametrize("method", [SimCLR, MoCo, SimSiam])
+def test_sync_batchnorm_heads_converts_the_heads_only(method):
+    from types import SimpleNamespace
+
+    plain, synced = make(method), make(method, sync_batchnorm_heads=True)
+    synced._trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(root_device=torch.device("cuda")))
+    synced.setup("fit")
+    synced._trainer = None
+    # MoCo v2's head is Linear-ReLU-Linear (no BatchNorm): nothing to convert; SimCLR's and SimSiam's have BN
+    expected = set() if method is MoCo else {"SyncBatchNorm"}
+    assert [_batchnorm_kinds(head) for head in synced.head_modules()] == [expected] * len(synced.head_modules())
+    assert _batchnorm_kinds(synced.backbone) == {"BatchNorm2d"}
+    if method is MoCo:  # the EMA copy of the head is a head too; the backbone copy is not
+        assert synced.head_modules()[1] is synced.key_encoder[2]
+    assert synced.state_dict().keys() == plain.state_dict().keys(), "checkpoints stay interchangeable"
+    # without a process group SyncBatchNorm is plain BatchNorm: the same loss
+    torch.manual_seed(2)
+    plain_loss, _ = plain.shared_step(*views())
+    torch.manual_seed(2)
+    synced_loss, _ = synced.shared_step(*views())
+    assert torch.allclose(plain_loss, synced_loss, atol=1e-6)
+
+
+def test_sync_batchnorm_heads_on_cpu_ddp_is_a_clear_error_and_a_no_op_on_one_device():
+    from types import SimpleNamespace
+
+    model = make(SimCLR, sync_batchnorm_heads=True)
+    model._trainer = SimpleNamespace(world_size=1, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    model.setup("fit")
+    assert _batchnorm_kinds(model.projection_head) == {"BatchNorm1d"}, "one device: nothing to synchronise"
+    model._trainer = SimpleNamespace(world_size=2, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    with pytest.raises(ValueError, match="needs GPUs"):
+        model.setup("fit")
+    model._trainer = None

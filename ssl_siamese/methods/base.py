@@ -47,6 +47,11 @@ class SiameseModule(pl.LightningModule):
         view_size, mean, std: the views' size and normalisation (linked from the data in recipes).
         augmentation: a ``ViewAugmentation``; ``None`` uses the method's preset for ``view_size``.
         channels_last: use the channels-last memory format (faster convolutions on recent GPUs).
+        sync_batchnorm_heads: under DDP, BatchNorm in the heads (SimCLR's projector, SimSiam's projector
+            and predictor; MoCo v2's head has none) normalises with the statistics of the global batch
+            (``nn.SyncBatchNorm``), as SimCLR's paper does for its projector; the backbone
+            keeps per-device statistics and its speed. For all layers use ``Trainer(sync_batchnorm=True)``.
+            GPUs only (torch's SyncBatchNorm does not run on CPU tensors); no effect on one device.
     """
 
     augmentation_preset_name = "simclr"
@@ -67,6 +72,7 @@ class SiameseModule(pl.LightningModule):
         std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616),
         augmentation: ViewAugmentation | None = None,
         channels_last: bool = False,
+        sync_batchnorm_heads: bool = False,
     ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -116,6 +122,24 @@ class SiameseModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["ssl_siamese_method"] = type(self).__name__  # named in errors when resumed wrongly
+
+    def head_modules(self) -> list[nn.Module]:
+        """The method's heads (every child named ``*_head``): what ``sync_batchnorm_heads`` converts."""
+        return [module for name, module in self.named_children() if name.endswith("_head")]
+
+    def sync_head_batchnorm(self) -> None:
+        """Replace the BatchNorm layers of ``head_modules()`` by ``nn.SyncBatchNorm`` (same parameters)."""
+        for head in self.head_modules():
+            for name, child in list(head.named_children()):
+                setattr(head, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
+
+    def setup(self, stage: str) -> None:
+        if not (self.hparams.sync_batchnorm_heads and stage == "fit" and self.trainer.world_size > 1):
+            return
+        if self.trainer.strategy.root_device.type == "cpu":  # the model moves to its device after setup
+            raise ValueError("sync_batchnorm_heads needs GPUs: torch's SyncBatchNorm does not run on CPU "
+                             "tensors. Train on GPUs, or drop --model.sync_batchnorm_heads for this CPU run.")
+        self.sync_head_batchnorm()
 
     def on_fit_start(self) -> None:
         if self.hparams.channels_last:

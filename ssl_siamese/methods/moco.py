@@ -57,6 +57,10 @@ class MoCo(SiameseModule):
         """The trained encoder laid out like ``key_encoder`` (backbone, flatten, head)."""
         return nn.Sequential(self.backbone, nn.Flatten(1), self.projection_head)
 
+    def head_modules(self) -> list[nn.Module]:
+        """The query head and its EMA copy in the key encoder."""
+        return [self.projection_head, self.key_encoder[2]]
+
     def momentum_at(self, step: int, total_steps: int) -> float:
         """EMA momentum at ``step``: constant, or cosine from ``momentum_ema`` to 1.0 at the end."""
         if not self.hparams.momentum_cosine:
