@@ -24,10 +24,10 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from ssl_siamese.augment import grayscale, to_float_rgb
-from ssl_siamese.data import DATASETS, ImageTensors, UInt8ImageDataset, load_split
+from ssl_siamese.data import DATASETS, ImageTensors, load_split
+from ssl_siamese.loader import IndexedBatchLoader
 from ssl_siamese.samplers import PKBatchSampler, assert_no_class_overlap
 
 NEAR_DUPLICATE_MODES = ("report", "drop", "fail")
@@ -170,7 +170,7 @@ class PKDataModule(pl.LightningDataModule):
         dataset, data_dir, download: as for ``load_split``.
         train_classes, eval_classes: label values (e.g. ``range(7)`` and ``range(7, 10)``).
         p, k: classes per batch and images per class; a batch holds ``p * k`` images.
-        batches_per_epoch: ``None``: about one pass over the training images.
+        batches_per_epoch: batches per epoch on each rank; ``None``: about one pass over the training images.
         train_subset, eval_subset: at most this many images (seeded), or all.
         train_split, eval_split: which splits the two sides come from.
         class_balanced: ``PKBatchSampler`` picks the ``p`` classes uniformly (``True``) or in proportion to
@@ -186,7 +186,7 @@ class PKDataModule(pl.LightningDataModule):
                  p: int = 7, k: int = 8, batches_per_epoch: int | None = None,
                  train_subset: int | None = None, eval_subset: int | None = None,
                  train_split: str = "train", eval_split: str = "test", download: bool = True,
-                 num_workers: int = 0, seed: int = 0, class_balanced: bool = True,
+                 seed: int = 0, class_balanced: bool = True,
                  near_duplicates: str = "drop", hash_size: int = 8) -> None:
         super().__init__()
         if dataset not in DATASETS:
@@ -256,12 +256,14 @@ class PKDataModule(pl.LightningDataModule):
             self.near_duplicates["dropped_train_images"] = len(report.duplicates_in_a)
             self.dropped_train_images = len(report.duplicates_in_a)
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> IndexedBatchLoader:
+        """P x K batches, new each epoch; under DDP each rank trains on its own share of the batches."""
         if self.train_data is None:
             self.setup("fit")
-        hp = self.hparams
+        hp, trainer = self.hparams, self.trainer
         sampler = PKBatchSampler(self.train_data.labels, p=hp.p, k=hp.k, num_batches=hp.batches_per_epoch,
-                                 seed=hp.seed, class_balanced=hp.class_balanced)
-        return DataLoader(UInt8ImageDataset(self.train_data.images, self.train_data.labels),
-                          batch_sampler=sampler, num_workers=hp.num_workers,
-                          persistent_workers=hp.num_workers > 0)
+                                 seed=hp.seed, class_balanced=hp.class_balanced,
+                                 rank=trainer.global_rank if trainer is not None else 0,
+                                 world_size=trainer.world_size if trainer is not None else 1)
+        return IndexedBatchLoader(self.train_data.images, self.train_data.labels, sampler,
+                                  pin_memory=torch.cuda.is_available())

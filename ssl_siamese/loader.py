@@ -98,3 +98,37 @@ class ResumableBatchLoader:
                              f"with {self.seed}; resume with --data.seed {state['seed']}.")
         self._resume = (int(state["epoch"]), int(state["batches_done"]))
         self.epoch = self._resume[0]  # the resumed run continues this epoch
+
+
+class IndexedBatchLoader:
+    """``(images[index], labels[index])`` for each list of indices a batch sampler yields.
+
+    The loader for label-aware batches (``PKBatchSampler``): like ``ResumableBatchLoader``, one indexing
+    operation per batch of in-memory uint8 tensors, and not a ``DataLoader``, so Lightning leaves a
+    rank-aware batch sampler as it is under DDP instead of trying to re-build it around a
+    ``DistributedSampler``. ``set_epoch`` (called by Lightning through ``loader.sampler``) reaches the
+    batch sampler.
+
+    Example:
+        >>> loader = IndexedBatchLoader(images, labels, PKBatchSampler(labels, p=8, k=4))
+        >>> for uint8_images, labels in loader: ...   # 8 classes x 4 images
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, batch_sampler: Any, pin_memory: bool = False) -> None:
+        self.images, self.labels, self.batch_sampler, self.pin_memory = images, labels, batch_sampler, pin_memory
+        self.sampler = self  # Lightning calls ``loader.sampler.set_epoch(epoch)`` at each epoch start
+
+    def set_epoch(self, epoch: int) -> None:
+        if callable(getattr(self.batch_sampler, "set_epoch", None)):
+            self.batch_sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        for index in self.batch_sampler:
+            index = torch.as_tensor(index, dtype=torch.long)
+            images, labels = self.images[index], self.labels[index]
+            if self.pin_memory:
+                images, labels = images.pin_memory(), labels.pin_memory()
+            yield images, labels

@@ -40,7 +40,11 @@ class PKBatchSampler(Sampler[list[int]]):
     ``p`` classes uniformly, so rare classes are seen as often as common ones; ``False`` picks them in
     proportion to their size. Batches depend only on ``seed`` and the epoch: call ``set_epoch`` at the start
     of each epoch, as with ``DistributedSampler`` (Lightning only does so for ``batch_sampler.sampler``,
-    so call it yourself, e.g. from ``on_train_epoch_start``).
+    so call it yourself, e.g. from ``on_train_epoch_start``, or use ``IndexedBatchLoader``).
+
+    Under DDP pass ``rank`` and ``world_size``: every rank draws the same ``num_batches * world_size``
+    batches from the shared seed and takes every ``world_size``-th one, so the ranks train on different
+    P x K batches and together see what one process would draw for ``world_size`` times the batches.
 
     Example:
         >>> sampler = PKBatchSampler(dataset_labels, p=8, k=4)
@@ -48,8 +52,10 @@ class PKBatchSampler(Sampler[list[int]]):
     """
 
     def __init__(self, labels: Sequence[int] | Tensor, p: int, k: int, num_batches: int | None = None,
-                 seed: int = 0, class_balanced: bool = True) -> None:
+                 seed: int = 0, class_balanced: bool = True, rank: int = 0, world_size: int = 1) -> None:
         super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         if p < 1 or k < 2:
             raise ValueError(f"need p >= 1 and k >= 2 (one positive per anchor), got p={p}, k={k}")
         labels = _as_numpy_labels(labels)
@@ -60,7 +66,9 @@ class PKBatchSampler(Sampler[list[int]]):
         self.members = [order[s:s + c] for s, c in zip(starts[eligible], counts[eligible])]
         self.classes = classes[eligible]
         self.p, self.k, self.seed, self.class_balanced = p, k, seed, class_balanced
-        self.num_batches = max(1, len(labels) // (p * k)) if num_batches is None else num_batches
+        self.rank, self.world_size = rank, world_size
+        per_rank = max(1, len(labels) // (p * k * world_size))  # about one pass over the data per epoch
+        self.num_batches = per_rank if num_batches is None else num_batches
         if self.num_batches < 1:
             raise ValueError(f"num_batches must be >= 1, got {num_batches}")
         self.epoch = 0
@@ -82,9 +90,11 @@ class PKBatchSampler(Sampler[list[int]]):
         rng = np.random.default_rng([self.seed, self.epoch])
         sizes = np.array([len(m) for m in self.members], dtype=np.float64)
         weights = None if self.class_balanced else sizes / sizes.sum()
-        for _ in range(self.num_batches):
+        for b in range(self.num_batches * self.world_size):
             chosen = rng.choice(len(self.members), size=self.p, replace=False, p=weights)
-            yield np.concatenate([self._draw(self.members[c], rng) for c in chosen]).tolist()
+            batch = np.concatenate([self._draw(self.members[c], rng) for c in chosen])
+            if b % self.world_size == self.rank:
+                yield batch.tolist()
 
 
 def balanced_pairs(labels: Sequence[int] | Tensor, num_pairs: int, seed: int = 0,

@@ -255,6 +255,22 @@ def test_pk_sampler_is_deterministic_per_epoch():
     assert list(sampler) != first
 
 
+def test_pk_sampler_shards_one_draw_over_ranks():
+    labels = imbalanced_labels([20, 15, 10, 8, 6])
+    single = PKBatchSampler(labels, p=3, k=2, seed=7, num_batches=10)
+    ranks = [PKBatchSampler(labels, p=3, k=2, seed=7, num_batches=5, rank=r, world_size=2) for r in range(2)]
+    for sampler in (single, *ranks):
+        sampler.set_epoch(3)
+    batches = [list(sampler) for sampler in ranks]
+    assert len(batches[0]) == len(batches[1]) == 5
+    assert list(single) == [batch for pair in zip(*batches) for batch in pair], "rank r takes batches r, r+2, ..."
+    assert batches[0] != batches[1]
+    default = [len(PKBatchSampler(labels, p=3, k=2, rank=r, world_size=2)) for r in range(2)]
+    assert default == [len(labels) // 12] * 2, "one pass over the data per epoch, split over the ranks"
+    with pytest.raises(ValueError, match="rank"):
+        PKBatchSampler(labels, p=3, k=2, rank=2, world_size=2)
+
+
 def test_pk_sampler_picks_classes_uniformly_under_imbalance():
     sizes = [200, 100, 20, 5, 3]
     labels = imbalanced_labels(sizes)
