@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from ssl_siamese.evaluation.knn import KNNEvaluation
+from ssl_siamese.evaluation.online_probe import OnlineLinearProbe
 from ssl_siamese.methods import MoCo, SimCLR, SimSiam
 
 WORLD_SIZE = 2
@@ -76,11 +78,36 @@ def run_steps(name: str, rank: int = 0, world_size: int = 1) -> dict[str, list[t
     return record
 
 
+def probe_steps(rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
+    """The online probe's weights after each of 4 steps on this rank's shard of fixed features.
+
+    Unlabelled rows (-1) are spread unevenly: rank 1 has fewer labelled rows than rank 0, and in the
+    last step none, so a plain average of per-rank mean losses would weigh the rows wrongly.
+    """
+    g = torch.Generator().manual_seed(7)
+    probe = OnlineLinearProbe(num_classes=3, lr=0.5)
+    probe.build(6, 3)
+    weights = []
+    for step in range(4):
+        features = torch.randn(WORLD_SIZE * PER_RANK, 6, generator=g)
+        labels = torch.randint(0, 3, (WORLD_SIZE * PER_RANK,), generator=g)
+        if step > 0:
+            labels[PER_RANK + 1:] = -1  # rank 1: one labelled row
+        if step == 3:
+            labels[PER_RANK:] = -1      # rank 1: none
+        shard = slice(rank * len(labels) // world_size, (rank + 1) * len(labels) // world_size)
+        probe.train_step(features[shard], labels[shard])
+        weights.append(torch.cat([probe.classifier.weight.detach().flatten(), probe.classifier.bias.detach()]))
+    return weights
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
     try:
-        torch.save({name: run_steps(name, rank, WORLD_SIZE) for name in METHODS}, f"{out_dir}/rank{rank}.pt")
+        record = {name: run_steps(name, rank, WORLD_SIZE) for name in METHODS}
+        record["probe"] = probe_steps(rank, WORLD_SIZE)
+        torch.save(record, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -98,6 +125,7 @@ def runs(tmp_path_factory) -> tuple[list[dict], dict]:
     ranks = [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
     assert not dist.is_initialized()
     reference = {name: run_steps(name) for name in METHODS}
+    reference["probe"] = probe_steps()
     return ranks, reference
 
 
@@ -134,6 +162,15 @@ def test_moco_queue_identical_on_all_ranks_and_single_process(runs):
             f"max diff {(rank0 - single).abs().max().item():.2e}")
 
 
+def test_online_probe_is_one_classifier_trained_on_the_global_batch(runs):
+    ranks, reference = runs
+    for step, single in enumerate(reference["probe"]):
+        rank0, rank1 = (record["probe"][step] for record in ranks)
+        assert torch.equal(rank0, rank1), f"the ranks' probes differ after step {step}"
+        assert torch.allclose(rank0, single, atol=1e-6), (
+            f"step {step}: max diff to one process {(rank0 - single).abs().max().item():.2e}")
+
+
 class RecordRank(__import__("pytorch_lightning").Callback):
     """Writes what this rank trained on (image checksums per step) and its learning rate to a file."""
 
@@ -146,8 +183,12 @@ class RecordRank(__import__("pytorch_lightning").Callback):
             file.write(f"{trainer.current_epoch} {images.shape[0]}\n")
 
     def on_fit_end(self, trainer, pl_module) -> None:
+        knn, probe = (next(c for c in trainer.callbacks if isinstance(c, cls)) for cls in (KNNEvaluation,
+                                                                                          OnlineLinearProbe))
         torch.save({"lr": trainer.optimizers[0].param_groups[0]["initial_lr"],
-                    "knn": [row[1] for row in trainer.callbacks[-1].history]},
+                    "knn": [row[1] for row in knn.history],
+                    "probe_val_top1": float(trainer.callback_metrics["probe/val_top1"]),
+                    "probe_weight": probe.classifier.weight.detach().clone()},
                    f"{self.folder}/rank{trainer.global_rank}.pt")
 
 
@@ -155,16 +196,57 @@ def test_lightning_ddp_two_processes_shard_the_data_and_scale_the_lr(tmp_path):
     """The real Trainer path: DDP with 2 gloo processes on CPU, our resumable loader, kNN gathered."""
     import pytorch_lightning as pl
 
-    from ssl_siamese import KNNEvaluation, SSLDataModule
+    from ssl_siamese import SSLDataModule
 
     model = SimCLR(backbone="tiny_cnn", lr=0.2, projection_dim=16, hidden_dim=32)
     data = SSLDataModule("synthetic", batch_size=16, train_subset=64, knn_bank_subset=64, val_subset=30)
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[RecordRank(str(tmp_path)), KNNEvaluation(k=5)])
+                         callbacks=[RecordRank(str(tmp_path)), KNNEvaluation(k=5), OnlineLinearProbe()])
     trainer.fit(model, datamodule=data)
     steps = [(tmp_path / f"rank{r}.txt").read_text().split("\n")[:-1] for r in range(2)]
     assert steps[0] == steps[1] == ["0 16", "0 16"], "64 images, 2 ranks, 16 per step: 2 steps each"
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     assert results[0]["lr"] == results[1]["lr"] == pytest.approx(0.2 * 16 * 2 / 256)
     assert len(results[0]["knn"]) == 1 and results[0]["knn"] == results[1]["knn"], "kNN on all ranks' features"
+    assert results[0]["probe_val_top1"] == results[1]["probe_val_top1"], "probe accuracy over all ranks' queries"
+    assert torch.equal(results[0]["probe_weight"], results[1]["probe_weight"]), "one probe, not one per rank"
+    assert results[0]["probe_weight"].abs().sum() > 0, "the probe trained"
+
+
+class RecordLabels(__import__("pytorch_lightning").Callback):
+    """Writes the labels of each training batch this rank sees to a file."""
+
+    def __init__(self, folder) -> None:
+        self.folder = folder
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        with open(f"{self.folder}/rank{trainer.global_rank}.txt", "a") as file:
+            file.write(" ".join(map(str, batch[1].tolist())) + "\n")
+
+
+def test_supervised_siamese_ddp_ranks_train_on_their_own_pk_batches(tmp_path):
+    """2 gloo processes: each rank gets its own share of one P x K draw, not a DistributedSampler's remake."""
+    import pytorch_lightning as pl
+
+    from ssl_siamese.data_pk import PKDataModule
+    from ssl_siamese.methods.siamese import SupervisedSiamese
+    from ssl_siamese.samplers import PKBatchSampler
+
+    model = SupervisedSiamese(backbone="tiny_cnn", view_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
+    data = PKDataModule("synthetic", train_classes=range(6), eval_classes=range(6, 10), p=3, k=4,
+                        batches_per_epoch=2)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[RecordLabels(str(tmp_path))])
+    trainer.fit(model, datamodule=data)
+    seen = [[list(map(int, line.split())) for line in (tmp_path / f"rank{r}.txt").read_text().splitlines()]
+            for r in range(2)]
+    data.setup("fit")
+    expected = []
+    for rank in range(2):
+        sampler = PKBatchSampler(data.train_data.labels, p=3, k=4, num_batches=2, rank=rank, world_size=2)
+        sampler.set_epoch(0)
+        expected.append([data.train_data.labels[batch].tolist() for batch in sampler])
+    assert seen == expected
+    assert seen[0] != seen[1], "the ranks train on different batches"
