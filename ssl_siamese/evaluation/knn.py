@@ -24,7 +24,9 @@ def weighted_knn_scores(query: Tensor, bank: Tensor, bank_labels: Tensor, num_cl
     """Class scores ``(Q, C)``: sum over the k most cosine-similar bank items of ``exp(sim / t)``.
 
     Queries are processed ``chunk_size`` at a time, so memory stays at ``chunk_size x N`` similarities
-    however large the bank. Features are L2-normalised here.
+    however large the bank; the weights are added into their classes with ``scatter_add`` (no
+    ``chunk x k x classes`` one-hot tensor, which would be 800 MB per chunk for 1,000 classes).
+    Features are L2-normalised here.
     """
     query = F.normalize(query.float(), dim=1)
     bank = F.normalize(bank.float(), dim=1)
@@ -33,8 +35,8 @@ def weighted_knn_scores(query: Tensor, bank: Tensor, bank_labels: Tensor, num_cl
     for chunk in query.split(chunk_size):
         similarity, index = (chunk @ bank.T).topk(k, dim=1)
         weights = (similarity / temperature).exp()
-        one_hot = F.one_hot(bank_labels[index], num_classes).to(weights.dtype)
-        scores.append((one_hot * weights.unsqueeze(-1)).sum(dim=1))
+        chunk_scores = torch.zeros(len(chunk), num_classes, device=weights.device, dtype=weights.dtype)
+        scores.append(chunk_scores.scatter_add_(1, bank_labels[index], weights))
     return torch.cat(scores)
 
 
