@@ -27,3 +27,28 @@ def test_methods_benchmark_quick(tmp_path):
             assert set(scores) == {"knn_top1", "linear_top1", "fewshot_5w1s", "fewshot_ci95"}
             assert all(0.0 <= scores[key] <= 1.0 for key in ("knn_top1", "linear_top1", "fewshot_5w1s"))
         assert row["init"] != row["trained"]  # the trained backbone is not the random-init one
+
+
+def _run_quick(script: str, tmp_path: Path) -> tuple[str, dict]:
+    result = subprocess.run([sys.executable, script, "--quick", "--json", str(tmp_path / "r.json")],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout, json.loads((tmp_path / "r.json").read_text())
+
+
+def test_knn_speed_benchmark_quick(tmp_path):
+    stdout, report = _run_quick("benchmarks/knn_speed.py", tmp_path)
+    assert [row["classes"] for row in report["rows"]] == [10, 1000]
+    for row in report["rows"]:
+        assert row["ours_s"] > 0 and row["lightly_s"] > 0
+        assert row["top1_agreement"] > 0.99, "ours and lightly's knn_predict must predict the same classes"
+    assert stdout.count("\n| ") == 4, stdout  # header, separator, one row per class count
+
+
+def test_ddp_accuracy_benchmark_quick(tmp_path):
+    stdout, report = _run_quick("benchmarks/ddp_accuracy.py", tmp_path)
+    results = report["results"]
+    assert list(results) == ["random init (seed 0)", "1 process, seed 0", "2 DDP processes, seed 0",
+                             "1 process, seed 1"]
+    assert all(0.0 <= r["knn_top1"] <= 1.0 and 0.0 <= r["linear_top1"] <= 1.0 for r in results.values())
+    assert "DDP - single" in stdout
