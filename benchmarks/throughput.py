@@ -73,8 +73,8 @@ def build(method: str, args):
     backbone, cifar_stem = args.backbone, BACKBONES[args.resolution][1]
     model = METHODS[method](backbone=backbone, cifar_stem=cifar_stem, view_size=args.resolution,
                             batch_size=args.batch_size, channels_last=args.channels_last)
-    if args.compile:
-        model.backbone = torch.compile(model.backbone)
+    if args.compile:  # what --model.compile true does when fitting starts
+        model.compile_encoders()
     return model
 
 

@@ -198,3 +198,29 @@ def test_sync_batchnorm_heads_on_cpu_ddp_is_a_clear_error_and_a_no_op_on_one_dev
     with pytest.raises(ValueError, match="needs GPUs"):
         model.setup("fit")
     model._trainer = None
+
+
+def test_compile_option_compiles_the_encoders_in_place():
+    from types import SimpleNamespace
+
+    model = make(MoCo, compile=True)
+    keys = list(model.state_dict())
+    model._trainer = SimpleNamespace(world_size=1, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+    model.setup("fit")
+    model._trainer = None
+    assert [encoder._compiled_call_impl is not None for encoder in model.encoders()] == [True, True]
+    assert list(model.state_dict()) == keys, "checkpoints and exports keep the plain parameter names"
+
+
+@pytest.mark.parametrize("method", [SimCLR, MoCo, SimSiam])
+def test_compiled_encoders_give_the_same_loss_and_gradients(method):
+    plain, compiled = make(method), make(method)
+    compiled.compile_encoders(backend="eager")  # dynamo's tracing without inductor's slow CPU code generation
+    results = []
+    for model in (plain, compiled):
+        torch.manual_seed(3)
+        loss, _ = model.shared_step(*views())
+        loss.backward()
+        results.append((loss.detach(), next(model.backbone.parameters()).grad.clone()))
+    assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
+    assert torch.allclose(results[0][1], results[1][1], atol=1e-6)

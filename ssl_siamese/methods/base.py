@@ -52,6 +52,9 @@ class SiameseModule(pl.LightningModule):
             (``nn.SyncBatchNorm``), as SimCLR's paper does for its projector; the backbone
             keeps per-device statistics and its speed. For all layers use ``Trainer(sync_batchnorm=True)``.
             GPUs only (torch's SyncBatchNorm does not run on CPU tensors); no effect on one device.
+        compile: ``torch.compile`` the encoders (``encoders()``) in place when fitting starts; the
+            parameter names, checkpoints and exports stay those of the plain modules. The first steps pay
+            the compilation; off by default (not measured on a GPU by this project yet).
     """
 
     augmentation_preset_name = "simclr"
@@ -73,6 +76,7 @@ class SiameseModule(pl.LightningModule):
         augmentation: ViewAugmentation | None = None,
         channels_last: bool = False,
         sync_batchnorm_heads: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if optimizer not in OPTIMIZERS:
@@ -133,13 +137,25 @@ class SiameseModule(pl.LightningModule):
             for name, child in list(head.named_children()):
                 setattr(head, name, nn.SyncBatchNorm.convert_sync_batchnorm(child))
 
+    def encoders(self) -> list[nn.Module]:
+        """The image encoders, where the compute is: what ``compile`` compiles."""
+        return [self.backbone]
+
+    def compile_encoders(self, **options: Any) -> None:
+        """``torch.compile`` each of ``encoders()`` in place (``nn.Module.compile``: names unchanged)."""
+        for encoder in self.encoders():
+            encoder.compile(**options)
+
     def setup(self, stage: str) -> None:
-        if not (self.hparams.sync_batchnorm_heads and stage == "fit" and self.trainer.world_size > 1):
+        if stage != "fit":
             return
-        if self.trainer.strategy.root_device.type == "cpu":  # the model moves to its device after setup
-            raise ValueError("sync_batchnorm_heads needs GPUs: torch's SyncBatchNorm does not run on CPU "
-                             "tensors. Train on GPUs, or drop --model.sync_batchnorm_heads for this CPU run.")
-        self.sync_head_batchnorm()
+        if self.hparams.get("sync_batchnorm_heads") and self.trainer.world_size > 1:
+            if self.trainer.strategy.root_device.type == "cpu":  # the model moves to its device after setup
+                raise ValueError("sync_batchnorm_heads needs GPUs: torch's SyncBatchNorm does not run on CPU "
+                                 "tensors. Train on GPUs, or drop --model.sync_batchnorm_heads for this CPU run.")
+            self.sync_head_batchnorm()
+        if self.hparams.get("compile"):
+            self.compile_encoders()
 
     def on_fit_start(self) -> None:
         if self.hparams.channels_last:

@@ -57,6 +57,10 @@ class MoCo(SiameseModule):
         """The trained encoder laid out like ``key_encoder`` (backbone, flatten, head)."""
         return nn.Sequential(self.backbone, nn.Flatten(1), self.projection_head)
 
+    def encoders(self) -> list[nn.Module]:
+        """The query backbone and the key encoder's backbone."""
+        return [self.backbone, self.key_encoder[0]]
+
     def head_modules(self) -> list[nn.Module]:
         """The query head and its EMA copy in the key encoder."""
         return [self.projection_head, self.key_encoder[2]]
