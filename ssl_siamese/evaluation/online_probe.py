@@ -66,8 +66,10 @@ class OnlineLinearProbe(pl.Callback):
         self._pending_state: dict[str, Any] | None = None
         self._hook: torch.utils.hooks.RemovableHandle | None = None
         self._features: Tensor | None = None
-        self._train_counts = torch.zeros(2, dtype=torch.long)   # correct, seen
-        self._val_counts = torch.zeros(2, dtype=torch.long)
+        # (correct, seen) as Python ints, not tensors: ddp_spawn sends this callback to its workers with
+        # torch.multiprocessing, which would put a tensor in memory shared by every rank
+        self._train_counts = [0, 0]
+        self._val_counts = [0, 0]
 
     @property
     def state_key(self) -> str:
@@ -149,16 +151,16 @@ class OnlineLinearProbe(pl.Callback):
             return
         labels = batch[1]
         correct, seen = self.train_step(features[: len(labels)], labels.to(features.device))
-        self._train_counts += torch.tensor([correct, seen])
+        self._train_counts = [self._train_counts[0] + correct, self._train_counts[1] + seen]
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        correct, seen = _sum_over_ranks(self._train_counts.to(pl_module.device)).tolist()
-        self._train_counts.zero_()
+        correct, seen = _sum_over_ranks(torch.tensor(self._train_counts, device=pl_module.device)).tolist()
+        self._train_counts = [0, 0]
         if seen:
             pl_module.log("probe/train_acc", correct / seen, sync_dist=False)
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._val_counts.zero_()
+        self._val_counts = [0, 0]
 
     def on_validation_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                                 batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -168,11 +170,11 @@ class OnlineLinearProbe(pl.Callback):
         keep = labels >= 0
         if keep.any():
             correct = (self.predict(outputs["features"][keep]) == labels[keep]).sum()
-            self._val_counts += torch.tensor([int(correct), int(keep.sum())])
+            self._val_counts = [self._val_counts[0] + int(correct), self._val_counts[1] + int(keep.sum())]
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        correct, seen = _sum_over_ranks(self._val_counts.to(pl_module.device)).tolist()
-        self._val_counts.zero_()
+        correct, seen = _sum_over_ranks(torch.tensor(self._val_counts, device=pl_module.device)).tolist()
+        self._val_counts = [0, 0]
         if seen and not trainer.sanity_checking:
             pl_module.log("probe/val_top1", correct / seen, sync_dist=False)
 
