@@ -101,12 +101,35 @@ def probe_steps(rank: int = 0, world_size: int = 1) -> list[torch.Tensor]:
     return weights
 
 
+def shuffle_bn_model() -> MoCo:
+    """MoCo with shuffling BN and BatchNorm in training mode (batch statistics), so the shuffle matters."""
+    cls, kwargs = METHODS["moco"]
+    torch.manual_seed(0)
+    return cls(backbone="tiny_cnn", lr=0.5, batch_size=PER_RANK, shuffle_bn=True, **kwargs).train()
+
+
+def all_views() -> torch.Tensor:
+    """The first batch as the ranks hold it, in rank order: ``[v0 | v1 of rank 0, v0 | v1 of rank 1]``."""
+    view0, view1 = fixed_batches()[0]
+    return torch.cat([torch.cat([view0[r * PER_RANK:(r + 1) * PER_RANK], view1[r * PER_RANK:(r + 1) * PER_RANK]])
+                      for r in range(WORLD_SIZE)])
+
+
+def shuffle_bn_keys(rank: int) -> torch.Tensor:
+    """This rank's MoCo keys with ``shuffle_bn`` (the permutation drawn after ``manual_seed(11)``)."""
+    model = shuffle_bn_model()
+    views = all_views().chunk(WORLD_SIZE)[rank]
+    torch.manual_seed(11)
+    return model.keys(views)
+
+
 def _worker(rank: int, port: int, out_dir: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
     try:
         record = {name: run_steps(name, rank, WORLD_SIZE) for name in METHODS}
         record["probe"] = probe_steps(rank, WORLD_SIZE)
+        record["shuffle_bn_keys"] = shuffle_bn_keys(rank)
         torch.save(record, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -169,6 +192,25 @@ def test_online_probe_is_one_classifier_trained_on_the_global_batch(runs):
         assert torch.equal(rank0, rank1), f"the ranks' probes differ after step {step}"
         assert torch.allclose(rank0, single, atol=1e-6), (
             f"step {step}: max diff to one process {(rank0 - single).abs().max().item():.2e}")
+
+
+def test_moco_shuffle_bn_computes_keys_on_the_shuffled_global_batch(runs):
+    """Reference written out: permute the global batch, split it over the ranks, encode each part with its
+    own batch statistics, undo the permutation; each rank must hold its own rows of the result."""
+    ranks, _ = runs
+    model, views = shuffle_bn_model(), all_views()
+    torch.manual_seed(11)
+    permutation = torch.randperm(len(views))  # what rank 0 draws and broadcasts
+    with torch.no_grad():
+        shuffled_keys = torch.cat([model.key_encoder(views[part]) for part in permutation.chunk(WORLD_SIZE)])
+        plain_keys = torch.cat([model.key_encoder(part) for part in views.chunk(WORLD_SIZE)])
+    keys = torch.empty_like(shuffled_keys)
+    keys[permutation] = shuffled_keys
+    for rank, record in enumerate(ranks):
+        expected = keys.chunk(WORLD_SIZE)[rank]
+        assert torch.allclose(record["shuffle_bn_keys"], expected, atol=1e-5), f"rank {rank}"
+        assert not torch.allclose(record["shuffle_bn_keys"], plain_keys.chunk(WORLD_SIZE)[rank], atol=1e-3), (
+            "with batch statistics, shuffled keys must differ from per-rank keys")
 
 
 class RecordRank(__import__("pytorch_lightning").Callback):

@@ -224,3 +224,14 @@ def test_compiled_encoders_give_the_same_loss_and_gradients(method):
         results.append((loss.detach(), next(model.backbone.parameters()).grad.clone()))
     assert torch.allclose(results[0][0], results[1][0], atol=1e-6)
     assert torch.allclose(results[0][1], results[1][1], atol=1e-6)
+
+
+def test_moco_shuffle_bn_is_a_no_op_on_one_process():
+    plain, shuffled = make(MoCo).train(), make(MoCo, shuffle_bn=True).train()
+    views = torch.randn(8, 3, 16, 16)
+    torch.manual_seed(5)
+    keys = shuffled.keys(views)
+    after = torch.rand(1)
+    torch.manual_seed(5)
+    assert torch.equal(keys, plain.keys(views))
+    assert torch.equal(after, torch.rand(1)), "no random numbers drawn without a process group"

@@ -11,7 +11,8 @@ import copy
 
 import torch
 from lightly.models.modules import MoCoProjectionHead
-from lightly.models.utils import deactivate_requires_grad, update_momentum
+import torch.distributed as dist
+from lightly.models.utils import batch_shuffle, batch_unshuffle, deactivate_requires_grad, update_momentum
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
@@ -35,6 +36,10 @@ class MoCo(SiameseModule):
         queue_size: number of negative keys.
         momentum_ema: EMA momentum of the key encoder; with ``momentum_cosine`` it rises to 1.0 by
             the last step on a cosine schedule.
+        shuffle_bn: under DDP, MoCo's shuffling BN: the key encoder sees the global batch shuffled over
+            ranks (lightly's ``batch_shuffle``), so a key's BatchNorm statistics come from other images
+            than its query's, and the keys are unshuffled before the loss. A no-op on one device (the
+            batch statistics do not depend on the order); it draws the permutation from torch's RNG.
         **kwargs: the shared options of ``SiameseModule``.
     """
 
@@ -42,7 +47,7 @@ class MoCo(SiameseModule):
 
     def __init__(self, projection_dim: int = 128, hidden_dim: int | None = None,
                  temperature: float = 0.1, queue_size: int = 4096, momentum_ema: float = 0.99,
-                 momentum_cosine: bool = False, **kwargs) -> None:
+                 momentum_cosine: bool = False, shuffle_bn: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=self.hparams_ignore)
         hidden = hidden_dim or self.feature_dim
@@ -84,11 +89,19 @@ class MoCo(SiameseModule):
         for key_buffer, query_buffer in zip(self.key_encoder.buffers(), query.buffers()):
             key_buffer.copy_(query_buffer)
 
+    @torch.no_grad()
+    def keys(self, views: Tensor) -> Tensor:
+        """Key-encoder outputs of ``views``, computed on a batch shuffled over ranks with ``shuffle_bn``."""
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if not (self.hparams.get("shuffle_bn") and distributed):
+            return self.key_encoder(views)
+        shuffled, order = batch_shuffle(views, distributed=True)
+        return batch_unshuffle(self.key_encoder(shuffled), order, distributed=True)
+
     def shared_step(self, view0: Tensor, view1: Tensor) -> tuple[Tensor, Tensor]:
         self.update_key_encoder(self.current_momentum())
         q0, q1 = self.projection_head(self.encode_views(view0, view1)).chunk(2)
-        with torch.no_grad():
-            k0, k1 = self.key_encoder(torch.cat([view0, view1])).chunk(2)
+        k0, k1 = self.keys(torch.cat([view0, view1])).chunk(2)
         negatives = self.queue.keys.clone()
         loss = 0.5 * (self.criterion(q0, k1, negatives) + self.criterion(q1, k0, negatives))
         # One view at a time: gathered from all ranks, the keys land in the single-process order
