@@ -11,7 +11,7 @@ training set from the training split, queries from the test split.
 
     # CPU: 2 gloo processes (ddp_spawn) against one, tiny_cnn with the quickstart's settings
     python benchmarks/ddp_accuracy.py --data_dir ../shared/data/fashion-mnist --json ddp.json
-    # GPUs: 2 NCCL processes, ResNet-18 with CIFAR stem, bf16
+    # GPUs: 2 spawned NCCL processes, ResNet-18 with CIFAR stem, bf16
     python benchmarks/ddp_accuracy.py --accelerator gpu --devices 2 --backbone resnet18 --precision bf16-mixed \\
         --batch_size 512 --lr 0.12 --train_subset 0 --epochs 10 --data_dir .data/fashion-mnist
     # smoke test (what CI runs): synthetic data, a few steps
@@ -51,7 +51,8 @@ def train(args: argparse.Namespace, devices: int, seed: int) -> tuple[SimCLR, fl
     model = build_model(args, per_process)
     data = SSLDataModule(args.dataset, data_dir=args.data_dir, download=False, batch_size=per_process,
                          train_subset=args.train_subset or None, seed=seed)
-    strategy = "ddp_spawn" if devices > 1 and args.accelerator == "cpu" else ("ddp" if devices > 1 else "auto")
+    # spawned workers: Lightning's "ddp" would re-run this whole script (all three runs) in every process
+    strategy = "ddp_spawn" if devices > 1 else "auto"
     trainer = pl.Trainer(accelerator=args.accelerator, devices=devices, strategy=strategy,
                          precision=args.precision, max_epochs=args.epochs, limit_train_batches=args.limit_batches,
                          limit_val_batches=0, sync_batchnorm=args.sync_batchnorm and devices > 1, logger=False,
