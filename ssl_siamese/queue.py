@@ -11,14 +11,16 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from lightly.utils.dist import world_size
 from torch import Tensor, nn
 
 
 def gather_from_all_ranks(x: Tensor) -> Tensor:
     """Concatenate ``x`` from every rank in rank order (no gradient); ``x`` itself on one process."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    world = world_size()
+    if world == 1:
         return x
-    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    parts = [torch.empty_like(x) for _ in range(world)]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from lightly.utils.dist import world_size
 from torch import Tensor
 
 BANK, QUERIES = 0, 1
@@ -74,9 +75,9 @@ def gather_rows(x: Tensor) -> Tensor:
     dtype, e.g. ``torch.empty(0, 0)``; its trailing sizes are taken from the other ranks. On one process
     ``x`` is returned as is. No gradient flows through.
     """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    world = world_size()
+    if world == 1:
         return x
-    world = dist.get_world_size()
     shape = torch.tensor(x.shape, dtype=torch.long, device=x.device)
     shapes = [torch.empty_like(shape) for _ in range(world)]
     dist.all_gather(shapes, shape)

@@ -31,6 +31,7 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from lightly.utils.dist import world_size
 from torch import Tensor, nn
 
 PROBE_OPTIMIZERS = ("sgd", "adam")
@@ -38,7 +39,7 @@ PROBE_OPTIMIZERS = ("sgd", "adam")
 
 def _sum_over_ranks(tensor: Tensor) -> Tensor:
     """``tensor`` summed over all ranks, in place; unchanged without a process group."""
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return tensor
 

@@ -11,8 +11,8 @@ import copy
 
 import torch
 from lightly.models.modules import MoCoProjectionHead
-import torch.distributed as dist
 from lightly.models.utils import batch_shuffle, batch_unshuffle, deactivate_requires_grad, update_momentum
+from lightly.utils.dist import world_size
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
@@ -92,8 +92,7 @@ class MoCo(SiameseModule):
     @torch.no_grad()
     def keys(self, views: Tensor) -> Tensor:
         """Key-encoder outputs of ``views``, computed on a batch shuffled over ranks with ``shuffle_bn``."""
-        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if not (self.hparams.get("shuffle_bn") and distributed):
+        if not (self.hparams.get("shuffle_bn") and world_size() > 1):
             return self.key_encoder(views)
         shuffled, order = batch_shuffle(views, distributed=True)
         return batch_unshuffle(self.key_encoder(shuffled), order, distributed=True)
