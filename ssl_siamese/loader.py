@@ -23,6 +23,14 @@ import torch
 from torch import Tensor
 
 
+def take_batch(images: Tensor, labels: Tensor, index: Tensor, pin_memory: bool = False) -> tuple[Tensor, Tensor]:
+    """``(images[index], labels[index])`` in one indexing operation each; pinned for an asynchronous copy."""
+    images, labels = images[index], labels[index]
+    if pin_memory:
+        images, labels = images.pin_memory(), labels.pin_memory()
+    return images, labels
+
+
 class ResumableBatchLoader:
     """Shuffled batches of ``(images, labels)`` tensors, with Lightning's stateful-loader interface.
 
@@ -82,11 +90,8 @@ class ResumableBatchLoader:
             start = self._resume[1]
         self._resume = None
         for b in range(start, len(self)):
-            index = order[b * self.batch_size : (b + 1) * self.batch_size]
-            images, labels = self.images[index], self.labels[index]
-            if self.pin_memory:
-                images, labels = images.pin_memory(), labels.pin_memory()
-            yield images, labels
+            yield take_batch(self.images, self.labels, order[b * self.batch_size : (b + 1) * self.batch_size],
+                             self.pin_memory)
 
     def state_dict(self) -> dict[str, Any]:
         done = self.batches_done() if self.batches_done is not None else 0
@@ -127,8 +132,4 @@ class IndexedBatchLoader:
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         for index in self.batch_sampler:
-            index = torch.as_tensor(index, dtype=torch.long)
-            images, labels = self.images[index], self.labels[index]
-            if self.pin_memory:
-                images, labels = images.pin_memory(), labels.pin_memory()
-            yield images, labels
+            yield take_batch(self.images, self.labels, torch.as_tensor(index, dtype=torch.long), self.pin_memory)
