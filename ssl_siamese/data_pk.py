@@ -254,7 +254,6 @@ class PKDataModule(pl.LightningDataModule):
             self.train_data = self.train_data.subset(keep.nonzero().flatten())
             self.train_index = self.train_index[keep]
             self.near_duplicates["dropped_train_images"] = len(report.duplicates_in_a)
-            self.dropped_train_images = len(report.duplicates_in_a)
 
     def train_dataloader(self) -> IndexedBatchLoader:
         """P x K batches, new each epoch; under DDP each rank trains on its own share of the batches."""

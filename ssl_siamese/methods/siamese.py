@@ -143,7 +143,9 @@ class SupervisedSiamese(SiameseModule):
         return {"loss": loss, "embeddings": embeddings.detach()}
 
     def on_train_epoch_start(self) -> None:
-        """New P x K batches every epoch: Lightning calls ``set_epoch`` only on ``batch_sampler.sampler``."""
+        """New P x K batches every epoch with a plain ``DataLoader(batch_sampler=PKBatchSampler(...))`` too:
+        Lightning calls ``set_epoch`` on ``loader.sampler`` and ``batch_sampler.sampler``, not on the batch
+        sampler itself (``PKDataModule``'s ``IndexedBatchLoader`` passes it on; calling twice is harmless)."""
         batch_sampler = getattr(self.trainer.train_dataloader, "batch_sampler", None)
         if callable(getattr(batch_sampler, "set_epoch", None)):
             batch_sampler.set_epoch(self.current_epoch)
