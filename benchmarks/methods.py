@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ssl_siamese import build_backbone, embed_images, load_backbone
 from ssl_siamese.cli import main
-from ssl_siamese.data import ImageTensors, load_split
+from ssl_siamese.data import ImageTensors, load_split, random_subset
 from ssl_siamese.embeddings import default_device, preprocessing
 from ssl_siamese.evaluation import fewshot_episodes, fit_linear_probe, topk_accuracy, weighted_knn_scores
 from ssl_siamese.methods import MoCo, SiameseModule, SimCLR, SimSiam
@@ -87,13 +87,6 @@ def training_args(name: str, args: argparse.Namespace, out: str) -> list[str]:
             cli += ["--data.train_subset", str(args.train_subset)]
     return cli + ["--seed_everything", str(args.seed), "--out", f"{out}/{name}", "--log_to", "csv",
                   "--pictures_every_n_epochs", "0", "--trainer.enable_progress_bar", "false"]
-
-
-def seeded_subset(data: ImageTensors, size: int | None, seed: int) -> ImageTensors:
-    """A seeded random subset in the original order (as the data module draws its kNN bank and queries)."""
-    if size is None or size >= len(data):
-        return data
-    return data.subset(torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:size].sort().values)
 
 
 def evaluate(features: tuple[Tensor, Tensor], labels: tuple[Tensor, Tensor], num_classes: int,
@@ -197,7 +190,7 @@ def main_cli() -> None:
     dataset = "synthetic" if args.mode == "quick" else "fashion_mnist"
     train, test = (load_split(dataset, split, args.data_dir, download=False) for split in ("train", "test"))
     # the same seeds as the data module's kNN bank and queries: equal sizes give the same images
-    splits = seeded_subset(train, args.eval_train, args.seed + 1), seeded_subset(test, args.eval_test, args.seed + 2)
+    splits = random_subset(train, args.eval_train, args.seed + 1), random_subset(test, args.eval_test, args.seed + 2)
     num_classes = len(train.classes)
     with tempfile.TemporaryDirectory() as out:
         rows = [run(name, args, out, splits, num_classes) for name in args.methods]

@@ -522,7 +522,8 @@ class UInt8ImageDataset(Dataset):
         return self.images[index], self.labels[index]
 
 
-def _random_subset(data: ImageTensors, size: int | None, seed: int) -> ImageTensors:
+def random_subset(data: ImageTensors, size: int | None, seed: int) -> ImageTensors:
+    """``size`` images drawn with ``seed``, kept in their original order (all of them when ``size`` is None)."""
     if size is None or size >= len(data):
         return data
     generator = torch.Generator().manual_seed(seed)
@@ -643,7 +644,7 @@ class SSLDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         train = _keep_classes(self._load(self.info.train_split), hp.classes)
-        self.train_data = _random_subset(train, hp.train_subset, hp.seed)
+        self.train_data = random_subset(train, hp.train_subset, hp.seed)
         if hp.drop_last and hp.batch_size > len(self.train_data):
             raise ValueError(
                 f"batch_size {hp.batch_size} is larger than the {len(self.train_data)} training images, so "
@@ -660,8 +661,8 @@ class SSLDataModule(pl.LightningDataModule):
         query = query.subset(torch.nonzero(query.labels >= 0).flatten()) if (query.labels < 0).any() else query
         if len(query) == 0:
             return
-        self.bank_data = _random_subset(bank, hp.knn_bank_subset, hp.seed + 1)
-        self.query_data = _random_subset(query, hp.val_subset, hp.seed + 2)
+        self.bank_data = random_subset(bank, hp.knn_bank_subset, hp.seed + 1)
+        self.query_data = random_subset(query, hp.val_subset, hp.seed + 2)
 
     # -- loaders
     def _loader(self, data: ImageTensors, shuffle: bool, drop_last: bool) -> DataLoader:
