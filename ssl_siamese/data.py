@@ -23,7 +23,6 @@ import os
 import socket
 import sys
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -34,11 +33,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ssl_siamese.images import DECODER_VERSION, IMAGE_EXTENSIONS, list_image_files, read_images
 from ssl_siamese.loader import ResumableBatchLoader
 
 logger = logging.getLogger("ssl_siamese")
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
@@ -317,41 +316,7 @@ def make_synthetic(n: int, seed: int, size: int = 32, num_classes: int = 10) -> 
 
 # --------------------------------------------------------------------------- image folders
 
-def _scan_folder(root: Path) -> tuple[list[Path], list[Path]]:
-    """(image files, other files) under ``root``, recursively, sorted; hidden files and folders skipped."""
-    images, others = [], []
-    for current, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith("."):
-                continue
-            path = Path(current) / name
-            (images if path.suffix.lower() in IMAGE_EXTENSIONS else others).append(path)
-    return images, others
-
-
-def _decode_image(path: Path, size: int) -> np.ndarray:
-    """One file -> uint8 ``(3, size, size)``: RGB, shorter side resized to ``size``, centre-cropped."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as image:
-        image.draft("RGB", (size, size))  # JPEG: decode at a reduced scale when much larger than needed
-        if image.mode in ("I", "F") or image.mode.startswith("I;16"):
-            values = np.asarray(image, dtype=np.float32)
-            if image.mode.startswith("I;16") or values.max() > 255:
-                values = values / 257.0
-            elif image.mode == "F" and values.max() <= 1.0:
-                values = values * 255.0
-            image = Image.fromarray(values.clip(0, 255).round().astype(np.uint8))
-        image = ImageOps.fit(image.convert("RGB"), (size, size), method=Image.Resampling.BICUBIC)
-        return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).copy()
-
-
-def _try_decode(path: Path, size: int) -> np.ndarray | None:
-    try:
-        return _decode_image(path, size)
-    except Exception:  # noqa: BLE001 - any unreadable file is skipped and counted
-        return None
+_scan_folder = list_image_files  # the old private name, still imported by recipes/embed.py
 
 
 def _default_cache_dir(data_dir: Path) -> Path:
@@ -370,7 +335,7 @@ def _cache_key(root: Path, size: int, files: list[Path]) -> str:
     for path in files:
         stat = path.stat()
         listing.append((path.relative_to(root).as_posix(), stat.st_size, stat.st_mtime_ns))
-    text = json.dumps([str(root), size, sorted(listing)])
+    text = json.dumps([str(root), size, DECODER_VERSION, sorted(listing)])
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
@@ -446,15 +411,14 @@ def load_folder(root: str | Path, image_size: int = 64, cache_dir: str | Path | 
 
 
 def _decode_all(files: list[Path], size: int, num_threads: int | None) -> list[np.ndarray | None]:
-    """Decode in a thread pool (Pillow releases the GIL while decoding), printing progress for big folders."""
-    workers = num_threads or min(8, os.cpu_count() or 1)
-    results: list[np.ndarray | None] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, array in enumerate(pool.map(lambda p: _try_decode(p, size), files, chunksize=1), start=1):
-            results.append(array)
-            if len(files) >= PROGRESS_EVERY and (i % PROGRESS_EVERY == 0 or i == len(files)):
-                print(f"ssl_siamese: decoded {i}/{len(files)} images", file=sys.stderr, flush=True)
-    return results
+    """Decode with :func:`read_images` (None for an unreadable file), printing progress for big folders."""
+
+    def progress(done: int, total: int) -> None:
+        if total >= PROGRESS_EVERY and (done % PROGRESS_EVERY == 0 or done == total):
+            print(f"ssl_siamese: decoded {done}/{total} images", file=sys.stderr, flush=True)
+
+    decoded = read_images(files, size, errors="none", num_threads=num_threads, progress=progress)
+    return [None if image is None else image.numpy() for image in decoded]
 
 
 def _folder_split_dir(data_dir: Path, split: str) -> Path | None:

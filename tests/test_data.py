@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ssl_siamese import data
+from ssl_siamese import data, images
 from ssl_siamese.data import DataNotFoundError, ImageTensors, SSLDataModule, load_split
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -240,10 +240,10 @@ def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
     first = load_split("folder", "train", tmp_path / "imgs", image_size=12)
     assert list((tmp_path / "imgs" / ".ssl_siamese_cache").glob("*.pt")), "default cache in the data folder"
 
-    def fail(path, size):
-        raise AssertionError("decoded again despite the cache")
+    def fail(path, size, background):
+        raise images.ImageReadError("decoded again despite the cache")
 
-    monkeypatch.setattr(data, "_decode_image", fail)
+    monkeypatch.setattr(images, "read_image", fail)
     second = load_split("folder", "train", tmp_path / "imgs", image_size=12)
     assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
 

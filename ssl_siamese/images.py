@@ -1,0 +1,165 @@
+"""Read image files of any mode and size as uint8 RGB tensors, the same way for training and for inference.
+
+Every file goes through :func:`read_image`: the first frame is taken, EXIF rotation applied, 16-bit and
+float images scaled to 8 bits (not clipped), CMYK/grayscale/palette converted to RGB, and transparent
+pixels composited onto ``background`` (white by default, :data:`DEFAULT_BACKGROUND`) *before* any
+resizing, so the colour hidden under transparent pixels (black in many icons) never shows. With ``size``
+the shorter side is resized to ``size`` (bicubic) and the centre cropped to a square. The folder datasets
+(:func:`ssl_siamese.data.load_folder`) and the ``embed`` recipe decode through this module, so a model sees
+the same pixels in training and in use.
+
+Example:
+    >>> image = read_image("icon.png", size=64)  # doctest: +SKIP
+    >>> image.shape, image.dtype
+    (torch.Size([3, 64, 64]), torch.uint8)
+    >>> files, skipped = list_image_files("photos/")  # doctest: +SKIP
+    >>> batch = torch.stack(read_images(files, size=64))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Iterable, Literal, Sequence, Union
+
+import numpy as np
+import torch
+from torch import Tensor
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+DEFAULT_BACKGROUND = (255, 255, 255)
+"""The colour transparent pixels are composited onto: white, as most viewers and web pages show them."""
+DECODER_VERSION = 2
+"""Bumped whenever the pixels :func:`read_image` returns change, so decoded-image caches are rebuilt."""
+
+Background = Union[int, Sequence[int]]
+PathLike = Union[str, os.PathLike]
+
+
+class ImageReadError(ValueError):
+    """A file that exists could not be decoded as an image; the message names the file and the reason."""
+
+
+def list_image_files(root: PathLike) -> tuple[list[Path], list[Path]]:
+    """``(image files, skipped files)`` under ``root``, recursively, each sorted by path.
+
+    Image files are those with an extension in :data:`IMAGE_EXTENSIONS` (any case); every other file
+    (an SVG, notes, ...) is returned as skipped. Hidden files and folders (name starting with ``.``) are
+    ignored altogether; symbolic links to folders are followed.
+    """
+    images, skipped = [], []
+    for current, dirs, files in os.walk(root, followlinks=True):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(files):
+            if not name.startswith("."):
+                path = Path(current) / name
+                (images if path.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(path)
+    return images, skipped
+
+
+def _background_rgb(background: Background) -> np.ndarray:
+    values = [background] * 3 if isinstance(background, (int, np.integer)) else list(background)
+    if len(values) != 3 or not all(isinstance(v, (int, np.integer)) and 0 <= v <= 255 for v in values):
+        raise ValueError(f"background must be a grey level 0-255 or an (R, G, B) triple of 0-255, not {background!r}")
+    return np.asarray(values, dtype=np.float32)
+
+
+def _to_8bit(image: "PIL.Image.Image") -> "PIL.Image.Image":  # noqa: F821
+    """16-bit ('I;16*'), 32-bit integer ('I') and float ('F') images -> 8-bit 'L', scaled to the range.
+
+    'I;16*' is scaled by 255/65535. 'I' (often a 16-bit PNG) likewise when its maximum exceeds 255,
+    else kept. 'F' is taken as [0, 1] when its maximum is <= 1, as [0, 255] when <= 255, else as 16-bit.
+    """
+    from PIL import Image
+
+    values = np.asarray(image, dtype=np.float64)
+    top = float(values.max()) if values.size else 0.0
+    if image.mode.startswith("I;16") or (image.mode in ("I", "F") and top > 255):
+        values = values * (255.0 / 65535.0)
+    elif image.mode == "F" and top <= 1.0:
+        values = values * 255.0
+    return Image.fromarray(values.clip(0, 255).round().astype(np.uint8), mode="L")
+
+
+def _has_transparency(image: "PIL.Image.Image") -> bool:  # noqa: F821
+    return image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
+
+
+def read_image(path: PathLike, size: int | None = None, background: Background = DEFAULT_BACKGROUND) -> Tensor:
+    """Decode one image file to a uint8 RGB tensor ``(3, H, W)``; with ``size``, ``(3, size, size)``.
+
+    Args:
+        path: an image file Pillow can read (PNG, JPEG, WebP, GIF, BMP, TIFF, ...), any mode and bit depth.
+        size: None keeps the image's own size; an int resizes the shorter side to it (bicubic) and crops
+            the centre square.
+        background: grey level or ``(R, G, B)`` that transparent pixels are composited onto (default white).
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ImageReadError: the file is not a readable image (truncated, another format, an SVG, ...).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if size is not None and (not isinstance(size, (int, np.integer)) or isinstance(size, bool) or size < 1):
+        raise ValueError(f"size must be a positive int or None, not {size!r}")
+    back = _background_rgb(background)
+    if not path.is_file():
+        raise FileNotFoundError(f"No image file at {path}" + (" (it is a folder)" if path.is_dir() else ""))
+    if path.suffix.lower() in (".svg", ".svgz"):
+        raise ImageReadError(f"Cannot read {path}: SVG is a vector format this library does not render; "
+                             "convert it to PNG first (e.g. `rsvg-convert -w 256 file.svg -o file.png`).")
+    try:
+        with Image.open(path) as image:
+            if size is not None and image.format == "JPEG":
+                image.draft("RGB", (size, size))  # decode at a reduced scale when much larger than needed
+            image = ImageOps.exif_transpose(image)
+            if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+                image = _to_8bit(image)
+            if _has_transparency(image):
+                rgba = np.asarray(image.convert("RGBA"), dtype=np.float32)
+                alpha = rgba[..., 3:] / 255.0
+                rgb = rgba[..., :3] * alpha + back * (1.0 - alpha)
+                image = Image.fromarray(rgb.round().astype(np.uint8), mode="RGB")
+            else:
+                image = image.convert("RGB")
+            if size is not None:
+                image = ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
+            array = np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise ImageReadError(f"Cannot read {path} as an image: {error}") from error
+    return torch.from_numpy(array.transpose(2, 0, 1).copy())
+
+
+def read_images(paths: Iterable[PathLike], size: int | None = None, background: Background = DEFAULT_BACKGROUND,
+                errors: Literal["raise", "none"] = "raise", num_threads: int | None = None,
+                progress: Callable[[int, int], None] | None = None) -> list[Tensor | None]:
+    """:func:`read_image` on each path, in a thread pool (Pillow releases the GIL while decoding).
+
+    Returns one ``(3, H, W)`` uint8 tensor per path, in order; with ``size`` they are all
+    ``(3, size, size)`` and ``torch.stack`` makes a batch. ``errors="raise"`` raises on the first file that
+    cannot be read; ``errors="none"`` puts None in its place instead. ``progress(done, total)`` is called
+    after each file.
+    """
+    if errors not in ("raise", "none"):
+        raise ValueError(f"errors must be 'raise' or 'none', not {errors!r}")
+    paths = list(paths)
+    _background_rgb(background)  # a bad background is an error even for an empty list
+
+    def one(path: PathLike) -> Tensor | None:
+        try:
+            return read_image(path, size, background)
+        except (ImageReadError, FileNotFoundError):
+            if errors == "raise":
+                raise
+            return None
+
+    workers = num_threads or min(8, os.cpu_count() or 1)
+    results: list[Tensor | None] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for done, image in enumerate(pool.map(one, paths), start=1):
+            results.append(image)
+            if progress is not None:
+                progress(done, len(paths))
+    return results
