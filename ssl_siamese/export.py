@@ -24,10 +24,10 @@ import torch
 from torch import nn
 
 from ssl_siamese.backbones import BACKBONE_NAMES, TORCHVISION_RESNETS, build_backbone
-from ssl_siamese.checkpoints import read_checkpoint
+from ssl_siamese.checkpoints import EXPORT_FORMAT, bare_state_dict, read_checkpoint
 from ssl_siamese.embeddings import Preprocess, preprocessing
 
-FORMAT = "ssl_siamese.backbone/1"
+FORMAT = EXPORT_FORMAT
 
 
 class LoadedBackbone(NamedTuple):
@@ -73,8 +73,12 @@ def export_backbone(model: nn.Module, path: str | Path, **metadata: Any) -> Path
     return path
 
 
-def load_backbone(path: str | Path) -> LoadedBackbone:
+def load_backbone(path: str | Path, trainable: bool = False) -> LoadedBackbone:
     """``(backbone in eval mode, transform, metadata)`` from an exported backbone or a Lightning checkpoint.
+
+    The backbone is a frozen feature extractor: eval mode and ``requires_grad=False`` on its parameters, so
+    ``backbone(transform(images))`` gives plain features (``.numpy()`` works, no graph is kept). To fine-tune
+    it, pass ``trainable=True`` or unfreeze it yourself: ``backbone.requires_grad_(True).train()``.
 
     Weights-only loading: a file holding pickled objects is refused, never unpickled. A checkpoint's method
     is found by building each of our methods from its ``hyper_parameters`` and keeping the one whose
@@ -101,10 +105,22 @@ def load_backbone(path: str | Path) -> LoadedBackbone:
         backbone, metadata = _from_checkpoint(payload, path)
     else:
         raise ValueError(f"{path} is not an ssl_siamese backbone export (expected format {FORMAT}) nor a "
-                         "Lightning checkpoint with 'state_dict' and 'hyper_parameters'.")
+                         f"Lightning checkpoint with 'state_dict' and 'hyper_parameters': it {_describe(payload)}")
     has_preprocessing = metadata.get("image_size") and metadata.get("mean") and metadata.get("std")
     transform = preprocessing(metadata) if has_preprocessing else None
-    return LoadedBackbone(backbone.eval(), transform, metadata)
+    return LoadedBackbone(backbone.eval().requires_grad_(trainable), transform, metadata)
+
+
+def _describe(payload: Any) -> str:
+    """What a loaded file that is neither an export nor a checkpoint holds, and how to use it."""
+    bare = bare_state_dict(payload)
+    if bare:
+        return (f"is {bare} without metadata, so the architecture it belongs to is unknown. Build that module "
+                "yourself and call module.load_state_dict(torch.load(path, weights_only=True)), or write the file "
+                "with ssl_siamese.export_backbone.")
+    if isinstance(payload, dict):
+        return f"holds a dict with keys {', '.join(map(str, list(payload)[:5]))}."
+    return f"holds a {type(payload).__name__}."
 
 
 def _from_export(payload: dict[str, Any], path: Path) -> tuple[nn.Module, dict[str, Any]]:
