@@ -1,15 +1,18 @@
 """Embed images with an exported backbone, and search the embeddings by cosine similarity.
 
-``embed_images`` preprocesses uint8 images exactly like the model's evaluation views
-(``ViewAugmentation.normalize`` at the size, mean and std in the backbone's metadata) and runs the
-backbone in eval mode in batches, on the GPU when there is one. ``EmbeddingIndex`` keeps L2-normalised
-embeddings (with optional labels and ids) and answers exact k-nearest-neighbour queries by cosine
-similarity: a chunked matrix product in torch, or faiss's ``IndexFlatIP`` (also exact) when faiss is
-installed and the index holds more than ``FAISS_MIN_SIZE`` vectors. It saves to and loads from ``.npz``.
+``embed_images`` preprocesses images exactly like the model's evaluation views (``ViewAugmentation.normalize``
+at the size, mean and std in the backbone's metadata) and runs the backbone in eval mode in batches, on the
+GPU when there is one. Images may be a batch ``(N, C, H, W)``, one image ``(C, H, W)``, a list of images of
+any sizes, or image files (read by ``ssl_siamese.images.read_image``); pixel values are scaled by dtype
+(``to_unit_rgb``). ``EmbeddingIndex`` keeps L2-normalised embeddings (with optional labels and ids) and
+answers exact k-nearest-neighbour queries by cosine similarity: a chunked matrix product in torch, or
+faiss's ``IndexFlatIP`` (also exact) when faiss is installed and the index holds more than ``FAISS_MIN_SIZE``
+vectors. It saves to and loads from ``.npz``.
 
 Example:
     >>> backbone, transform, metadata = load_backbone("out/simclr/exported_models/backbone.pt")
     >>> features = embed_images(backbone, split.images, metadata)          # (N, D) float32 on the CPU
+    >>> features = embed_images(backbone, ["cat.png", "icon.webp"], metadata)   # files of any mode and size
     >>> index = EmbeddingIndex(features, labels=split.labels)
     >>> scores, indices = index.search(embed_images(backbone, queries, metadata), k=5)
     >>> index.save("gallery.npz"); index = EmbeddingIndex.load("gallery.npz")
@@ -17,9 +20,10 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -28,6 +32,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ssl_siamese.augment import ViewAugmentation
+from ssl_siamese.images import DEFAULT_BACKGROUND, read_images
+
+Images = Union[Tensor, np.ndarray, str, os.PathLike, Sequence[Union[Tensor, np.ndarray, str, os.PathLike]]]
+"""What the embedding functions take: a batch ``(N, C, H, W)``, one image ``(C, H, W)``, a list of images of
+any sizes, or image file paths (one or a list, possibly mixed with tensors)."""
+
+INTEGER_SCALES = {torch.uint8: 255.0, torch.uint16: 65535.0}
+"""The integer pixel dtypes accepted and the value that means full intensity."""
+FLOAT_TOLERANCE = 1e-3  # float images may stray this far outside [0, 1] (resampling overshoot, rounding)
 
 FAISS_MIN_SIZE = 100_000  # below this an exact torch matmul is as fast and needs no extra package
 
@@ -37,24 +50,70 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def to_unit_rgb(images: Tensor, background: Sequence[int] = DEFAULT_BACKGROUND) -> Tensor:
+    """float32 RGB in [0, 1] ``(B, 3, H, W)`` of a batch ``(B, C, H, W)`` of 1 (gray), 2 (gray + alpha),
+    3 (RGB) or 4 (RGBA) channels.
+
+    Values are scaled by dtype: uint8 by 1/255, uint16 (``torchvision.io.read_image`` of a 16-bit PNG) by
+    1/65535; float images must already be in [0, 1] (checked); other dtypes are refused. Alpha is composited
+    onto ``background`` (0-255 RGB, white by default), the rule ``ssl_siamese.images.read_image`` applies to
+    training files, so a transparent pixel's hidden colour never shows.
+
+    Raises:
+        ValueError: another shape or channel count, an unsupported dtype, or float values outside [0, 1].
+    """
+    if images.dim() != 4 or not 1 <= images.shape[1] <= 4:
+        raise ValueError(f"Expected images (B, C, H, W) with 1 (gray), 2 (gray + alpha), 3 (RGB) or 4 (RGBA) "
+                         f"channels, got shape {tuple(images.shape)}.")
+    if images.dtype in INTEGER_SCALES:
+        x = images.float() / INTEGER_SCALES[images.dtype]
+    elif images.dtype.is_floating_point:
+        x = images.float()
+        low, high = (float(v) for v in torch.aminmax(x)) if x.numel() else (0.0, 0.0)
+        if low < -FLOAT_TOLERANCE or high > 1.0 + FLOAT_TOLERANCE:
+            raise ValueError(f"Float images must hold values in [0, 1], these range over [{low:.4g}, {high:.4g}]. "
+                             "Divide 0-255 floats by 255 (or pass the uint8 tensor itself).")
+        x = x.clamp(0.0, 1.0)
+    else:
+        raise ValueError(f"Images of dtype {images.dtype} are not supported: pass uint8 (0-255), uint16 "
+                         "(0-65535) or float in [0, 1], e.g. images.to(torch.uint8) for 8-bit values in an int "
+                         "tensor, or ssl_siamese.images.read_image(path) for a file.")
+    if x.shape[1] in (2, 4):
+        alpha = x[:, -1:]
+        back = torch.tensor(background, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255.0
+        x = x[:, :-1] * alpha + back[:, : x.shape[1] - 1] * (1.0 - alpha)
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
 class Preprocess(nn.Module):
     """The evaluation preprocessing of a backbone: no randomness, images in, normalised float32 out.
 
-    uint8 (or [0, 1] float) images ``(B, 1|3, H, W)`` become RGB, are resized to ``size`` (bilinear,
-    antialiased) and normalised with ``mean`` and ``std``: ``ViewAugmentation.normalize``.
+    Images ``(B, C, H, W)`` or one image ``(C, H, W)``, with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4
+    (RGBA), in uint8, uint16 or [0, 1] float (``to_unit_rgb``: alpha composited onto white), are resized to
+    ``size`` (bilinear, antialiased) and normalised with ``mean`` and ``std``: ``ViewAugmentation.normalize``.
+    A list of images of different sizes is resized image by image and stacked.
 
     Example:
         >>> transform = Preprocess(32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
         >>> transform(torch.zeros(4, 1, 28, 28, dtype=torch.uint8)).shape
         torch.Size([4, 3, 32, 32])
+        >>> transform([torch.zeros(4, 20, 30, dtype=torch.uint8), torch.zeros(3, 64, 64)]).shape
+        torch.Size([2, 3, 32, 32])
     """
 
     def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.views = ViewAugmentation(size=size, mean=mean, std=std)  # only its deterministic path is used
 
-    def forward(self, images: Tensor) -> Tensor:
-        return self.views.normalize(images)
+    def forward(self, images: Tensor | Sequence[Tensor]) -> Tensor:
+        if isinstance(images, (list, tuple)):
+            if not images:
+                raise ValueError("No images to preprocess.")
+            return torch.cat([self(image) for image in images])
+        images = torch.as_tensor(images)
+        if images.dim() == 3:  # one image (C, H, W)
+            images = images.unsqueeze(0)
+        return self.views.normalize(to_unit_rgb(images.to(self.views.mean.device)))
 
     def extra_repr(self) -> str:
         return (f"size={self.views.size}, mean={self.views.mean.flatten().tolist()}, "
@@ -76,23 +135,49 @@ def preprocessing(metadata: Mapping[str, Any], image_size: int | None = None) ->
 
 
 @torch.no_grad()
-def embed_images(backbone: nn.Module, images_uint8: Tensor, metadata: Mapping[str, Any], batch_size: int = 256,
+def embed_images(backbone: nn.Module, images: Images, metadata: Mapping[str, Any], batch_size: int = 256,
                  device: str | torch.device | None = None, progress: bool = True) -> Tensor:
-    """Backbone features ``(N, D)`` (float32, CPU) of uint8 images ``(N, 1|3, H, W)``.
+    """Backbone features ``(N, D)`` (float32, CPU) of ``images``.
 
-    The backbone is put in eval mode and moved to ``device`` (default: cuda when available).
+    ``images``: a batch ``(N, C, H, W)``, one image ``(C, H, W)``, a list of images of any sizes, or image
+    files (a path or a list; read with ``ssl_siamese.images.read_image``, any mode and bit depth); uint8,
+    uint16 or [0, 1] float, 1 to 4 channels (``to_unit_rgb``). The backbone is put in eval mode and moved to
+    ``device`` (default: cuda when available).
     """
-    images = torch.as_tensor(images_uint8)
-    if images.dim() == 3:
-        images = images.unsqueeze(0)
+    images = as_images(images)
     device = torch.device(device) if device is not None else default_device()
-    preprocess = preprocessing(metadata, images.shape[-1]).to(device)
+    size_hint = images[0].shape[-1] if len(images) else None
+    preprocess = preprocessing(metadata, size_hint).to(device)
     backbone.eval().to(device)
-    batches = tqdm(images.split(batch_size), desc="embedding", unit="batch", disable=not progress, leave=False)
-    features = [backbone(preprocess(batch.to(device))).flatten(1).float().cpu() for batch in batches]
+    chunks = [images[start:start + batch_size] for start in range(0, len(images), batch_size)]
+    batches = tqdm(chunks, desc="embedding", unit="batch", disable=not progress, leave=False)
+    features = [backbone(preprocess(batch)).flatten(1).float().cpu() for batch in batches]
     if not features:
         raise ValueError("No images to embed.")
     return torch.cat(features)
+
+
+def as_images(images: Images) -> Tensor | list[Tensor]:
+    """A batch ``(N, C, H, W)`` as is, or a list of ``(C, H, W)`` images with files read (``read_image``)."""
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
+    if isinstance(images, (list, tuple)):
+        paths = [i for i, image in enumerate(images) if isinstance(image, (str, os.PathLike))]
+        decoded = dict(zip(paths, read_images([images[i] for i in paths])))
+        return [decoded[i] if i in decoded else _one_image(image) for i, image in enumerate(images)]
+    images = torch.as_tensor(images)
+    if images.dim() == 3:
+        images = images.unsqueeze(0)
+    if images.dim() != 4:
+        raise ValueError(f"Expected images (N, C, H, W) or one image (C, H, W), got shape {tuple(images.shape)}.")
+    return images
+
+
+def _one_image(image: Tensor | np.ndarray) -> Tensor:
+    image = torch.as_tensor(image)
+    if image.dim() != 3:
+        raise ValueError(f"A list of images must hold (C, H, W) images or file paths, got shape {tuple(image.shape)}.")
+    return image
 
 
 class EmbeddingIndex:

@@ -18,11 +18,11 @@ from ssl_siamese import SimCLR, export_backbone, load_backbone
 from ssl_siamese import embeddings as embeddings_module
 from ssl_siamese.backbones import build_backbone
 from ssl_siamese.data import DATASETS, load_split
-from ssl_siamese.embeddings import EmbeddingIndex, embed_images
+from ssl_siamese.embeddings import EmbeddingIndex, embed_images, preprocessing
 from ssl_siamese.oneshot import UNKNOWN, OneShotClassifier
 from ssl_siamese.recipes import embed as embed_recipe
 from ssl_siamese.recipes.embed import run_embed
-from ssl_siamese.recipes.finetune import run_finetune
+from ssl_siamese.recipes.finetune import build_init, run_finetune
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-mnist"
 needs_fashion_mnist = pytest.mark.skipif(not (DATA / "train-images-idx3-ubyte.gz").is_file(),
@@ -262,3 +262,123 @@ def test_finetune_imagenet_without_local_weights_is_a_clear_error(tmp_path, monk
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
     with pytest.raises(ValueError, match="not available locally"):
         run_finetune("imagenet", "synthetic", arch="resnet18", out=tmp_path, log_to="none")
+
+
+# --------------------------------------------------------------------------- issue 12: loaded backbone, any image
+
+ADWAITA = Path("/usr/share/icons/Adwaita")
+
+
+def adwaita_rgba_icon(min_side: int = 32) -> Path:
+    """A real RGBA icon with transparent and partly transparent pixels; skip (saying where) when absent."""
+    for path in sorted(ADWAITA.rglob("*.png")) if ADWAITA.is_dir() else ():
+        with Image.open(path) as image:
+            if image.mode == "RGBA" and min(image.size) >= min_side:
+                alpha = np.asarray(image)[..., 3]
+                if (alpha == 0).any() and ((alpha > 0) & (alpha < 255)).any():
+                    return path
+    pytest.skip(f"no RGBA icon with transparency found under {ADWAITA} (Debian package adwaita-icon-theme)")
+
+
+def float64_reference(image: np.ndarray, size: int, mean, std, background=(1.0, 1.0, 1.0)) -> torch.Tensor:
+    """``(1, 3, size, size)`` float32 input of an ``(H, W, C)`` array in [0, 1]: alpha composited onto
+    ``background`` in float64, then the resize and normalisation of ``ViewAugmentation.normalize``."""
+    image = np.asarray(image, dtype=np.float64)
+    if image.shape[2] in (2, 4):
+        alpha = image[..., -1:]
+        image = image[..., :-1] * alpha + np.asarray(background)[: image.shape[2] - 1] * (1 - alpha)
+    image = np.broadcast_to(image, image.shape[:2] + (3,)) if image.shape[2] == 1 else image
+    x = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).unsqueeze(0)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    return ((x - torch.tensor(mean, dtype=torch.float64).view(1, 3, 1, 1))
+            / torch.tensor(std, dtype=torch.float64).view(1, 3, 1, 1)).float()
+
+
+def test_loaded_backbone_gives_plain_inference_features_and_can_be_unfrozen(tmp_path):
+    path = _exported_tiny_cnn(tmp_path, size=16)
+    backbone, transform, _ = load_backbone(path)
+    images = torch.randint(0, 256, (3, 3, 20, 24), dtype=torch.uint8)
+    features = backbone(transform(images))  # the README's line, no torch.no_grad around it
+    assert not features.requires_grad and features.numpy().shape == (3, 128)
+    assert not backbone.training and not any(p.requires_grad for p in backbone.parameters())
+    backbone.requires_grad_(True).train()  # how the docstring says to fine-tune it
+    backbone(transform(images)).sum().backward()
+    assert all(p.grad is not None for p in backbone.parameters())
+    trainable, _, _ = load_backbone(path, trainable=True)
+    assert all(p.requires_grad for p in trainable.parameters())
+    module, _, _ = build_init(str(path), "tiny_cnn", False, "fashion_mnist", None)  # the finetune recipe's model
+    assert module.training and all(p.requires_grad for p in module.parameters())
+
+
+def test_transform_takes_gray_alpha_rgb_and_rgba_against_a_float64_reference():
+    from torchvision.io import ImageReadMode, read_image as torchvision_read_image
+
+    from ssl_siamese.images import read_image
+
+    icon = adwaita_rgba_icon()
+    metadata = {"image_size": 24, "mean": (0.4, 0.5, 0.6), "std": (0.2, 0.25, 0.3)}
+    transform = preprocessing(metadata)
+    rgba = torchvision_read_image(str(icon), ImageReadMode.UNCHANGED)  # what the README user had: (4, H, W)
+    assert rgba.shape[0] == 4
+    array = rgba.permute(1, 2, 0).numpy() / 255.0
+    size, mean, std = 24, metadata["mean"], metadata["std"]
+    torch.testing.assert_close(transform(rgba), float64_reference(array, size, mean, std), atol=1e-5, rtol=0)
+    # the file read by the library (composited onto the same white, rounded to uint8) gives the same input
+    torch.testing.assert_close(transform(read_image(icon)), transform(rgba), atol=0.6 / 255 / min(std), rtol=0)
+    gray_alpha = np.stack([array[..., :3].mean(-1), array[..., 3]], -1)
+    two = torch.from_numpy((gray_alpha * 255).round().astype(np.uint8)).permute(2, 0, 1)
+    torch.testing.assert_close(transform(two), float64_reference(two.permute(1, 2, 0).numpy() / 255.0, size, mean,
+                                                                 std), atol=1e-5, rtol=0)
+    for channels in (1, 3):
+        image = rgba[:channels]
+        torch.testing.assert_close(transform(image), float64_reference(image.permute(1, 2, 0).numpy() / 255.0,
+                                                                       size, mean, std), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="channels"):
+        transform(torch.zeros(1, 5, 8, 8, dtype=torch.uint8))
+
+
+def test_images_are_scaled_by_dtype_uint8_uint16_float():
+    """Item 7: a 16-bit image is not taken as [0, 1]; uint8 and uint16 of one picture give the same features."""
+    torch.manual_seed(0)
+    backbone, _ = build_backbone("tiny_cnn")
+    backbone.eval()
+    metadata = {"image_size": 28, "mean": FASHION.mean, "std": FASHION.std}
+    rng = np.random.default_rng(0)
+    uint8 = rng.integers(0, 256, (4, 3, 28, 28), dtype=np.uint8)
+    uint16 = torch.from_numpy(uint8.astype(np.int32) * 257).to(torch.uint16)  # 16-bit: same picture, 0..65535
+    with torch.no_grad():
+        expected = torch.cat([backbone(float64_reference(image.transpose(1, 2, 0) / 255.0, 28, FASHION.mean,
+                                                         FASHION.std)) for image in uint8])
+    for images in (torch.from_numpy(uint8), uint16, torch.from_numpy(uint8 / 255.0),
+                   torch.from_numpy(uint8).float() / 255):
+        features = embed_images(backbone, images, metadata, progress=False)
+        cosine = F.cosine_similarity(features.double(), expected.double())
+        assert cosine.min() > 0.99999, (images.dtype, cosine)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        embed_images(backbone, torch.from_numpy(uint8).float(), metadata, progress=False)  # 0..255 floats
+    with pytest.raises(ValueError, match="int32"):
+        embed_images(backbone, torch.from_numpy(uint8).int(), metadata, progress=False)
+
+
+def test_classify_takes_images_of_any_size_and_file_paths(tmp_path):
+    from ssl_siamese.images import read_image
+
+    colour = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())  # features = mean colour
+    metadata = {"image_size": 4, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    classifier = OneShotClassifier(colour, metadata)
+    classifier.register("red", torch.tensor([255, 0, 0], dtype=torch.uint8).view(3, 1, 1).expand(3, 9, 7))
+    classifier.register("blue", torch.tensor([0, 0, 255], dtype=torch.uint8).view(3, 1, 1).expand(3, 30, 40))
+    reddish = torch.tensor([200, 30, 10], dtype=torch.uint8).view(3, 1, 1).expand(3, 12, 5)
+    bluish = torch.tensor([10, 0, 150], dtype=torch.uint8).view(3, 1, 1).expand(3, 50, 64)
+    icon = adwaita_rgba_icon()
+    Image.fromarray(reddish.permute(1, 2, 0).numpy()).save(tmp_path / "reddish.png")
+    Image.fromarray(bluish.permute(1, 2, 0).numpy()).convert("P").save(tmp_path / "bluish.gif")
+    results = classifier.classify([reddish, bluish, icon])
+    assert [name for name, _ in results[:2]] == ["red", "blue"]
+    assert results[0][1] == pytest.approx(200 / np.linalg.norm([200, 30, 10]), abs=1e-5)
+    by_path = classifier.classify([tmp_path / "reddish.png", str(tmp_path / "bluish.gif"), icon])
+    assert [name for name, _ in by_path] == [name for name, _ in results]
+    assert [s for _, s in by_path] == pytest.approx([s for _, s in results], abs=1e-3)
+    assert classifier.classify(tmp_path / "reddish.png") == by_path[:1]  # one path
+    assert classifier.classify(read_image(icon))[0][1] == pytest.approx(results[2][1], abs=1e-3)

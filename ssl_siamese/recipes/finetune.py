@@ -130,7 +130,7 @@ def build_init(backbone: str, arch: str, cifar_stem: bool, dataset: str,
     if backbone == "imagenet":
         module, dim = imagenet_backbone(arch)
         return module, dim, {"image_size": image_size or info.image_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
-    module, _, metadata = load_backbone(backbone)
+    module, _, metadata = load_backbone(backbone, trainable=True)  # load_backbone freezes by default
     if image_size:
         metadata["image_size"] = image_size
     metadata["image_size"] = metadata.get("image_size") or info.image_size
