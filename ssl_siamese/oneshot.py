@@ -2,20 +2,29 @@
 
 Each class is represented by the embeddings of its reference images (one or a few). Its prototype is the
 normalised mean of their normalised embeddings, and an image takes the class of the most cosine-similar
-prototype. With a ``threshold``, an image whose best similarity is below it is ``"unknown"``. Adding a
-class is registering its references: nothing is retrained.
+prototype. Adding a class is registering its references: nothing is retrained.
+
+The "unknown" threshold: an image whose best cosine similarity (to the nearest prototype) is below
+``threshold`` is ``"unknown"``. Raw cosine values depend on the backbone (ReLU features of a small ConvNet
+are all above 0.9; a ResNet's spread wider), so no fixed number means anything: calibrate it.
+``calibrate_threshold`` takes held-out images of the registered classes (not the references) and sets the
+threshold to the ``false_reject_rate`` quantile of their best similarities, so about that fraction of new
+images of known classes is rejected. How many images of unregistered classes it rejects depends on how well
+the backbone separates them (``tests/test_downstream.py`` measures both on Fashion-MNIST).
 
 Example:
     >>> backbone, _, metadata = load_backbone("out/simclr/exported_models/backbone.pt")
-    >>> classifier = OneShotClassifier(backbone, metadata, threshold=0.6)
-    >>> classifier.register("sneaker", sneaker_image)            # uint8 (C, H, W) or (K, C, H, W)
+    >>> classifier = OneShotClassifier(backbone, metadata)
+    >>> classifier.register("sneaker", "refs/sneaker.png")      # files, (C, H, W) / (K, C, H, W) tensors, lists
     >>> classifier.register("bag", bag_images)
-    >>> classifier.classify(new_images)                         # [("bag", 0.83), ("unknown", 0.41), ...]
-    >>> classifier.calibrate_threshold(validation_images, validation_names, accept_rate=0.95)
+    >>> classifier.calibrate_threshold(held_out_images, held_out_names, false_reject_rate=0.05)
+    >>> classifier.classify(["a.png", "b.webp"])                # [("bag", 0.83), ("unknown", 0.41)]
 """
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,9 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_siamese.embeddings import embed_images
+from ssl_siamese.embeddings import Images, embed_images
 
 UNKNOWN = "unknown"
+SAME_IMAGE_COSINE = 1.0 - 1e-6  # a held-out embedding this close to a reference is that reference
 
 
 class OneShotClassifier:
@@ -34,7 +44,8 @@ class OneShotClassifier:
     Args:
         backbone: a feature extractor, e.g. from ``load_backbone``.
         metadata: its ``image_size``, ``mean`` and ``std`` (``load_backbone``'s metadata).
-        threshold: cosine similarity below which an image is ``"unknown"``; ``None`` never rejects.
+        threshold: best cosine similarity below which an image is ``"unknown"``; ``None`` never rejects.
+            Set it with ``calibrate_threshold`` rather than by hand (see the module docstring).
         device: where the backbone runs (default: cuda when available).
     """
 
@@ -42,6 +53,7 @@ class OneShotClassifier:
                  device: str | torch.device | None = None, batch_size: int = 256) -> None:
         self.backbone, self.metadata, self.threshold = backbone, dict(metadata), threshold
         self.device, self.batch_size = device, batch_size
+        self.false_reject_rate: float | None = None  # set by calibrate_threshold
         self.references: dict[str, Tensor] = {}
 
     @property
@@ -49,13 +61,17 @@ class OneShotClassifier:
         """The registered class names, in registration order."""
         return list(self.references)
 
-    def embed(self, images: Tensor) -> Tensor:
-        """Normalised embeddings ``(N, D)`` of uint8 images ``(N, C, H, W)`` or one image ``(C, H, W)``."""
+    def embed(self, images: Images) -> Tensor:
+        """Normalised embeddings ``(N, D)`` of images: a batch ``(N, C, H, W)``, one image ``(C, H, W)``, a list
+        of images of any sizes, or image files (``embed_images`` says which dtypes and channels)."""
         features = embed_images(self.backbone, images, self.metadata, self.batch_size, self.device, progress=False)
         return F.normalize(features, dim=1)
 
-    def register(self, class_name: str, images: Tensor) -> int:
-        """Add reference images of ``class_name`` (a new class or more shots); returns its reference count."""
+    def register(self, class_name: str, images: Images) -> int:
+        """Add reference images of ``class_name`` (a new class or more shots); returns its reference count.
+
+        A threshold calibrated before is kept as is: calibrate again after changing the references.
+        """
         if class_name == UNKNOWN:
             raise ValueError(f"{UNKNOWN!r} is reserved for rejected images; choose another class name.")
         embeddings = self.embed(images)
@@ -74,32 +90,49 @@ class OneShotClassifier:
             raise ValueError("No classes registered yet: call register(class_name, images) first.")
         return F.normalize(torch.stack([refs.mean(0) for refs in self.references.values()]), dim=1)
 
-    def similarities(self, images: Tensor) -> Tensor:
+    def similarities(self, images: Images) -> Tensor:
         """Cosine similarity ``(N, C)`` of each image to each class prototype (columns: ``classes``)."""
         return self.embed(images) @ self.prototypes().T
 
-    def classify(self, images: Tensor) -> list[tuple[str, float]]:
-        """``(class_name or "unknown", best cosine similarity)`` for each image."""
+    def classify(self, images: Images) -> list[tuple[str, float]]:
+        """``(class_name or "unknown", best cosine similarity)`` for each image (files, tensors or a list)."""
         best, index = self.similarities(images).max(dim=1)
         names = self.classes
         return [(UNKNOWN if self.threshold is not None and score < self.threshold else names[i], score)
                 for score, i in zip(best.tolist(), index.tolist())]
 
-    def calibrate_threshold(self, images: Tensor, class_names: Sequence[str], accept_rate: float = 0.95) -> float:
-        """Set and return the threshold that accepts ``accept_rate`` of held-out images of known classes.
+    def calibrate_threshold(self, images: Images, class_names: Sequence[str], false_reject_rate: float = 0.05,
+                            accept_rate: float | None = None) -> float:
+        """Set and return the threshold that rejects ``false_reject_rate`` of held-out images of known classes.
 
-        ``images`` are labelled examples (not the references) of registered classes; the threshold is the
-        ``1 - accept_rate`` quantile of their similarity to their own class's prototype.
+        ``images`` are labelled images of registered classes that are NOT references (a reference is as similar
+        to its own prototype as it can be, which would make the threshold too lenient: refused). The threshold
+        is the ``false_reject_rate`` quantile (linear interpolation) of their best similarity, the score
+        ``classify`` compares with it, so ``classify`` rejects that fraction of them and, on further images
+        like them, about that fraction. ``class_names`` must name registered classes; they are used only to
+        check that. ``accept_rate`` is the older spelling: ``false_reject_rate = 1 - accept_rate``.
+        Calibrate after the last ``register``: new references move the prototypes.
         """
-        if not 0.0 < accept_rate <= 1.0:
-            raise ValueError(f"accept_rate must be in (0, 1], got {accept_rate}.")
+        if accept_rate is not None:
+            false_reject_rate = 1.0 - accept_rate
+        if not 0.0 <= false_reject_rate < 1.0:
+            raise ValueError(f"false_reject_rate must be in [0, 1) (accept_rate in (0, 1]), got {false_reject_rate}.")
         unknown = sorted(set(class_names) - set(self.references))
         if unknown:
             raise ValueError(f"Classes not registered: {unknown}; register them before calibrating.")
-        images = images.unsqueeze(0) if images.dim() == 3 else images
-        if len(class_names) != len(images):
-            raise ValueError(f"{len(class_names)} class names for {len(images)} images.")
-        columns = torch.tensor([self.classes.index(name) for name in class_names])
-        own = self.similarities(images).gather(1, columns.unsqueeze(1)).squeeze(1)
-        self.threshold = float(torch.quantile(own.double(), 1.0 - accept_rate))
+        embeddings = self.embed(images)
+        if len(class_names) != len(embeddings):
+            raise ValueError(f"{len(class_names)} class names for {len(embeddings)} images.")
+        references = torch.cat(list(self.references.values()))
+        repeated = int(((embeddings @ references.T).max(dim=1).values >= SAME_IMAGE_COSINE).sum())
+        if repeated:
+            raise ValueError(f"{repeated} of the {len(embeddings)} calibration images are registered references; "
+                             "calibrate on held-out images of the registered classes, not on the references.")
+        if len(embeddings) * false_reject_rate < 1.0 and false_reject_rate > 0.0:
+            warnings.warn(f"{len(embeddings)} held-out images cannot resolve a false-reject rate of "
+                          f"{false_reject_rate}: at least {math.ceil(1 / false_reject_rate)} are needed, so the "
+                          "rate realised on new images may differ a lot.", stacklevel=2)
+        best = (embeddings @ self.prototypes().T).max(dim=1).values
+        self.threshold = float(torch.quantile(best.double(), false_reject_rate))
+        self.false_reject_rate = float(false_reject_rate)
         return self.threshold

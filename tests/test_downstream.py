@@ -382,3 +382,62 @@ def test_classify_takes_images_of_any_size_and_file_paths(tmp_path):
     assert [s for _, s in by_path] == pytest.approx([s for _, s in results], abs=1e-3)
     assert classifier.classify(tmp_path / "reddish.png") == by_path[:1]  # one path
     assert classifier.classify(read_image(icon))[0][1] == pytest.approx(results[2][1], abs=1e-3)
+
+
+# --------------------------------------------------------------------------- issue 12 item 8: the "unknown" threshold
+
+def test_calibrated_threshold_is_the_quantile_of_the_score_classify_thresholds():
+    """Colour backbone: the threshold is the ``false_reject_rate`` quantile of each held-out image's BEST
+    similarity (what ``classify`` compares), not of its similarity to its own class; references are refused."""
+    colour = nn.Flatten()
+    metadata = {"image_size": 1, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    classifier = OneShotClassifier(colour, metadata)
+    classifier.register("red", torch.tensor([255, 0, 0], dtype=torch.uint8).view(1, 3, 1, 1))
+    classifier.register("green", torch.tensor([0, 255, 0], dtype=torch.uint8).view(1, 3, 1, 1))
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (40, 3)).astype(np.uint8)
+    rgb[:, :2] = np.maximum(rgb[:, :2], 1)
+    names = ["red" if r >= g else "green" for r, g, _ in rgb]
+    names[:5] = ["green" if n == "red" else "red" for n in names[:5]]  # labelled by the weaker colour
+    held_out = torch.from_numpy(rgb).view(40, 3, 1, 1)
+    unit = rgb.astype(np.float64) / np.linalg.norm(rgb.astype(np.float64), axis=1, keepdims=True)
+    best = np.maximum(unit[:, 0], unit[:, 1])  # cosine to the nearest of pure red and pure green
+    threshold = classifier.calibrate_threshold(held_out, names, false_reject_rate=0.1)
+    assert threshold == pytest.approx(np.quantile(best, 0.1), abs=1e-6)
+    assert classifier.threshold == threshold and classifier.false_reject_rate == 0.1
+    rejected = [name == UNKNOWN for name, _ in classifier.classify(held_out)]
+    assert sum(rejected) == 4  # 10% of 40: exactly the images below the quantile
+    assert classifier.calibrate_threshold(held_out, names, accept_rate=0.9) == pytest.approx(threshold)
+    with pytest.raises(ValueError, match="reference"):
+        classifier.calibrate_threshold(torch.tensor([255, 0, 0], dtype=torch.uint8).view(1, 3, 1, 1), ["red"])
+    with pytest.raises(ValueError, match="false_reject_rate"):
+        classifier.calibrate_threshold(held_out, names, false_reject_rate=1.5)
+
+
+@needs_fashion_mnist
+def test_calibrated_threshold_rejects_at_the_stated_rate_and_rejects_an_unregistered_class():
+    """Fashion-MNIST, seeded random tiny_cnn: 4 registered classes (5 references each), calibrated on 100
+    held-out training images per class at a 10% false-reject rate; measured on 250 test images per class."""
+    known = {1: "Trouser", 2: "Pullover", 8: "Bag", 9: "Ankle boot"}
+    unregistered = {5: "Sandal", 7: "Sneaker"}
+    train = load_split("fashion_mnist", "train", DATA, download=False)
+    test = load_split("fashion_mnist", "test", DATA, download=False)
+    torch.manual_seed(0)
+    backbone, _ = build_backbone("tiny_cnn")
+    classifier = OneShotClassifier(backbone, {"image_size": 28, "mean": FASHION.mean, "std": FASHION.std})
+    rows = {c: torch.nonzero(train.labels == c).flatten() for c in known}
+    for c, name in known.items():
+        classifier.register(name, train.images[rows[c][:5]])
+    held_out = torch.cat([rows[c][5:105] for c in known])
+    classifier.calibrate_threshold(train.images[held_out], [known[int(y)] for y in train.labels[held_out]],
+                                   false_reject_rate=0.1)
+
+    def rejected(classes) -> float:
+        queries = torch.cat([torch.nonzero(test.labels == c).flatten()[:250] for c in classes])
+        return float(np.mean([name == UNKNOWN for name, _ in classifier.classify(test.images[queries])]))
+
+    known_rate, unknown_rate = rejected(known), rejected(unregistered)
+    print(f"\nthreshold {classifier.threshold:.4f} for a 10% false-reject rate: test images of registered classes "
+          f"rejected {known_rate:.3f}, of unregistered Sandal/Sneaker {unknown_rate:.3f}")
+    assert abs(known_rate - 0.1) < 0.05  # binomial spread of 400 calibration + 1000 test images: ~0.017
+    assert unknown_rate > known_rate + 0.2
