@@ -30,6 +30,7 @@ from typing import Any, Callable
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -44,7 +45,11 @@ FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", 
                          "Sneaker", "Bag", "Ankle boot"]
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_ENV = "SSL_SIAMESE_FASHION_MNIST"
+CACHE_ENV = "SSL_SIAMESE_CACHE"
 CONNECT_TIMEOUT_S = 3.0
+MIN_IMAGE_SIZE = 16  # smaller: random crops of a few pixels, a 1x1 or 2x2 feature map (see SSLDataModule)
+DEFAULT_VAL_FRACTION = 0.1
+MAX_HELD_OUT = 10_000
 PROGRESS_EVERY = 5000
 
 
@@ -319,15 +324,13 @@ def make_synthetic(n: int, seed: int, size: int = 32, num_classes: int = 10) -> 
 _scan_folder = list_image_files  # the old private name, still imported by recipes/embed.py
 
 
-def _default_cache_dir(data_dir: Path) -> Path:
-    preferred = data_dir / ".ssl_siamese_cache"
-    try:
-        preferred.mkdir(exist_ok=True)
-        if os.access(preferred, os.W_OK):
-            return preferred
-    except OSError:
-        pass
-    return Path.home() / ".cache" / "ssl_siamese"
+def default_cache_dir() -> Path:
+    """Where decoded image folders are cached: ``$SSL_SIAMESE_CACHE``, else ``$XDG_CACHE_HOME/ssl_siamese``,
+    else ``~/.cache/ssl_siamese`` (never inside the user's data folder)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "ssl_siamese"
 
 
 def _cache_key(root: Path, size: int, files: list[Path]) -> str:
@@ -355,8 +358,12 @@ def load_folder(root: str | Path, image_size: int = 64, cache_dir: str | Path | 
                 num_threads: int | None = None) -> ImageTensors:
     """Decode every image under ``root`` (recursively) into uint8 ``(N, 3, S, S)``, cached on disk.
 
+    Files are listed and decoded by :mod:`ssl_siamese.images` (transparent pixels composited onto white).
     Labelled by first-level subfolder when every image lies in one (ImageFolder layout), else
-    unlabelled. Unreadable and non-image files are skipped and counted in a warning.
+    unlabelled. Unreadable and non-image files (an SVG, notes) are skipped; every run warns with their
+    count and first names, also when the images come from the cache. The cache lives in ``cache_dir``
+    (default :func:`default_cache_dir`, outside ``root``), one file per folder and size, rebuilt when a
+    file under ``root`` changes; its path is logged.
 
     Example:
         >>> split = load_folder("photos/", image_size=64)  # doctest: +SKIP
@@ -366,31 +373,30 @@ def load_folder(root: str | Path, image_size: int = 64, cache_dir: str | Path | 
     if not root.is_dir():
         raise DataNotFoundError(f"Image folder {root} does not exist. Pass an existing folder with "
                                 f"--data.data_dir PATH (images in it or in one subfolder per class).")
-    files, others = _scan_folder(root)
+    files, others = list_image_files(root)
     if not files:
         raise DataNotFoundError(f"No image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) found under {root}"
                                 f"{f' (only {len(others)} other files)' if others else ' (it is empty)'}. "
                                 "Point --data.data_dir at a folder that holds images (any depth).")
 
-    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir(root)
-    key = _cache_key(root, image_size, files + others)
-    cache_file = cache_root / f"folder-{root.name}-{image_size}px-{key}.pt"
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    prefix = f"folder-{root.name}-{hashlib.sha256(str(root).encode()).hexdigest()[:8]}-{image_size}px-"
+    cache_file = cache_root / f"{prefix}{_cache_key(root, image_size, files + others)}.pt"
     if cache_file.is_file():
         try:
             cached = torch.load(cache_file, weights_only=True)
-            if cached.get("skipped"):
-                logger.warning("skipped %d unreadable files in %s (decoded-image cache %s)",
-                               int(cached["skipped"]), root, cache_file)
-            return ImageTensors(cached["images"], cached["labels"], list(cached["classes"]))
+            split = ImageTensors(cached["images"], cached["labels"], list(cached["classes"]))
+            _report_skipped(root, list(cached["skipped"]))
+            rank_zero_info(f"ssl_siamese: {len(split)} images of {root} read from the decoded-image cache "
+                           f"{cache_file}")
+            return split
         except Exception as error:  # noqa: BLE001 - a bad cache is rebuilt
             logger.warning("ignoring unreadable cache %s: %s", cache_file, error)
 
     decoded = _decode_all(files, image_size, num_threads)
     kept = [(path, array) for path, array in zip(files, decoded) if array is not None]
-    skipped = [path for path, array in zip(files, decoded) if array is None] + others
-    if skipped:
-        names = ", ".join(str(p.relative_to(root)) for p in skipped[:5])
-        logger.warning("skipped %d unreadable files (first few: %s) in %s", len(skipped), names, root)
+    skipped = sorted([path for path, array in zip(files, decoded) if array is None] + others)
+    skipped_names = [path.relative_to(root).as_posix() for path in skipped]
     if not kept:
         raise ValueError(f"None of the {len(files)} image files under {root} could be read.")
 
@@ -403,11 +409,27 @@ def load_folder(root: str | Path, image_size: int = 64, cache_dir: str | Path | 
         classes, labels = [], torch.full((len(kept),), -1, dtype=torch.int64)
     images = torch.from_numpy(np.stack([array for _, array in kept]))
     try:
-        _save_atomically({"images": images, "labels": labels, "classes": classes,
-                          "skipped": len(skipped)}, cache_file)
+        for stale in cache_root.glob("folder-*.pt"):  # this folder at this size before it changed
+            if stale.name.startswith(prefix) and stale != cache_file:
+                stale.unlink(missing_ok=True)
+        _save_atomically({"images": images, "labels": labels, "classes": classes, "skipped": skipped_names},
+                         cache_file)
     except OSError as error:
-        logger.warning("could not write the decoded-image cache %s: %s", cache_file, error)
+        logger.warning("could not write the decoded-image cache %s (%s); the folder will be decoded again "
+                       "next time (set %s or --data.cache_dir to a writable folder)", cache_file, error, CACHE_ENV)
+    else:
+        rank_zero_info(f"ssl_siamese: decoded {len(kept)} images of {root} at {image_size} px into the cache "
+                       f"{cache_file} (set {CACHE_ENV} or --data.cache_dir to cache elsewhere)")
+    _report_skipped(root, skipped_names)
     return ImageTensors(images, labels, classes)
+
+
+def _report_skipped(root: Path, skipped: list[str]) -> None:
+    """Warn about the files of ``root`` that were skipped (not images, or unreadable), on every run."""
+    if skipped:
+        logger.warning("skipped %d files under %s that are not readable images (first few: %s); the "
+                       "image types read are %s", len(skipped), root, ", ".join(skipped[:5]),
+                       " ".join(sorted(IMAGE_EXTENSIONS)))
 
 
 def _decode_all(files: list[Path], size: int, num_threads: int | None) -> list[np.ndarray | None]:
@@ -466,8 +488,7 @@ def load_split(dataset: str, split: str, data_dir: str | Path = "./data", downlo
         if folder is None:
             raise DataNotFoundError(f"No {split} split in {data_dir}: expected a subfolder {data_dir / 'test'} "
                                     f"or {data_dir / 'val'}.")
-        cache = Path(cache_dir).expanduser() if cache_dir is not None else _default_cache_dir(data_dir)
-        return load_folder(folder, image_size or info.image_size, cache)
+        return load_folder(folder, image_size or info.image_size, cache_dir)
     return _load_torchvision(dataset, split, data_dir, download)
 
 
@@ -492,6 +513,29 @@ def random_subset(data: ImageTensors, size: int | None, seed: int) -> ImageTenso
         return data
     generator = torch.Generator().manual_seed(seed)
     return data.subset(torch.randperm(len(data), generator=generator)[:size].sort().values)
+
+
+def hold_out_split(labels: Tensor, fraction: float, seed: int, max_total: int = MAX_HELD_OUT) -> Tensor:
+    """Sorted indices of a seeded, per-class validation split: ``round(fraction * n_c)`` images of each
+    class of ``n_c`` (the fraction lowered so that at most ``max_total`` are held out in all, and always
+    leaving one image of the class in training); images labelled -1 are never held out.
+
+    Example:
+        >>> len(hold_out_split(torch.arange(100) % 4, 0.1, seed=0))  # 25 per class -> round(2.5) = 3 each
+        12
+    """
+    labelled = int((labels >= 0).sum())
+    if labelled == 0 or fraction <= 0:
+        return torch.zeros(0, dtype=torch.int64)
+    fraction = min(fraction, max_total / labelled)
+    members = [torch.nonzero(labels == label).flatten() for label in labels[labels >= 0].unique().tolist()]
+    counts = [int(np.floor(fraction * len(m) + 0.5)) for m in members]
+    if sum(counts) > max_total:  # rounding up went past the cap: round down instead
+        counts = [int(np.floor(fraction * len(m))) for m in members]
+    generator = torch.Generator().manual_seed(seed)
+    held = [m[torch.randperm(len(m), generator=generator)[:min(count, len(m) - 1)]]
+            for m, count in zip(members, counts)]
+    return torch.cat(held).sort().values
 
 
 def _keep_classes(data: ImageTensors, classes: list[int] | None) -> ImageTensors:
@@ -523,7 +567,9 @@ class SSLDataModule(pl.LightningDataModule):
 
     Training batches come from the train split (shuffled, optionally a seeded ``train_subset``); the
     validation loaders are ``[kNN bank, queries]``: the train split unshuffled (optionally
-    ``knn_bank_subset`` images) and the test split (optionally ``val_subset`` images). ``classes`` keeps
+    ``knn_bank_subset`` images) and the test split (optionally ``val_subset`` images). A labelled folder
+    without ``test/`` or ``val/`` gets a seeded per-class validation split of ``val_fraction`` of its
+    training images instead (logged; 0 turns it off, and then there is no validation). ``classes`` keeps
     only the images of those label indices in every split, e.g. to pretrain on classes 0-6 and keep 7-9
     unseen for a one-shot evaluation (the labels are used for that filter and for evaluation only).
 
@@ -537,11 +583,50 @@ class SSLDataModule(pl.LightningDataModule):
                  num_workers: int = 0, image_size: int | None = None, train_subset: int | None = None,
                  knn_bank_subset: int | None = None, val_subset: int | None = None,
                  download: bool = True, cache_dir: str | None = None, seed: int = 0,
-                 drop_last: bool = True, pin_memory: bool = True, classes: list[int] | None = None) -> None:
+                 drop_last: bool = True, pin_memory: bool = True, classes: list[int] | None = None,
+                 val_fraction: float = DEFAULT_VAL_FRACTION) -> None:
+        """Set the options; nothing is loaded until ``prepare_data``/``setup``.
+
+        Args:
+            dataset: cifar10, cifar100, stl10, fashion_mnist, synthetic, or folder (your own images).
+            data_dir: where the dataset is (downloaded to for torchvision datasets); for folder the image
+                folder: train/ and test/ (or val/) with one subfolder per class each, one subfolder per
+                class, or images at any depth (unlabelled).
+            batch_size: images per training and evaluation batch (per device).
+            num_workers: DataLoader worker processes for the evaluation loaders (0: the main process).
+            image_size: side length the model works at; folders are decoded to it (shorter side resized,
+                centre crop). Default: the dataset's own (28 Fashion-MNIST, 32 CIFAR, 96 STL-10, 64 folders).
+                At least 16.
+            train_subset: train on this many images drawn with ``seed`` (all when unset).
+            knn_bank_subset: kNN memory bank of this many training images (all when unset).
+            val_subset: kNN/probe queries: this many validation images (all when unset).
+            download: download torchvision datasets / Fashion-MNIST when missing (needs network access).
+            cache_dir: folder for decoded image folders; default $SSL_SIAMESE_CACHE, else
+                $XDG_CACHE_HOME/ssl_siamese, else ~/.cache/ssl_siamese.
+            seed: seed of the training order and of every subset and held-out split.
+            drop_last: drop the last incomplete training batch.
+            pin_memory: pin host memory of batches when training on a GPU.
+            classes: keep only the images of these label indices in every split, e.g. [0,1,2,3,4,5,6].
+            val_fraction: for a labelled folder without test/ or val/: the fraction of training images
+                (per class, at most 10,000 in all) held out with the seed for kNN and probe validation
+                and not trained on; 0 trains on all of them, with no validation.
+        """
         super().__init__()
         self.info = _check_dataset(dataset)
+        if image_size is not None and image_size < MIN_IMAGE_SIZE:
+            raise ValueError(
+                f"--data.image_size {image_size} is too small: the smallest is {MIN_IMAGE_SIZE}. Random resized "
+                f"crops keep as little as 8% of the area (about {max(1, round(0.08 ** 0.5 * image_size))} px "
+                f"across at {image_size} px) and the backbones downsample by 8 (CIFAR stem, tiny_cnn) to 32, "
+                f"leaving a feature map of at most {max(1, -(-image_size // 8))}x{max(1, -(-image_size // 8))}; "
+                f"use at least {MIN_IMAGE_SIZE} (the datasets' own sizes are 28 for Fashion-MNIST, 32 for "
+                f"CIFAR and 64 for folders).")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"--data.val_fraction must be in [0, 1), not {val_fraction}: it is the fraction of "
+                             "training images held out for validation when a folder has no test/ or val/.")
         self.save_hyperparameters()
         self._splits: dict[str, ImageTensors] = {}
+        self._announced = False
         self.train_data: ImageTensors | None = None
         self.bank_data: ImageTensors | None = None
         self.query_data: ImageTensors | None = None
@@ -608,6 +693,10 @@ class SSLDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
         train = _keep_classes(self._load(self.info.train_split), hp.classes)
+        query_split = self._query_split()
+        held_out = None
+        if query_split is None and train.has_labels:  # a labelled folder without test/ or val/
+            train, held_out = self._hold_out(train)
         self.train_data = random_subset(train, hp.train_subset, hp.seed)
         if hp.drop_last and hp.batch_size > len(self.train_data):
             raise ValueError(
@@ -615,18 +704,46 @@ class SSLDataModule(pl.LightningDataModule):
                 f"drop_last=True would give no batches; use a smaller --data.batch_size (at most "
                 f"{len(self.train_data)}) or more data.")
         self.bank_data = self.query_data = None
-        query_split = self._query_split()
-        bank = self._load(self.info.bank_split)
-        if query_split is None or not bank.has_labels:
-            return
-        bank, query = _keep_classes(bank, hp.classes), _keep_classes(self._load(query_split), hp.classes)
-        bank = bank.subset(torch.nonzero(bank.labels >= 0).flatten()) if (bank.labels < 0).any() else bank
-        query = _align_classes(query, bank.classes)
-        query = query.subset(torch.nonzero(query.labels >= 0).flatten()) if (query.labels < 0).any() else query
+        if held_out is not None:
+            bank, query = train, held_out
+        else:
+            bank = self._load(self.info.bank_split)
+            if query_split is None or not bank.has_labels:
+                return
+            bank, query = _keep_classes(bank, hp.classes), _keep_classes(self._load(query_split), hp.classes)
+            bank = bank.subset(torch.nonzero(bank.labels >= 0).flatten()) if (bank.labels < 0).any() else bank
+            query = _align_classes(query, bank.classes)
+            query = query.subset(torch.nonzero(query.labels >= 0).flatten()) if (query.labels < 0).any() else query
         if len(query) == 0:
             return
         self.bank_data = random_subset(bank, hp.knn_bank_subset, hp.seed + 1)
         self.query_data = random_subset(query, hp.val_subset, hp.seed + 2)
+
+    def _hold_out(self, train: ImageTensors) -> tuple[ImageTensors, ImageTensors | None]:
+        """(rest, held-out) of ``train`` by :func:`hold_out_split`, saying once what was done and why."""
+        hp = self.hparams
+        where = Path(hp.data_dir).expanduser().resolve()
+        held = hold_out_split(train.labels, hp.val_fraction, hp.seed + 3)
+        if not self._announced:
+            self._announced = True
+            if len(held):
+                logger.warning(
+                    "no test/ or val/ folder in %s: holding out %d of %d training images (val_fraction %g per "
+                    "class, seed %d) for kNN/probe validation; they are not trained on (--data.val_fraction 0 "
+                    "trains on all, with no validation)", where, len(held), len(train), hp.val_fraction, hp.seed)
+            else:
+                reason = ("--data.val_fraction is 0" if hp.val_fraction == 0 else
+                          f"val_fraction {hp.val_fraction:g} of {len(train)} images in {len(train.classes)} "
+                          "classes rounds to no image per class")
+                logger.warning(
+                    "no test/ or val/ folder in %s and no held-out split (%s): there will be NO validation, "
+                    "so no kNN accuracy, no probe validation and no embedding pictures; add images in "
+                    "%s/val/<class>/ or raise --data.val_fraction", where, reason, where)
+        if not len(held):
+            return train, None
+        rest = torch.ones(len(train), dtype=torch.bool)
+        rest[held] = False
+        return train.subset(torch.nonzero(rest).flatten()), train.subset(held)
 
     # -- loaders
     def _loader(self, data: ImageTensors, shuffle: bool, drop_last: bool) -> DataLoader:

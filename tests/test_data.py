@@ -1,4 +1,4 @@
-"""Data loading: real Fashion-MNIST and CIFAR-10 JPEGs from ../shared/data, image folders, cache, datamodule."""
+"""Data loading: real Fashion-MNIST and CIFAR-10 JPEGs (found by conftest.py), image folders, cache, datamodule."""
 
 import gzip
 import logging
@@ -16,16 +16,20 @@ from PIL import Image
 from ssl_siamese import data, images
 from ssl_siamese.data import DataNotFoundError, ImageTensors, SSLDataModule, load_split
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-FASHION = SHARED / "fashion-mnist"
-CIFAR_TAR = SHARED / "cifar10-jpg" / "cifar10-jpg.tar.gz"
-FASHION_FILES = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+from conftest import fashion_mnist_dir, find_data_file, needs_data_file, needs_fashion_mnist
+
+FASHION = fashion_mnist_dir()
+CIFAR_JPG = "cifar10-jpg/cifar10-jpg.tar.gz"
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
-needs_fashion = pytest.mark.skipif(not all((FASHION / f).is_file() for f in FASHION_FILES),
-                                   reason=f"Fashion-MNIST IDX files not found in {FASHION}")
-needs_cifar_jpg = pytest.mark.skipif(not CIFAR_TAR.is_file(), reason=f"CIFAR-10 JPEG archive not found at {CIFAR_TAR}")
+needs_fashion = needs_fashion_mnist
+
+
+def copy_fashion_mnist(target: Path) -> list[Path]:
+    """Copy the four IDX files (as found: gzipped or not) into ``target``; the copies."""
+    target.mkdir(parents=True, exist_ok=True)
+    stems = [stem for pair in data._IDX_FILES.values() for stem in pair]
+    return [Path(shutil.copy(data._find_idx(FASHION, stem), target)) for stem in stems]
 
 
 @pytest.fixture(autouse=True)
@@ -49,10 +53,7 @@ def random_rgb(seed: int, h: int = 20, w: int = 30) -> np.ndarray:
 
 @needs_fashion
 def test_fashion_mnist_loads_from_shared_data_and_torchvision_layout(tmp_path):
-    raw = tmp_path / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    for name in FASHION_FILES:
-        shutil.copy(FASHION / name, raw / name)
+    copy_fashion_mnist(tmp_path / "FashionMNIST" / "raw")
     for data_dir in (FASHION, tmp_path):
         train = load_split("fashion_mnist", "train", data_dir, download=False)
         test = load_split("fashion_mnist", "test", data_dir, download=False)
@@ -71,15 +72,17 @@ def test_fashion_mnist_environment_variable(tmp_path, monkeypatch):
 
 @needs_fashion
 def test_truncated_idx_file_is_a_clear_error(tmp_path):
-    for name in FASHION_FILES:
-        shutil.copy(FASHION / name, tmp_path / name)
+    copied = copy_fashion_mnist(tmp_path)
+    images = next(path for path in copied if path.name.startswith("t10k-images"))
+    raw = images.read_bytes()
+    raw = gzip.decompress(raw) if images.suffix == ".gz" else raw
     gz = tmp_path / "t10k-images-idx3-ubyte.gz"
-    gz.write_bytes(gz.read_bytes()[:5000])  # truncated download
+    images.unlink()
+    gz.write_bytes(gzip.compress(raw)[:5000])  # truncated download
     with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.gz"):
         load_split("fashion_mnist", "test", tmp_path, download=False)
 
     gz.unlink()  # an un-gzipped file with a valid header but too few pixels
-    raw = gzip.decompress((FASHION / "t10k-images-idx3-ubyte.gz").read_bytes())
     (tmp_path / "t10k-images-idx3-ubyte").write_bytes(raw[:-100])
     with pytest.raises(ValueError, match="t10k-images-idx3-ubyte.*truncated"):
         load_split("fashion_mnist", "test", tmp_path, download=False)
@@ -127,11 +130,12 @@ def test_connectivity_check_leaves_the_global_socket_timeout_alone():
 @pytest.fixture(scope="module")
 def cifar_folder(tmp_path_factory) -> Path:
     """30 CIFAR-10 test JPEGs per class from the archive, as ``train/<class>`` (20) and ``test/<class>`` (10)."""
-    if not CIFAR_TAR.is_file():
-        pytest.skip(f"CIFAR-10 JPEG archive not found at {CIFAR_TAR}")
+    archive_path = find_data_file(CIFAR_JPG)
+    if archive_path is None:
+        pytest.skip(needs_data_file(CIFAR_JPG).kwargs["reason"])
     root = tmp_path_factory.mktemp("cifar_jpg")
     taken: dict[str, int] = defaultdict(int)
-    with tarfile.open(CIFAR_TAR, "r|gz") as archive:
+    with tarfile.open(archive_path, "r|gz") as archive:
         for member in archive:
             parts = Path(member.name).parts
             if not member.isfile() or len(parts) != 3 or parts[0] != "test" or taken[parts[1]] >= 30:
@@ -218,7 +222,7 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="ssl_siamese"):
         split = load_split("folder", "train", tmp_path, image_size=8)
     assert len(split) == 1
-    assert "skipped 2 unreadable files" in caplog.text
+    assert "skipped 2 files" in caplog.text
     assert "broken.jpg" in caplog.text and "notes.txt" in caplog.text
 
 
@@ -234,23 +238,66 @@ def test_empty_missing_and_unreadable_folders_are_clear_errors(tmp_path):
         load_split("folder", "train", tmp_path / "bad")
 
 
-def test_second_load_comes_from_the_cache(tmp_path, monkeypatch):
+def test_second_load_comes_from_the_cache_outside_the_data_folder(tmp_path, monkeypatch, caplog,
+                                                                 private_image_cache):
     for i in range(4):
         save_png(tmp_path / "imgs" / f"{i}.png", random_rgb(i))
-    first = load_split("folder", "train", tmp_path / "imgs", image_size=12)
-    assert list((tmp_path / "imgs" / ".ssl_siamese_cache").glob("*.pt")), "default cache in the data folder"
+    with caplog.at_level(logging.INFO):
+        first = load_split("folder", "train", tmp_path / "imgs", image_size=12)
+    cached = list(private_image_cache.glob("folder-imgs-*-12px-*.pt"))
+    assert len(cached) == 1, "cached under $SSL_SIAMESE_CACHE"
+    assert sorted(p.name for p in (tmp_path / "imgs").iterdir()) == [f"{i}.png" for i in range(4)], \
+        "nothing is written into the user's data folder"
+    assert f"into the cache {cached[0]}" in caplog.text, "the log says where the cache is"
 
     def fail(path, size, background):
         raise images.ImageReadError("decoded again despite the cache")
 
     monkeypatch.setattr(images, "read_image", fail)
-    second = load_split("folder", "train", tmp_path / "imgs", image_size=12)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        second = load_split("folder", "train", tmp_path / "imgs", image_size=12)
     assert torch.equal(first.images, second.images) and torch.equal(first.labels, second.labels)
+    assert f"read from the decoded-image cache {cached[0]}" in caplog.text
 
     save_png(tmp_path / "imgs" / "new.png", random_rgb(9))  # a changed folder is decoded again
     with pytest.raises(ValueError, match="could be read"):
         load_split("folder", "train", tmp_path / "imgs", image_size=12)
-    assert not list((tmp_path / "imgs" / ".ssl_siamese_cache").glob("*.tmp")), "atomic write leaves no temp file"
+    assert not list(private_image_cache.glob("*.tmp")), "atomic write leaves no temp file"
+
+
+def test_cache_directory_follows_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "mine"))
+    assert data.default_cache_dir() == tmp_path / "mine"
+    monkeypatch.delenv(data.CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert data.default_cache_dir() == tmp_path / "xdg" / "ssl_siamese"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert data.default_cache_dir() == tmp_path / "home" / ".cache" / "ssl_siamese"
+
+
+def test_a_changed_folder_replaces_its_stale_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv(data.CACHE_ENV, str(tmp_path / "cache"))
+    save_png(tmp_path / "imgs" / "0.png", random_rgb(0))
+    load_split("folder", "train", tmp_path / "imgs", image_size=12)
+    load_split("folder", "train", tmp_path / "imgs", image_size=16)
+    save_png(tmp_path / "imgs" / "1.png", random_rgb(1))
+    assert len(load_split("folder", "train", tmp_path / "imgs", image_size=12)) == 2
+    sizes = sorted(p.name.split("px-")[0].rsplit("-", 1)[1] for p in (tmp_path / "cache").glob("*.pt"))
+    assert sizes == ["12", "16"], "one cache file per folder and size"
+
+
+def test_skipped_files_are_reported_on_every_run(tmp_path, caplog):
+    save_png(tmp_path / "icons" / "good.png", random_rgb(0))
+    (tmp_path / "icons" / "logo.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    (tmp_path / "icons" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    for run in ("decoded", "read from the decoded-image cache"):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            assert len(load_split("folder", "train", tmp_path / "icons", image_size=8)) == 1
+        assert run in caplog.text
+        assert "skipped 2 files" in caplog.text and "broken.png, logo.svg" in caplog.text, run
 
 
 # --------------------------------------------------------------------------- synthetic and the datamodule
@@ -353,3 +400,107 @@ def test_classes_filter_keeps_only_those_labels_in_every_split():
         assert len(split) > 0 and set(split.labels.unique().tolist()) == {0, 1, 2}
     with pytest.raises(ValueError, match="No image has a label in --data.classes"):
         SSLDataModule("synthetic", batch_size=16, classes=[42]).setup("fit")
+
+
+# --------------------------------------------------------------------------- held-out validation, image size, --help
+
+def test_hold_out_split_is_seeded_per_class_and_leaves_every_class_in_training():
+    labels = torch.tensor([0] * 50 + [1] * 20 + [2] * 2 + [-1] * 5)
+    held = data.hold_out_split(labels, 0.1, seed=4)
+    assert torch.equal(held, data.hold_out_split(labels, 0.1, seed=4)), "deterministic by seed"
+    assert not torch.equal(held, data.hold_out_split(labels, 0.1, seed=5))
+    assert torch.bincount(labels[held], minlength=3).tolist() == [5, 2, 0]  # round(0.1 * n); 2 -> 0
+    assert torch.bincount(labels[data.hold_out_split(labels, 0.6, seed=0)], minlength=3).tolist() == [30, 12, 1]
+    assert (labels[data.hold_out_split(labels, 0.99, seed=0)] >= 0).all(), "unlabelled images stay"
+    capped = data.hold_out_split(labels, 0.5, seed=0, max_total=7)  # fraction 7/72: 4.9 -> 5, 1.9 -> 2, 0.2 -> 0
+    assert torch.bincount(labels[capped], minlength=3).tolist() == [5, 2, 0]
+    assert len(data.hold_out_split(torch.arange(30) % 10, 0.5, seed=0, max_total=14)) == 10  # 1.4 each: floor
+    assert len(data.hold_out_split(labels, 0.0, seed=0)) == 0
+
+
+def write_class_folders(root: Path, split: ImageTensors, per_class: int) -> Path:
+    """``per_class`` images of each class of ``split`` as PNGs in ``root/<class name>/``."""
+    for label, name in enumerate(split.classes):
+        for i, index in enumerate(torch.nonzero(split.labels == label).flatten()[:per_class].tolist()):
+            save_png(root / name.replace("/", "-") / f"{i}.png", split.images[index, 0].numpy())
+    return root
+
+
+def test_labelled_folder_without_test_split_holds_out_a_validation_split(tmp_path, caplog):
+    for name in ("cat", "dog"):
+        for i in range(30):
+            save_png(tmp_path / "pets" / name / f"{i}.png", random_rgb(i + (100 if name == "dog" else 0), 8, 8))
+    dm = SSLDataModule("folder", data_dir=str(tmp_path / "pets"), batch_size=8, image_size=16)
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+        dm.setup("validate")
+    assert caplog.text.count("holding out") == 1, "said once"
+    assert f"no test/ or val/ folder in {tmp_path / 'pets'}: holding out 6 of 60 training images" in caplog.text
+    assert "seed 0" in caplog.text
+    bank, queries = dm.val_dataloader()
+    assert len(queries.dataset) == 6 and len(bank.dataset) == 54 and len(dm.train_data) == 54
+    assert torch.bincount(dm.query_data.labels).tolist() == [3, 3]
+    train_rows = {tuple(image.flatten().tolist()) for image in dm.train_data.images}
+    assert not any(tuple(image.flatten().tolist()) in train_rows for image in dm.query_data.images), \
+        "held-out images are not trained on"
+    again = SSLDataModule("folder", data_dir=str(tmp_path / "pets"), batch_size=8, image_size=16)
+    again.setup("fit")
+    assert torch.equal(again.query_data.images, dm.query_data.images), "the same split every run"
+
+    caplog.clear()
+    off = SSLDataModule("folder", data_dir=str(tmp_path / "pets"), batch_size=8, image_size=16, val_fraction=0)
+    with caplog.at_level(logging.WARNING):
+        off.setup("fit")
+    assert off.val_dataloader() == [] and len(off.train_data) == 60
+    assert "there will be NO validation" in caplog.text and "--data.val_fraction is 0" in caplog.text
+    with pytest.raises(ValueError, match="val_fraction must be in"):
+        SSLDataModule("folder", val_fraction=1.0)
+
+
+@needs_fashion
+def test_recipe_on_a_labelled_folder_without_test_split_measures_knn(tmp_path, monkeypatch, caplog):
+    """A user's class folders (real Fashion-MNIST PNGs), no test/ or val/: kNN, probe and pictures appear."""
+    from ssl_siamese import SimCLR
+    from ssl_siamese.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    folder = write_class_folders(tmp_path / "clothes", load_split("fashion_mnist", "test", FASHION), per_class=30)
+    with caplog.at_level(logging.WARNING, logger="ssl_siamese"):
+        summary = main(SimCLR, "simclr", [
+            "--data.dataset", "folder", "--data.data_dir", str(folder), "--data.image_size", "28",
+            "--data.batch_size", "64", "--model.backbone", "tiny_cnn", "--trainer.max_epochs", "1",
+            "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--log_to", "csv",
+            "--out", str(tmp_path / "out")])
+    assert f"no test/ or val/ folder in {folder}: holding out 30 of 300 training images (val_fraction 0.1" \
+        in caplog.text
+    assert [epoch for epoch, _, _ in summary["knn_history"]] == [-1, 0], "kNN at start and after the epoch"
+    assert all(0.0 <= top1 <= 1.0 for _, top1, _ in summary["knn_history"])
+    metrics = "".join(path.read_text() for path in (tmp_path / "out").rglob("metrics.csv"))
+    assert "probe/val_top1" in metrics and "knn/top1" in metrics
+    assert list((tmp_path / "out" / "pictures").glob("*.png")), "embedding pictures drawn"
+
+
+def test_too_small_image_size_is_refused_with_the_minimum_and_why(tmp_path):
+    from ssl_siamese import SimCLR
+    from ssl_siamese.cli import main
+
+    with pytest.raises(ValueError, match=r"image_size 7 is too small: the smallest is 16\. Random resized crops"):
+        SSLDataModule("synthetic", image_size=7)
+    with pytest.raises(SystemExit, match=r"--data.image_size 7 is too small.*use at least 16"):
+        main(SimCLR, "simclr", ["--data.dataset", "synthetic", "--data.image_size", "7", "--log_to", "none",
+                                "--out", str(tmp_path)])
+    assert SSLDataModule("synthetic", image_size=16).image_size == 16
+
+
+def test_every_data_option_is_described_in_help():
+    """jsonargparse takes --help texts from the Args: section of SSLDataModule.__init__'s docstring."""
+    import inspect
+
+    from jsonargparse import ArgumentParser
+
+    parser = ArgumentParser()
+    parser.add_class_arguments(SSLDataModule, "data")
+    described = {action.dest: action.help for action in parser._actions if action.dest.startswith("data.")}
+    for name in inspect.signature(SSLDataModule.__init__).parameters:
+        if name != "self":
+            assert described.get(f"data.{name}") and "(type:" not in described[f"data.{name}"].split(",")[0], name

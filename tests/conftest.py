@@ -1,0 +1,75 @@
+"""Shared test setup: real data found where the library looks for it, and a private decoded-image cache.
+
+Test files take Fashion-MNIST from :func:`fashion_mnist_dir` and mark the tests that need it with
+``needs_fashion_mnist``; a skip says every place that was looked in. The folders are those of
+:func:`ssl_siamese.data.fashion_mnist_search_paths` for the recipes' default ``./data`` (where
+``scripts/setup.sh`` puts it; then ``$SSL_SIAMESE_FASHION_MNIST`` and Debian's
+``/usr/share/datasets/fashion-mnist``), then this project's shared copy ``../shared/data/fashion-mnist``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ssl_siamese import data
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def fashion_mnist_candidates() -> list[Path]:
+    """Where the tests look for Fashion-MNIST, in order (the library's own search paths first)."""
+    return data.fashion_mnist_search_paths(REPO / "data") + [SHARED_DATA / "fashion-mnist"]
+
+
+def _holds_fashion_mnist(folder: Path) -> bool:
+    stems = [stem for pair in data._IDX_FILES.values() for stem in pair]  # noqa: SLF001 - the four file names
+    return all((folder / stem).is_file() or (folder / f"{stem}.gz").is_file() for stem in stems)
+
+
+def find_fashion_mnist() -> Path | None:
+    """The first folder of :func:`fashion_mnist_candidates` that holds the four IDX files (gzipped or not)."""
+    return next((folder for folder in fashion_mnist_candidates() if _holds_fashion_mnist(folder)), None)
+
+
+def fashion_mnist_dir() -> Path:
+    """The Fashion-MNIST folder found, or the library's default (absent) when there is none.
+
+    Tests that use it carry ``needs_fashion_mnist``, so they are skipped, saying where it looked.
+    """
+    return find_fashion_mnist() or fashion_mnist_candidates()[0]
+
+
+def _looked_in(paths: list[Path]) -> str:
+    return ", ".join(dict.fromkeys(str(path) for path in paths))
+
+
+needs_fashion_mnist = pytest.mark.skipif(
+    find_fashion_mnist() is None,
+    reason=f"Fashion-MNIST IDX files not found; looked in: {_looked_in(fashion_mnist_candidates())}")
+
+
+def data_file_candidates(relative: str) -> list[Path]:
+    """Where the tests look for a file of the real-data collection: ``./data/<relative>``, then the shared copy."""
+    return [REPO / "data" / relative, SHARED_DATA / relative]
+
+
+def find_data_file(relative: str) -> Path | None:
+    """The first of :func:`data_file_candidates` that exists (e.g. ``cifar10-jpg/cifar10-jpg.tar.gz``)."""
+    return next((path for path in data_file_candidates(relative) if path.exists()), None)
+
+
+def needs_data_file(relative: str) -> pytest.MarkDecorator:
+    """Skip unless :func:`find_data_file` finds ``relative``, saying where it looked."""
+    return pytest.mark.skipif(find_data_file(relative) is None,
+                              reason=f"{relative} not found; looked in: {_looked_in(data_file_candidates(relative))}")
+
+
+@pytest.fixture(autouse=True)
+def private_image_cache(monkeypatch, tmp_path_factory) -> Path:
+    """Decoded image folders are cached under the test session's temporary folder, not in ~/.cache."""
+    folder = tmp_path_factory.getbasetemp() / "ssl_siamese_cache"
+    monkeypatch.setenv(data.CACHE_ENV, str(folder))
+    return folder
