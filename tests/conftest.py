@@ -46,9 +46,11 @@ def _looked_in(paths: list[Path]) -> str:
     return ", ".join(dict.fromkeys(str(path) for path in paths))
 
 
-needs_fashion_mnist = pytest.mark.skipif(
-    find_fashion_mnist() is None,
-    reason=f"Fashion-MNIST IDX files not found; looked in: {_looked_in(fashion_mnist_candidates())}")
+def fashion_mnist_skip_reason() -> str:
+    return f"Fashion-MNIST IDX files not found; looked in: {_looked_in(fashion_mnist_candidates())}"
+
+
+needs_fashion_mnist = pytest.mark.skipif(find_fashion_mnist() is None, reason=fashion_mnist_skip_reason())
 
 
 def data_file_candidates(relative: str) -> list[Path]:

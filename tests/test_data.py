@@ -101,6 +101,21 @@ def test_missing_fashion_mnist_names_every_place_looked(tmp_path):
     assert "apt-get install dataset-fashion-mnist" in message and str(data.FASHION_MNIST_SYSTEM_DIR) in message
 
 
+@needs_fashion
+def test_tests_find_fashion_mnist_where_the_library_looks(tmp_path, monkeypatch):
+    import conftest
+
+    monkeypatch.setattr(conftest, "REPO", tmp_path / "repo")
+    monkeypatch.setattr(conftest, "SHARED_DATA", tmp_path / "shared")
+    assert conftest.find_fashion_mnist() is None
+    reason = conftest.fashion_mnist_skip_reason()
+    for path in data.fashion_mnist_search_paths(tmp_path / "repo" / "data") + [tmp_path / "shared" / "fashion-mnist"]:
+        assert str(path) in reason
+    copy_fashion_mnist(tmp_path / "repo" / "data" / "fashion-mnist")  # where scripts/setup.sh puts it
+    assert conftest.find_fashion_mnist() == tmp_path / "repo" / "data" / "fashion-mnist"
+    assert len(load_split("fashion_mnist", "test", tmp_path / "repo" / "data", download=False)) == 10000
+
+
 def test_missing_cifar10_without_download_fails_fast_and_says_how_to_fix(tmp_path):
     start = time.perf_counter()
     with pytest.raises(DataNotFoundError) as error:

@@ -1,7 +1,7 @@
 """Real learning on real data: a few CPU minutes of SimCLR beat the same backbone at random init.
 
-Fashion-MNIST from ../shared/data (the four IDX files). Both numbers are printed (pytest -s shows them)
-and recorded in BENCHMARKS.md.
+Fashion-MNIST where the library finds it (conftest.py: ./data, Debian's copy, ../shared/data). Both
+numbers are printed (pytest -s shows them) and recorded in BENCHMARKS.md.
 """
 
 from pathlib import Path
@@ -11,11 +11,13 @@ import pytest
 from ssl_siamese import SimCLR
 from ssl_siamese.cli import main
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-mnist"
+from conftest import fashion_mnist_dir, needs_fashion_mnist
+
+DATA = fashion_mnist_dir()
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "train-images-idx3-ubyte.gz").is_file(), reason=f"no Fashion-MNIST at {DATA}")
+@needs_fashion_mnist
 def test_simclr_beats_random_init_on_fashion_mnist(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     summary = main(SimCLR, "simclr", [

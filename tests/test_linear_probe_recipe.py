@@ -15,9 +15,11 @@ from ssl_siamese import MoCo, SimCLR, SSLDataModule, export_backbone, load_backb
 from ssl_siamese.cli import main as cli_main
 from ssl_siamese.recipes.linear_probe import main, run_linear_probe
 
-FASHION_MNIST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-mnist"
+from conftest import fashion_mnist_dir, needs_fashion_mnist
+
+FASHION_MNIST = fashion_mnist_dir()
 pytestmark = [
-    pytest.mark.skipif(not FASHION_MNIST.is_dir(), reason=f"Fashion-MNIST not found at {FASHION_MNIST}"),
+    needs_fashion_mnist,
     pytest.mark.filterwarnings("ignore:.*overridden `on_after_batch_transfer`"),
 ]
 QUICK = {"dataset": "fashion_mnist", "data_dir": FASHION_MNIST, "subset": 1500, "epochs": 30,

@@ -1,4 +1,4 @@
-"""The quickstart notebook runs top to bottom (Fashion-MNIST from ../shared/data) in a fresh kernel.
+"""The quickstart notebook runs top to bottom (Fashion-MNIST found by conftest.py) in a fresh kernel.
 
 The kernel is this interpreter (``sys.executable``, i.e. the venv's): a kernelspec written to a temporary
 JUPYTER_PATH, so whichever "python3" kernelspecs the machine has installed do not matter.
@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from conftest import fashion_mnist_dir, needs_fashion_mnist
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "quickstart.ipynb"
-DATA = ROOT.parent / "shared" / "data" / "fashion-mnist"
+DATA = fashion_mnist_dir()
 KERNEL = "ssl-siamese-test"
 
 
@@ -26,7 +28,7 @@ def _stdout(notebook) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "train-images-idx3-ubyte.gz").is_file(), reason=f"no Fashion-MNIST at {DATA}")
+@needs_fashion_mnist
 def test_quickstart_notebook_runs(tmp_path, monkeypatch):
     spec_dir = tmp_path / "jupyter" / "kernels" / KERNEL
     spec_dir.mkdir(parents=True)
