@@ -321,9 +321,6 @@ def make_synthetic(n: int, seed: int, size: int = 32, num_classes: int = 10) -> 
 
 # --------------------------------------------------------------------------- image folders
 
-_scan_folder = list_image_files  # the old private name, still imported by recipes/embed.py
-
-
 def default_cache_dir() -> Path:
     """Where decoded image folders are cached: ``$SSL_SIAMESE_CACHE``, else ``$XDG_CACHE_HOME/ssl_siamese``,
     else ``~/.cache/ssl_siamese`` (never inside the user's data folder)."""
