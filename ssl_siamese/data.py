@@ -390,6 +390,7 @@ def load_folder(root: str | Path, image_size: int = 64, cache_dir: str | Path | 
         except Exception as error:  # noqa: BLE001 - a bad cache is rebuilt
             logger.warning("ignoring unreadable cache %s: %s", cache_file, error)
 
+    _warn_if_too_big_for_memory(root, len(files), image_size)
     decoded = _decode_all(files, image_size, num_threads)
     kept = [(path, array) for path, array in zip(files, decoded) if array is not None]
     skipped = sorted([path for path, array in zip(files, decoded) if array is None] + others)
@@ -419,6 +420,19 @@ def load_folder(root: str | Path, image_size: int = 64, cache_dir: str | Path | 
                        f"{cache_file} (set {CACHE_ENV} or --data.cache_dir to cache elsewhere)")
     _report_skipped(root, skipped_names)
     return ImageTensors(images, labels, classes)
+
+
+def _warn_if_too_big_for_memory(root: Path, count: int, image_size: int) -> None:
+    """Warn before decoding when the images would take more than half of this machine's memory."""
+    needed = count * 3 * image_size * image_size
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not on this platform
+        return
+    if needed > memory / 2:
+        logger.warning("%d images of %s at %d px take %.1f GiB as uint8, more than half of this machine's %.1f GiB; "
+                       "use a smaller --data.image_size or a part of the folder", count, root, image_size,
+                       needed / 2**30, memory / 2**30)
 
 
 def _report_skipped(root: Path, skipped: list[str]) -> None:
@@ -621,6 +635,10 @@ class SSLDataModule(pl.LightningDataModule):
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"--data.val_fraction must be in [0, 1), not {val_fraction}: it is the fraction of "
                              "training images held out for validation when a folder has no test/ or val/.")
+        if dataset != "folder" and image_size is not None and image_size > 2 * self.info.image_size:
+            logger.warning("--data.image_size %d is more than twice %s's %d px images: the views are upsampled, "
+                           "costing %.0fx the compute of %d px for no extra detail", image_size, dataset,
+                           self.info.image_size, (image_size / self.info.image_size) ** 2, self.info.image_size)
         self.save_hyperparameters()
         self._splits: dict[str, ImageTensors] = {}
         self._announced = False

@@ -2,6 +2,7 @@
 
 import gzip
 import logging
+import os
 import shutil
 import tarfile
 import time
@@ -519,3 +520,19 @@ def test_every_data_option_is_described_in_help():
     for name in inspect.signature(SSLDataModule.__init__).parameters:
         if name != "self":
             assert described.get(f"data.{name}") and "(type:" not in described[f"data.{name}"].split(",")[0], name
+
+
+def test_unusual_image_sizes_are_warned_about(tmp_path, monkeypatch, caplog):
+    with caplog.at_level(logging.WARNING, logger="ssl_siamese"):
+        SSLDataModule("fashion_mnist", image_size=224)
+    assert "more than twice fashion_mnist's 28 px images" in caplog.text and "64x the compute" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ssl_siamese"):
+        SSLDataModule("cifar10", image_size=64)
+    assert caplog.text == "", "2x is a usual choice"
+
+    save_png(tmp_path / "imgs" / "0.png", random_rgb(0))
+    monkeypatch.setattr(os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 256}[name])  # 1 MiB
+    with caplog.at_level(logging.WARNING, logger="ssl_siamese"):
+        load_split("folder", "train", tmp_path / "imgs", image_size=512)  # 0.75 MiB
+    assert "more than half of this machine's" in caplog.text
