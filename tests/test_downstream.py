@@ -1,7 +1,8 @@
 """Downstream use of an exported backbone: embedding index, embed recipe, one-shot classifier, fine-tuning.
 
 The index is checked against a brute-force float64 search; the recipe against a hand-written
-preprocessing; the real-data tests use Fashion-MNIST from ../shared/data (skipped when absent).
+preprocessing; the real-data tests use Fashion-MNIST found by conftest.py (skipped, saying where it
+looked, when absent).
 """
 
 import sys
@@ -24,9 +25,9 @@ from ssl_siamese.recipes import embed as embed_recipe
 from ssl_siamese.recipes.embed import run_embed
 from ssl_siamese.recipes.finetune import build_init, run_finetune
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-mnist"
-needs_fashion_mnist = pytest.mark.skipif(not (DATA / "train-images-idx3-ubyte.gz").is_file(),
-                                         reason=f"no Fashion-MNIST at {DATA}")
+from conftest import fashion_mnist_dir, needs_fashion_mnist
+
+DATA = fashion_mnist_dir()
 FASHION = DATASETS["fashion_mnist"]
 
 

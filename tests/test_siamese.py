@@ -1,7 +1,6 @@
 """Supervised Siamese metric learning: the module, P x K data with held-out classes, and the recipe."""
 
 import json
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -14,7 +13,9 @@ from ssl_siamese.export import export_backbone
 from ssl_siamese.methods.siamese import SupervisedSiamese, contrastive_pairs
 from ssl_siamese.recipes.siamese import main, parse_classes, run_siamese
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fashion-mnist"
+from conftest import fashion_mnist_dir, needs_fashion_mnist
+
+DATA = fashion_mnist_dir()
 
 
 def tiny_model(**kwargs) -> SupervisedSiamese:
@@ -201,7 +202,7 @@ def test_pretrained_backbone_initialises_the_model(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (DATA / "train-images-idx3-ubyte.gz").is_file(), reason=f"no Fashion-MNIST at {DATA}")
+@needs_fashion_mnist
 def test_training_improves_one_shot_on_unseen_fashion_mnist_classes(tmp_path):
     result = run_siamese("fashion_mnist", str(DATA), train_classes=range(7), eval_classes=range(7, 10),
                          backbone="tiny_cnn", loss="triplet", mining="semi_hard", epochs=1,
