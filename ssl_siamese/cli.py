@@ -158,7 +158,8 @@ def main(model_class: type[pl.LightningModule], method_name: str,
     knn = next((c for c in trainer.callbacks if isinstance(c, KNNEvaluation)), None)
     history = list(knn.history) if knn is not None else []
     if trainer.is_global_zero:
-        export_backbone(model, path, data=datamodule.hparams.get("dataset"),
+        export_backbone(model, path, data=datamodule.hparams.get("dataset"),  # linear_probe's default data
+                        data_dir=str(Path(datamodule.hparams.get("data_dir", ".")).expanduser().resolve()),
                         epochs=trainer.current_epoch, steps=trainer.global_step)
         if history:
             print(f"kNN top-1: {history[0][1]:.4f} at start -> {history[-1][1]:.4f} "

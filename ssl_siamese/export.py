@@ -42,11 +42,14 @@ class LoadedBackbone(NamedTuple):
     metadata: dict[str, Any]
 
 
-def export_backbone(model: nn.Module, path: str | Path, **metadata: Any) -> Path:
+def export_backbone(model: nn.Module, path: str | Path, head: nn.Module | None = None, **metadata: Any) -> Path:
     """Write ``model.backbone``'s weights and metadata to ``path`` atomically; return the path.
 
     ``model`` is a method (``SimCLR``, ``MoCo``, ``SimSiam``). Metadata records the architecture, the
-    stem, feature dimension, input size and normalisation, the method, plus any ``metadata`` given. A
+    stem, feature dimension, input size and normalisation, the method, plus any ``metadata`` given (given
+    keys win over the recorded ones; None values are left out). The recipes give ``data`` and ``data_dir``,
+    the data it was trained on, which ``linear_probe`` and ``finetune`` evaluate on by default. ``head``
+    (a fine-tuned classifier's linear layer) is saved beside the backbone under ``"head"``. A
     backbone given as a user module has ``architecture`` None and its class name in ``module_class``:
     ``load_backbone`` cannot rebuild it, the user loads the ``state_dict`` into their own module.
     """
@@ -68,7 +71,10 @@ def export_backbone(model: nn.Module, path: str | Path, **metadata: Any) -> Path
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as handle:
-        torch.save({"state_dict": state_dict, "metadata": info}, handle)
+        payload = {"state_dict": state_dict, "metadata": info}
+        if head is not None:
+            payload["head"] = {key: value.detach().cpu().clone() for key, value in head.state_dict().items()}
+        torch.save(payload, handle)
     os.replace(handle.name, path)
     return path
 
@@ -182,6 +188,9 @@ def _from_checkpoint(payload: dict[str, Any], path: Path) -> tuple[nn.Module, di
                     "image_size": int(hparams.get("view_size", 0)), "mean": [float(v) for v in hparams.get("mean", ())],
                     "std": [float(v) for v in hparams.get("std", ())], "epochs": payload.get("epoch"),
                     "steps": payload.get("global_step")}
+        data = payload.get("datamodule_hyper_parameters") or {}  # saved by Lightning for a datamodule's hparams
+        if data.get("dataset"):
+            metadata.update(data=data["dataset"], data_dir=data.get("data_dir"))
         return model.backbone, metadata
     names = ", ".join(m.__name__ for m in _method_classes())
     raise ValueError(f"The checkpoint {path} does not match any of {names} (hyper-parameters {sorted(hparams)}). "

@@ -139,7 +139,8 @@ def test_text_file_given_to_resume_is_named(tmp_path):
         check_resume_checkpoint(SimCLR(backbone="tiny_cnn", view_size=28), path)
 
 
-@pytest.mark.parametrize("recipe, option", [(embed, "--backbone"), (finetune, "--backbone"), (linear_probe, "--ckpt")])
+@pytest.mark.parametrize("recipe, option", [(embed, "--backbone"), (finetune, "--backbone"),
+                                            (linear_probe, "--backbone"), (linear_probe, "--ckpt")])
 @pytest.mark.parametrize("name", ["notes.txt", "random.bin", "cut.ckpt"])
 def test_downstream_recipes_exit_with_the_message(tmp_path, recipe, option, name, capsys):
     make, message = KINDS[name]

@@ -118,8 +118,8 @@ def test_embed_recipe_on_a_folder(tmp_path, capsys):
     (root / "dogs" / "notes.txt").write_text("not an image")
 
     summary = run_embed(backbone_path, root, tmp_path / "out" / "emb.npz", batch_size=2, progress=False)
-    assert summary["skipped"] == 1 and summary["skipped_paths"] == ["cats/broken.png"]
-    assert "skipped 1 unreadable" in capsys.readouterr().err
+    assert summary["skipped"] == 2 and summary["skipped_paths"] == ["cats/broken.png", "dogs/notes.txt"]  # as training
+    assert "skipped 2 files that are not readable images" in capsys.readouterr().err
     with np.load(tmp_path / "out" / "emb.npz", allow_pickle=False) as data:
         paths, embeddings = data["paths"].tolist(), data["embeddings"]
         assert paths == sorted(written) and embeddings.shape == (5, 128) and embeddings.dtype == np.float32

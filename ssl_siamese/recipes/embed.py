@@ -1,14 +1,19 @@
-"""Embed every image of a folder with an exported backbone and write the embeddings to ``.npz``.
+"""Embed images (a folder, files or a glob pattern) with an exported backbone and write the embeddings to ``.npz``.
 
     python -m ssl_siamese.recipes.embed --backbone out/simclr/exported_models/backbone.pt \
         --data ~/photos --out embeddings.npz [--batch_size 256] [--device cuda]
+    python -m ssl_siamese.recipes.embed --backbone backbone.pt --data one.png two.jpg 'more/*.webp'
 
-Images are found recursively (hidden files skipped), decoded at the backbone's input size (shorter side
-resized, centre crop) and preprocessed like its evaluation views. Unreadable files are skipped and
-counted. The ``.npz`` holds ``paths`` (relative to the folder, POSIX), ``embeddings`` ``(N, D)`` float32
-(not normalised) and, for an ImageFolder layout (every image in a class subfolder), ``labels`` and
-``classes``. Load it with ``np.load``, or as a search index with ``EmbeddingIndex.load("embeddings.npz")``
-(the paths become the index's ids).
+``--backbone`` (alias ``--ckpt``) is an exported backbone or a Lightning checkpoint (``load_backbone``).
+``--data`` takes folders (searched recursively, hidden files skipped), image files and glob patterns
+(``*``, ``?``, ``[...]``, ``**`` for any depth; quote them so the shell leaves them to the recipe). Images
+are decoded as training decodes folders (:mod:`ssl_siamese.images`: shorter side resized to the
+backbone's input size, centre crop, transparency on white) and preprocessed like its evaluation views.
+Files that are not readable images (an SVG, notes, a broken file) are skipped and counted, as training
+counts them. The ``.npz`` holds ``paths`` (relative to the folder given, or to the files' common folder;
+POSIX), ``embeddings`` ``(N, D)`` float32 (not normalised) and, when every image lies in a class
+subfolder (ImageFolder layout), ``labels`` and ``classes``. Load it with ``np.load``, or as a search index
+with ``EmbeddingIndex.load("embeddings.npz")`` (the paths become the index's ids).
 
 Example:
     >>> summary = run_embed("backbone.pt", "photos/", "embeddings.npz")
@@ -19,50 +24,103 @@ Example:
 from __future__ import annotations
 
 import argparse
+import glob
+import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ssl_siamese.data import IMAGE_EXTENSIONS, _decode_all, _scan_folder
+from ssl_siamese.cli_args import parse_args as parse_checked
+from ssl_siamese.data import _decode_all
 from ssl_siamese.embeddings import embed_images
 from ssl_siamese.export import load_backbone
+from ssl_siamese.images import IMAGE_EXTENSIONS, list_image_files
 
 DEFAULT_IMAGE_SIZE = 64  # for exports that record no input size
+GLOB_CHARACTERS = frozenset("*?[")
 
 
-def run_embed(backbone: str | Path, data: str | Path, out: str | Path = "embeddings.npz", batch_size: int = 256,
-              device: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Embed the images under ``data`` with the backbone exported at ``backbone``; write ``out``.
+def _missing(path: Path) -> FileNotFoundError:
+    where = (f"its folder {path.parent} does not exist either" if not path.parent.is_dir()
+             else f"no file or folder of that name in {path.parent}")
+    return FileNotFoundError(f"{path} does not exist ({where}). --data takes image folders, image files and glob "
+                             "patterns such as 'photos/*.png'.")
 
-    Returns ``out``, ``num_images``, ``feature_dim``, ``skipped`` (count of unreadable image files),
-    ``skipped_paths`` and ``classes``.
+
+def collect_images(data: str | Path | Sequence[str | Path]) -> tuple[Path, list[Path], list[Path]]:
+    """``(root, image files, skipped files)`` for folders, files and glob patterns, each list sorted.
+
+    ``root`` is the folder given (one folder) or the deepest folder holding every file; the ``.npz`` paths are
+    relative to it. Files without an image extension (``images.IMAGE_EXTENSIONS``) are skipped, as in training.
 
     Raises:
-        FileNotFoundError: no exported backbone at ``backbone``, no folder ``data``, or no images in it.
-        ValueError: an unreadable export, or no readable image.
+        FileNotFoundError: a path that does not exist, a pattern that matches nothing, or no image file at all.
     """
-    backbone_path, root = Path(backbone), Path(data).expanduser().resolve()
+    entries = [data] if isinstance(data, (str, Path)) else list(data)
+    if not entries:
+        raise FileNotFoundError("No images given: --data takes folders, image files and glob patterns.")
+    files, skipped, folders = set(), set(), []
+    for entry in entries:
+        path = Path(entry).expanduser()
+        if not path.exists() and GLOB_CHARACTERS & set(str(entry)):
+            matches = sorted(Path(m) for m in glob.glob(os.path.expanduser(str(entry)), recursive=True))
+            if not matches:
+                raise FileNotFoundError(f"The pattern {entry} matches no file.")
+        elif not path.exists():
+            raise _missing(Path(os.path.abspath(path)))
+        else:
+            matches = [path]
+        for match in (Path(os.path.abspath(m)) for m in matches):  # absolute, links kept as named
+            if match.is_dir():
+                images, others = list_image_files(match)
+                files.update(images)
+                skipped.update(others)
+                folders.append(match)
+            else:
+                (files if match.suffix.lower() in IMAGE_EXTENSIONS else skipped).add(match)
+    if not files:
+        found = f" (only {len(skipped)} other files, e.g. {sorted(skipped)[0].name})" if skipped else ""
+        raise FileNotFoundError(f"No image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) in "
+                                f"{', '.join(map(str, entries))}{found}.")
+    if len(entries) == 1 and folders == [Path(os.path.abspath(Path(entries[0]).expanduser()))]:
+        root = folders[0]  # one folder: paths relative to it, its subfolders the classes
+    else:
+        root = Path(os.path.commonpath([path.parent for path in files | skipped] + folders))
+    return root, sorted(files), sorted(skipped)
+
+
+def run_embed(backbone: str | Path, data: str | Path | Sequence[str | Path], out: str | Path = "embeddings.npz",
+              batch_size: int = 256, device: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Embed the images of ``data`` (folders, files, glob patterns) with the backbone at ``backbone``; write ``out``.
+
+    Returns ``out``, ``num_images``, ``feature_dim``, ``skipped`` (count of files skipped: not images, or
+    unreadable), ``skipped_paths``, ``root`` (what the paths are relative to) and ``classes``.
+
+    Raises:
+        FileNotFoundError: no backbone file at ``backbone``, a ``data`` path that does not exist, or no images.
+        ValueError: an unreadable backbone file, or no readable image.
+    """
+    backbone_path = Path(backbone)
     if not backbone_path.is_file():
         raise FileNotFoundError(f"No exported backbone at {backbone_path.resolve()}; export one with "
                                 "ssl_siamese.export_backbone, or train with a pretraining recipe "
                                 "(it writes <out>/exported_models/backbone.pt).")
-    if not root.is_dir():
-        raise FileNotFoundError(f"Image folder {root} does not exist.")
+    root, files, others = collect_images(data)
     model, _, metadata = load_backbone(backbone_path)
-    files, _ = _scan_folder(root)
-    if not files:
-        raise FileNotFoundError(f"No image files ({', '.join(sorted(IMAGE_EXTENSIONS))}) under {root}.")
 
     size = int(metadata.get("image_size") or DEFAULT_IMAGE_SIZE)
-    decoded = _decode_all(files, size, None)
+    decoded = _decode_all(files, size, None)  # the decoder training uses for folders
     kept = [(path.relative_to(root), array) for path, array in zip(files, decoded) if array is not None]
-    skipped = [path.relative_to(root).as_posix() for path, array in zip(files, decoded) if array is None]
+    skipped = sorted([path for path, array in zip(files, decoded) if array is None] + others)
+    skipped_names = [path.relative_to(root).as_posix() for path in skipped]
     if skipped:
-        print(f"ssl_siamese.recipes.embed: skipped {len(skipped)} unreadable image file(s), e.g. "
-              f"{', '.join(skipped[:3])}", file=sys.stderr)
+        print(f"ssl_siamese.recipes.embed: skipped {len(skipped)} files that are not readable images (first few: "
+              f"{', '.join(skipped_names[:5])}); the image types read are {' '.join(sorted(IMAGE_EXTENSIONS))}",
+              file=sys.stderr)
     if not kept:
         raise ValueError(f"None of the {len(files)} image files under {root} could be read.")
 
@@ -80,18 +138,20 @@ def run_embed(backbone: str | Path, data: str | Path, out: str | Path = "embeddi
     with open(out, "wb") as handle:  # a handle keeps the name as given (numpy would append .npz)
         np.savez(handle, **arrays)
     return {"out": str(out), "num_images": len(kept), "feature_dim": int(embeddings.shape[1]),
-            "skipped": len(skipped), "skipped_paths": skipped, "classes": classes}
+            "skipped": len(skipped), "skipped_paths": skipped_names, "root": str(root), "classes": classes}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ssl_siamese.recipes.embed",
-                                     description="Embed a folder of images with an exported backbone.")
-    parser.add_argument("--backbone", required=True, help="Exported backbone (.pt) from export_backbone.")
-    parser.add_argument("--data", required=True, help="Folder of images (searched recursively).")
+                                     description="Embed images (folders, files, glob patterns) with a backbone.")
+    parser.add_argument("--backbone", "--ckpt", dest="backbone", required=True,
+                        help="Exported backbone (.pt) from export_backbone, or a Lightning checkpoint (.ckpt).")
+    parser.add_argument("--data", required=True, nargs="+",
+                        help="Image folders (searched recursively), image files, or quoted glob patterns.")
     parser.add_argument("--out", default="embeddings.npz", help="Output .npz file.")
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
-    return parser.parse_args(argv)
+    return parse_checked(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

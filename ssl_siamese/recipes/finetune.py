@@ -1,21 +1,26 @@
 """Fine-tune a backbone end to end with a new linear head: SSL init vs random (or ImageNet) init.
 
-    python -m ssl_siamese.recipes.finetune --backbone out/simclr/exported_models/backbone.pt \
-        --data.dataset fashion_mnist --data.data_dir ./data --epochs 10
+    python -m ssl_siamese.recipes.finetune --backbone out/simclr/exported_models/backbone.pt --epochs 10
     python -m ssl_siamese.recipes.finetune --backbone random --arch resnet18 --data.dataset cifar10 --epochs 10
     python -m ssl_siamese.recipes.finetune --backbone imagenet --arch resnet18 --data.dataset cifar10
 
-``--backbone`` is an exported backbone (its architecture, input size and normalisation come from its
-metadata), ``random`` (``--arch``, freshly initialised, the dataset's size and normalisation) or
-``imagenet`` (torchvision's ImageNet weights for ``--arch``, read only from the local torch hub cache:
-nothing is downloaded). Training: random resized crops (scale 0.5-1) and flips on the device,
-cross-entropy, SGD with momentum and cosine decay per step. It prints the test top-1 and top-5 and writes
-``<out>/results.json``. ``--backbone`` may also be a Lightning checkpoint of our methods (``load_backbone``).
+``--backbone`` (alias ``--ckpt``) is an exported backbone or a Lightning checkpoint of our methods (its
+architecture, input size and normalisation come from its metadata, read by ``load_backbone``), ``random``
+(``--arch``, freshly initialised, the dataset's size and normalisation) or ``imagenet`` (torchvision's
+ImageNet weights for ``--arch``, read only from the local torch hub cache: nothing is downloaded).
+Without ``--data.dataset`` a backbone file is fine-tuned on the data recorded in it, the data it was
+pretrained on (``--data.data_dir`` likewise defaults to the recorded folder, else ``./data``); the log says
+which and why. Training: random resized crops (scale 0.5-1) and flips on the device, cross-entropy, SGD
+with momentum and cosine decay per step. It prints the test top-1 and top-5, writes ``<out>/results.json``
+and saves the fine-tuned backbone with its classifier head, weights-only, to
+``<out>/exported_models/finetuned.pt``: ``load_classifier`` reads it back as a classifier, ``load_backbone``
+as a backbone (whose metadata records the fine-tuning data, so ``linear_probe`` defaults to it).
 
 Example:
     >>> ssl = run_finetune("backbone.pt", "fashion_mnist", "./data", epochs=5, train_subset=5000, log_to="none")
     >>> rnd = run_finetune("random", "fashion_mnist", "./data", arch="tiny_cnn", epochs=5, train_subset=5000)
     >>> ssl["top1"], rnd["top1"]
+    >>> model, transform, classes, _ = load_classifier(ssl["model_path"])
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytorch_lightning as pl
 import torch
@@ -45,7 +50,10 @@ from ssl_siamese.data import (
     UInt8ImageDataset,
     load_split,
 )
-from ssl_siamese.export import load_backbone
+from ssl_siamese.checkpoints import read_checkpoint
+from ssl_siamese.cli_args import parse_args as parse_checked
+from ssl_siamese.embeddings import Preprocess
+from ssl_siamese.export import export_backbone, load_backbone
 from ssl_siamese.loggers import LOGGERS, make_logger
 
 
@@ -64,6 +72,7 @@ class FineTuneClassifier(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone"])
         self.backbone = backbone
+        self.feature_dim = feature_dim
         self.head = nn.Linear(feature_dim, num_classes)
         self.augmentation = ViewAugmentation(image_size, crop_scale=(0.5, 1.0), jitter_prob=0.0,
                                              grayscale_prob=0.0, mean=mean, std=std)
@@ -120,22 +129,67 @@ def imagenet_backbone(arch: str) -> tuple[nn.Module, int]:
     return model, 2048 if arch == "resnet50" else 512
 
 
-def build_init(backbone: str, arch: str, cifar_stem: bool, dataset: str,
+def labelled_datasets() -> list[str]:
+    """The datasets with labels, which a linear probe or fine-tuning can be measured on."""
+    return [name for name, info in DATASETS.items() if info.num_classes or name == "folder"]
+
+
+def choose_dataset(dataset: str | None, data_dir: str | Path | None, metadata: dict[str, Any],
+                   source: str) -> tuple[str, str, str]:
+    """``(dataset, data_dir, why)``: the one given, else the one recorded in the backbone's ``metadata``.
+
+    An export records ``data`` (and, from the recipes, ``data_dir``); a Lightning checkpoint its datamodule's
+    ``dataset`` and ``data_dir`` (``load_backbone`` puts both in the metadata). ``why`` says which applied.
+
+    Raises:
+        ValueError: no ``dataset`` given and none recorded, or a recorded dataset without labels.
+    """
+    choices = ", ".join(labelled_datasets())
+    if dataset is not None:
+        recorded_dir = metadata.get("data_dir") if metadata.get("data") == dataset else None
+        return dataset, str(data_dir or recorded_dir or "./data"), "given with --data.dataset"
+    recorded = metadata.get("data")
+    if recorded is None:
+        raise ValueError(f"{source} records no dataset it was trained on, so there is no default to evaluate on: "
+                         f"pass --data.dataset NAME (one of {choices}) and --data.data_dir PATH.")
+    if recorded not in labelled_datasets():
+        raise ValueError(f"{source} was trained on {recorded!r}, which has no labels to evaluate with: pass a "
+                         f"labelled --data.dataset (one of {choices}) and --data.data_dir PATH.")
+    where = str(data_dir or metadata.get("data_dir") or "./data")
+    return recorded, where, "the data the backbone was trained on, recorded in its metadata (--data.dataset overrides)"
+
+
+def build_init(backbone: str, arch: str, cifar_stem: bool, dataset: str | None,
                image_size: int | None) -> tuple[nn.Module, int, dict[str, Any]]:
-    """``(module, feature_dim, metadata with image_size/mean/std)`` for PATH, ``random`` or ``imagenet``."""
-    info = DATASETS[dataset]
-    if backbone == "random":
-        module, dim = build_backbone(arch, cifar_stem)
-        return module, dim, {"image_size": image_size or info.image_size, "mean": info.mean, "std": info.std}
-    if backbone == "imagenet":
-        module, dim = imagenet_backbone(arch)
-        return module, dim, {"image_size": image_size or info.image_size, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+    """``(module, feature_dim, metadata)`` for PATH, ``random`` or ``imagenet``.
+
+    The metadata holds ``image_size``, ``mean``, ``std``, ``architecture`` and ``cifar_stem``; for a file,
+    everything ``load_backbone`` read (``data`` among it). ``dataset`` supplies the size and normalisation
+    the file does not record, and those of ``random`` and ``imagenet``; it may be None only for a file.
+    """
+    if backbone in ("random", "imagenet"):
+        if dataset is None:
+            raise ValueError(f"--backbone {backbone} needs --data.dataset NAME (one of "
+                             f"{', '.join(labelled_datasets())}) and --data.data_dir PATH: it records no data.")
+        info = DATASETS[dataset]
+        if backbone == "random":
+            module, dim = build_backbone(arch, cifar_stem)
+            mean, std = info.mean, info.std
+        else:
+            module, dim = imagenet_backbone(arch)
+            mean, std, cifar_stem = IMAGENET_MEAN, IMAGENET_STD, False
+        return module, dim, {"image_size": image_size or info.image_size, "mean": mean, "std": std,
+                             "architecture": arch, "cifar_stem": cifar_stem and arch in TORCHVISION_RESNETS}
     module, _, metadata = load_backbone(backbone, trainable=True)  # load_backbone freezes by default
-    if image_size:
-        metadata["image_size"] = image_size
-    metadata["image_size"] = metadata.get("image_size") or info.image_size
-    metadata["mean"], metadata["std"] = metadata.get("mean") or info.mean, metadata.get("std") or info.std
-    return module.train(), int(metadata["feature_dim"]), metadata
+    return module.train(), int(metadata["feature_dim"]), dict(metadata)
+
+
+def fill_preprocessing(metadata: dict[str, Any], dataset: str, image_size: int | None = None) -> dict[str, Any]:
+    """``metadata`` with ``image_size`` (``image_size`` when given), ``mean`` and ``std`` filled in from ``dataset``
+    where the backbone records none."""
+    info = DATASETS[dataset]
+    return {**metadata, "image_size": image_size or metadata.get("image_size") or info.image_size,
+            "mean": metadata.get("mean") or info.mean, "std": metadata.get("std") or info.std}
 
 
 def labelled_subset(split: ImageTensors, size: int | None, seed: int) -> ImageTensors:
@@ -146,21 +200,28 @@ def labelled_subset(split: ImageTensors, size: int | None, seed: int) -> ImageTe
     return split.subset(torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:size])
 
 
-def run_finetune(backbone: str | Path = "random", dataset: str = "fashion_mnist", data_dir: str | Path = "./data",
+def run_finetune(backbone: str | Path = "random", dataset: str | None = None, data_dir: str | Path | None = None,
                  arch: str = "resnet18", cifar_stem: bool = True, epochs: int = 10, lr: float = 0.05,
                  weight_decay: float = 5e-4, batch_size: int = 128, train_subset: int | None = None,
                  test_subset: int | None = None, image_size: int | None = None, out: str | Path = "out/finetune",
                  log_to: str = "wandb", seed: int = 0, download: bool = True, progress: bool = True) -> dict[str, Any]:
-    """Fine-tune and test; returns (and writes to ``<out>/results.json``) ``top1``, ``init`` and the settings.
+    """Fine-tune and test; save the model; returns (and writes to ``<out>/results.json``) ``top1`` and the settings.
 
-    ``arch`` and ``cifar_stem`` apply to ``random`` (and ``arch`` to ``imagenet``); an exported backbone
-    carries its own. ``train_subset``/``test_subset`` keep seeded random subsets (quick CPU runs).
+    ``dataset=None`` (with ``data_dir=None``) means the data recorded in the backbone file's metadata: the
+    dataset it was pretrained on (``random`` and ``imagenet`` need ``dataset``). ``arch`` and ``cifar_stem``
+    apply to ``random`` (and ``arch`` to ``imagenet``); a backbone file carries its own.
+    ``train_subset``/``test_subset`` keep seeded random subsets (quick CPU runs). The fine-tuned backbone
+    and its classifier head are saved weights-only to ``<out>/exported_models/finetuned.pt`` (result key
+    ``model_path``): ``load_classifier`` reads it back as an image classifier, ``load_backbone`` as a backbone.
     """
-    if dataset not in DATASETS or (DATASETS[dataset].num_classes is None and dataset != "folder"):
-        raise ValueError(f"Unknown or unlabelled dataset {dataset!r}; choose one of "
-                         f"{', '.join(n for n, i in DATASETS.items() if i.num_classes or n == 'folder')}.")
+    choices = labelled_datasets()
+    if dataset is not None and dataset not in choices:
+        raise ValueError(f"Unknown or unlabelled dataset {dataset!r}; choose one of {', '.join(choices)}.")
     pl.seed_everything(seed, verbose=False)
     module, feature_dim, metadata = build_init(str(backbone), arch, cifar_stem, dataset, image_size)
+    dataset, data_dir, why = choose_dataset(dataset, data_dir, metadata, f"The backbone {backbone}")
+    print(f"ssl_siamese.recipes.finetune: fine-tuning on {dataset} in {data_dir}: {why}.")
+    metadata = fill_preprocessing(metadata, dataset, image_size)
     size = int(metadata["image_size"])
     train, test = (labelled_subset(load_split(dataset, split, data_dir, download, image_size=size), subset, seed + i)
                    for i, (split, subset) in enumerate((("train", train_subset), ("test", test_subset))))
@@ -180,9 +241,15 @@ def run_finetune(backbone: str | Path = "random", dataset: str = "fashion_mnist"
     trainer.fit(model, train_loader)
     (metrics,) = trainer.test(model, test_loader, verbose=False)
     result = {"top1": float(metrics["test/top1"]), "top5": float(metrics["test/top5"]), "init": str(backbone),
-              "method": metadata.get("method"), "dataset": dataset, "architecture": metadata.get("architecture", arch),
-              "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "num_train": len(train), "num_test": len(test),
-              "image_size": size}
+              "method": metadata.get("method"), "dataset": dataset, "data_dir": data_dir, "dataset_source": why,
+              "architecture": metadata.get("architecture", arch), "epochs": epochs, "lr": lr,
+              "weight_decay": weight_decay, "num_train": len(train), "num_test": len(test), "image_size": size}
+    result["model_path"] = str(export_backbone(
+        model, out / "exported_models" / "finetuned.pt", head=model.head, architecture=metadata.get("architecture"),
+        cifar_stem=bool(metadata.get("cifar_stem", False)), image_size=size, mean=list(metadata["mean"]),
+        std=list(metadata["std"]), init=str(backbone), init_method=metadata.get("method"), data=dataset,
+        data_dir=str(Path(data_dir).expanduser().resolve()) if dataset != "synthetic" else None,
+        classes=list(train.classes) or [str(c) for c in range(num_classes)], epochs=epochs, top1=result["top1"]))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2))
     for logger in trainer.loggers:
@@ -192,16 +259,50 @@ def run_finetune(backbone: str | Path = "random", dataset: str = "fashion_mnist"
     return result
 
 
+class LoadedClassifier(NamedTuple):
+    """What ``load_classifier`` returns: images -> logits (eval mode, no gradients), preprocessing, names."""
+
+    model: nn.Module
+    transform: Preprocess | None
+    classes: list[str]
+    metadata: dict[str, Any]
+
+
+def load_classifier(path: str | Path) -> LoadedClassifier:
+    """The fine-tuned classifier saved by ``run_finetune`` (``<out>/exported_models/finetuned.pt``), weights-only.
+
+    Example:
+        >>> model, transform, classes, _ = load_classifier("out/finetune/exported_models/finetuned.pt")
+        >>> names = [classes[i] for i in model(transform(images_uint8)).argmax(1)]
+
+    Raises:
+        ValueError: the file is not a backbone export (``load_backbone``'s errors) or has no classifier head.
+    """
+    backbone, transform, metadata = load_backbone(path)
+    head_state = read_checkpoint(path).get("head")
+    if not isinstance(head_state, dict) or "weight" not in head_state:
+        raise ValueError(f"{path} holds a backbone without a classifier head; fine-tune it first "
+                         "(python -m ssl_siamese.recipes.finetune --backbone PATH), or use it with load_backbone.")
+    classes_out, features = head_state["weight"].shape
+    head = nn.Linear(features, classes_out)
+    head.load_state_dict(head_state, strict=True)
+    model = nn.Sequential(backbone, nn.Flatten(1), head).eval().requires_grad_(False)
+    classes = [str(c) for c in metadata.get("classes") or range(classes_out)]
+    return LoadedClassifier(model, transform, classes, metadata)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ssl_siamese.recipes.finetune",
                                      description="Fine-tune a backbone with a new linear head; report test top-1.")
-    parser.add_argument("--backbone", required=True,
+    parser.add_argument("--backbone", "--ckpt", dest="backbone", required=True,
                         help="Exported backbone (.pt), Lightning checkpoint (.ckpt), 'random' or 'imagenet'.")
     parser.add_argument("--arch", default="resnet18", help="Architecture for random/imagenet (e.g. tiny_cnn).")
     parser.add_argument("--cifar_stem", default=True, type=lambda s: s.lower() == "true",
                         help="3x3 stem for a random torchvision ResNet (true/false).")
-    parser.add_argument("--data.dataset", dest="dataset", default="fashion_mnist")
-    parser.add_argument("--data.data_dir", dest="data_dir", default="./data")
+    parser.add_argument("--data.dataset", dest="dataset", default=None, choices=labelled_datasets(),
+                        help="Default: the dataset recorded in the backbone file (what it was trained on).")
+    parser.add_argument("--data.data_dir", dest="data_dir", default=None,
+                        help="Default: the folder recorded with that dataset, else ./data.")
     parser.add_argument("--data.download", dest="download", default=True, type=lambda s: s.lower() == "true")
     parser.add_argument("--data.train_subset", dest="train_subset", type=int, default=None)
     parser.add_argument("--data.test_subset", dest="test_subset", type=int, default=None)
@@ -211,9 +312,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--weight_decay", type=float, default=5e-4)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="out/finetune")
+    parser.add_argument("--out", default="out/finetune", help="Output folder: results.json, exported_models/.")
     parser.add_argument("--log_to", default="wandb", choices=LOGGERS)
-    return parser.parse_args(argv)
+    return parse_checked(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -228,6 +329,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"Fine-tuned {result['init']} ({result['architecture']}) on {result['dataset']} for {result['epochs']} "
           f"epochs ({result['num_train']} train / {result['num_test']} test): test top-1 {result['top1']:.4f}  "
           f"top-5 {result['top5']:.4f}")
+    print(f"Fine-tuned model (backbone + classifier head): {result['model_path']} "
+          "(read it with ssl_siamese.recipes.finetune.load_classifier)")
     return result
 
 

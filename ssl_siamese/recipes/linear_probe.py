@@ -1,16 +1,19 @@
 """Linear probe (or fine-tuning) of a pretrained backbone on a labelled dataset.
 
-    python -m ssl_siamese.recipes.linear_probe --ckpt out/simclr/exported_models/backbone.pt \
-        --data.dataset fashion_mnist --data.data_dir ./data [--wd_sweep] [--finetune] [--subset 5000]
+    python -m ssl_siamese.recipes.linear_probe --backbone out/simclr/exported_models/backbone.pt \
+        [--data.dataset fashion_mnist --data.data_dir ./data] [--wd_sweep] [--finetune] [--subset 5000]
 
-``--ckpt`` is an exported backbone (``export_backbone``) or a Lightning checkpoint of one of our methods;
-``load_backbone`` reads both with ``torch.load(weights_only=True)``, so opening one never runs code.
-Images are preprocessed with the backbone's evaluation transform (its size, mean and std; the dataset's
-when the file records none). The linear probe computes the frozen backbone's features once per split,
-then fits ``fit_linear_probe`` (or ``weight_decay_sweep``); it prints top-1/top-5, writes
-``results.json`` and the confusion matrix PNG to ``--out``, and logs them to W&B (offline without a
-key) unless ``--log_to none``. ``--finetune`` trains backbone and a new linear head together instead:
-it runs the fine-tuning recipe (``ssl_siamese.recipes.finetune.run_finetune``).
+``--backbone`` (alias ``--ckpt``) is an exported backbone (``export_backbone``) or a Lightning checkpoint of
+one of our methods; ``load_backbone`` reads both with ``torch.load(weights_only=True)``, so opening one
+never runs code. Without ``--data.dataset`` the probe runs on the data recorded in the file, the data the
+backbone was trained on (an export's ``data``/``data_dir``, a checkpoint's datamodule settings), and the
+log says so; ``--data.data_dir`` defaults to the recorded folder, else ``./data``. A file that records no
+dataset needs ``--data.dataset``. Images are preprocessed with the backbone's evaluation transform (its
+size, mean and std; the dataset's when the file records none). The linear probe computes the frozen
+backbone's features once per split, then fits ``fit_linear_probe`` (or ``weight_decay_sweep``); it prints
+top-1/top-5, writes ``results.json`` and the confusion matrix PNG to ``--out``, and logs them to W&B
+(offline without a key) unless ``--log_to none``. ``--finetune`` trains backbone and a new linear head
+together instead: it runs the fine-tuning recipe (``ssl_siamese.recipes.finetune.run_finetune``).
 
 Example:
     >>> result = run_linear_probe("backbone.pt", "fashion_mnist", "./data", subset=2000, log_to="none")
@@ -27,16 +30,23 @@ from typing import Any
 
 import torch
 
-from ssl_siamese.data import DATASETS, DataNotFoundError, load_split
+from ssl_siamese.cli_args import parse_args as parse_checked
+from ssl_siamese.data import DataNotFoundError, load_split
 from ssl_siamese.embeddings import embed_images
 from ssl_siamese.evaluation.linear import fit_linear_probe, weight_decay_sweep
 from ssl_siamese.evaluation.plots import confusion_matrix_figure, log_figure
 from ssl_siamese.export import load_backbone
 from ssl_siamese.loggers import LOGGERS, make_logger
-from ssl_siamese.recipes.finetune import labelled_subset, run_finetune
+from ssl_siamese.recipes.finetune import (
+    choose_dataset,
+    fill_preprocessing,
+    labelled_datasets,
+    labelled_subset,
+    run_finetune,
+)
 
 
-def run_linear_probe(ckpt: str | Path, dataset: str = "fashion_mnist", data_dir: str | Path = "./data",
+def run_linear_probe(ckpt: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
                      finetune_backbone: bool = False, epochs: int | None = None, lr: float | None = None,
                      weight_decay: float | None = None, wd_sweep: bool = False, subset: int | None = None,
                      batch_size: int = 256, out: str | Path = "out/linear_probe", log_to: str = "wandb",
@@ -44,15 +54,17 @@ def run_linear_probe(ckpt: str | Path, dataset: str = "fashion_mnist", data_dir:
                      progress: bool = True) -> dict[str, Any]:
     """Evaluate ``ckpt`` on ``dataset``; returns the results written to ``<out>/results.json``.
 
-    ``epochs`` defaults to 100 (linear probe) or 10 (``finetune_backbone``), ``lr`` to 0.1 or 0.05,
-    ``weight_decay`` to 0 or 5e-4. ``subset`` keeps a seeded random ``subset`` images of each of train and
-    test (quick CPU runs). Linear-probe keys: ``top1``, ``top5``, ``mode``, ``weight_decay``,
-    ``validation_top1`` (sweep only), ``num_train``, ``num_test``, ``method``, ``confusion`` (list of lists),
-    ``confusion_png``. With ``finetune_backbone`` the keys are those of ``run_finetune`` plus ``mode``
-    (Lightning picks the device there; ``device`` is not used).
+    ``dataset=None`` (and ``data_dir=None``) means the data recorded in ``ckpt``: what the backbone was
+    trained on (``finetune.choose_dataset``). ``epochs`` defaults to 100 (linear probe) or 10
+    (``finetune_backbone``), ``lr`` to 0.1 or 0.05, ``weight_decay`` to 0 or 5e-4. ``subset`` keeps a
+    seeded random ``subset`` images of each of train and test (quick CPU runs). Linear-probe keys: ``top1``,
+    ``top5``, ``mode``, ``dataset``, ``data_dir``, ``dataset_source`` (why that dataset), ``weight_decay``,
+    ``validation_top1`` (sweep only), ``num_train``, ``num_test``, ``method``, ``confusion`` (list of
+    lists), ``confusion_png``. With ``finetune_backbone`` the keys are those of ``run_finetune`` plus
+    ``mode`` (Lightning picks the device there; ``device`` is not used).
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"Unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}.")
+    if dataset is not None and dataset not in labelled_datasets():
+        raise ValueError(f"Unknown or unlabelled dataset {dataset!r}; choose one of {', '.join(labelled_datasets())}.")
     if finetune_backbone:
         result = run_finetune(ckpt, dataset, data_dir, epochs=epochs or 10, lr=lr or 0.05,
                               weight_decay=5e-4 if weight_decay is None else weight_decay, batch_size=batch_size,
@@ -64,9 +76,9 @@ def run_linear_probe(ckpt: str | Path, dataset: str = "fashion_mnist", data_dir:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     epochs, lr, weight_decay = epochs or 100, lr or 0.1, weight_decay or 0.0
     backbone, _, metadata = load_backbone(ckpt)
-    info = DATASETS[dataset]
-    preprocess = {"image_size": metadata.get("image_size") or info.image_size,
-                  "mean": metadata.get("mean") or info.mean, "std": metadata.get("std") or info.std}
+    dataset, data_dir, why = choose_dataset(dataset, data_dir, metadata, f"The backbone {ckpt}")
+    print(f"ssl_siamese.recipes.linear_probe: probing on {dataset} in {data_dir}: {why}.")
+    preprocess = {key: fill_preprocessing(metadata, dataset)[key] for key in ("image_size", "mean", "std")}
     train, test = (labelled_subset(load_split(dataset, split, data_dir, download, image_size=preprocess["image_size"]),
                                    subset, seed + i)
                    for i, split in enumerate(("train", "test")))
@@ -74,7 +86,8 @@ def run_linear_probe(ckpt: str | Path, dataset: str = "fashion_mnist", data_dir:
         raise ValueError(f"{dataset} in {data_dir} has no labelled train or test images to probe with.")
     num_classes = len(train.classes) or int(max(train.labels.max(), test.labels.max())) + 1
     result: dict[str, Any] = {"mode": "linear", "method": metadata.get("method"), "ckpt": str(ckpt),
-                              "dataset": dataset, "num_train": len(train), "num_test": len(test),
+                              "dataset": dataset, "data_dir": data_dir, "dataset_source": why,
+                              "num_train": len(train), "num_test": len(test),
                               "epochs": epochs, "lr": lr, "weight_decay": weight_decay}
     train_x, test_x = (embed_images(backbone, split.images, preprocess, batch_size, device, progress).to(device)
                        for split in (train, test))
@@ -108,10 +121,12 @@ def run_linear_probe(ckpt: str | Path, dataset: str = "fashion_mnist", data_dir:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ssl_siamese.recipes.linear_probe",
                                      description="Linear probe or fine-tuning of a pretrained backbone.")
-    parser.add_argument("--ckpt", required=True, help="Exported backbone (.pt) or Lightning checkpoint (.ckpt).")
-    parser.add_argument("--data.dataset", dest="dataset", default="fashion_mnist",
-                        choices=[name for name, info in DATASETS.items() if info.num_classes or name == "folder"])
-    parser.add_argument("--data.data_dir", dest="data_dir", default="./data")
+    parser.add_argument("--backbone", "--ckpt", dest="ckpt", required=True,
+                        help="Exported backbone (.pt) or Lightning checkpoint (.ckpt).")
+    parser.add_argument("--data.dataset", dest="dataset", default=None, choices=labelled_datasets(),
+                        help="Default: the dataset recorded in the backbone file (what it was trained on).")
+    parser.add_argument("--data.data_dir", dest="data_dir", default=None,
+                        help="Default: the folder recorded with that dataset, else ./data.")
     parser.add_argument("--data.download", dest="download", default=True, type=lambda s: s.lower() == "true",
                         help="Download the dataset if missing (true/false).")
     parser.add_argument("--finetune", action="store_true",
@@ -126,7 +141,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="out/linear_probe")
     parser.add_argument("--log_to", default="wandb", choices=LOGGERS)
-    return parser.parse_args(argv)
+    return parse_checked(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -143,6 +158,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}")
     if "confusion_png" in result:
         print(f"Confusion matrix: {result['confusion_png']}")
+    if "model_path" in result:
+        print(f"Fine-tuned model (backbone + classifier head): {result['model_path']}")
     return result
 
 
