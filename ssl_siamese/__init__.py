@@ -6,27 +6,65 @@ Example:
     >>> model = SimCLR(backbone="resnet18", cifar_stem=True)
     >>> pl.Trainer(max_epochs=200, callbacks=[KNNEvaluation()]).fit(model, datamodule=SSLDataModule("cifar10"))
     >>> backbone, transform, metadata = load_backbone("out/simclr/exported_models/backbone.pt")
+
+The public names are imported on first use (``ssl_siamese._lazy``), so ``import ssl_siamese`` and a recipe
+load only the modules they need (no matplotlib, W&B or scikit-learn until something uses them).
 """
 
-from ssl_siamese.augment import ViewAugmentation
-from ssl_siamese.backbones import build_backbone
-from ssl_siamese.data import SSLDataModule
-from ssl_siamese.embeddings import EmbeddingIndex, Preprocess, embed_images
-from ssl_siamese.evaluation import (
-    EmbeddingPictures,
-    KNNEvaluation,
-    OnlineLinearProbe,
-    fewshot_episodes,
-    fit_linear_probe,
-    recall_at_k,
-    verification_roc,
-)
-from ssl_siamese.export import LoadedBackbone, export_backbone, load_backbone
-from ssl_siamese.methods import MoCo, SiameseModule, SimCLR, SimSiam
-from ssl_siamese.oneshot import OneShotClassifier
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ssl_siamese._lazy import lazy_exports
+
+_EXPORTS = {
+    "SimCLR": "ssl_siamese.methods.simclr",
+    "MoCo": "ssl_siamese.methods.moco",
+    "SimSiam": "ssl_siamese.methods.simsiam",
+    "SiameseModule": "ssl_siamese.methods.base",
+    "SupervisedSiamese": "ssl_siamese.methods.siamese",
+    "SSLDataModule": "ssl_siamese.data",
+    "ViewAugmentation": "ssl_siamese.augment",
+    "build_backbone": "ssl_siamese.backbones",
+    "KNNEvaluation": "ssl_siamese.evaluation.knn",
+    "OnlineLinearProbe": "ssl_siamese.evaluation.online_probe",
+    "EmbeddingPictures": "ssl_siamese.evaluation.pictures",
+    "fit_linear_probe": "ssl_siamese.evaluation.linear",
+    "fewshot_episodes": "ssl_siamese.evaluation.fewshot",
+    "recall_at_k": "ssl_siamese.evaluation.retrieval",
+    "verification_roc": "ssl_siamese.evaluation.retrieval",
+    "export_backbone": "ssl_siamese.export",
+    "load_backbone": "ssl_siamese.export",
+    "LoadedBackbone": "ssl_siamese.export",
+    "Preprocess": "ssl_siamese.embeddings",
+    "embed_images": "ssl_siamese.embeddings",
+    "EmbeddingIndex": "ssl_siamese.embeddings",
+    "OneShotClassifier": "ssl_siamese.oneshot",
+    "read_image": "ssl_siamese.images",
+    "read_images": "ssl_siamese.images",
+}
+
+if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
+    from ssl_siamese.augment import ViewAugmentation
+    from ssl_siamese.backbones import build_backbone
+    from ssl_siamese.data import SSLDataModule
+    from ssl_siamese.embeddings import EmbeddingIndex, Preprocess, embed_images
+    from ssl_siamese.evaluation import (
+        EmbeddingPictures,
+        KNNEvaluation,
+        OnlineLinearProbe,
+        fewshot_episodes,
+        fit_linear_probe,
+        recall_at_k,
+        verification_roc,
+    )
+    from ssl_siamese.export import LoadedBackbone, export_backbone, load_backbone
+    from ssl_siamese.images import read_image, read_images
+    from ssl_siamese.methods import MoCo, SiameseModule, SimCLR, SimSiam
+    from ssl_siamese.methods.siamese import SupervisedSiamese
+    from ssl_siamese.oneshot import OneShotClassifier
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 __version__ = "0.1.0"
-__all__ = ["SimCLR", "MoCo", "SimSiam", "SiameseModule", "SSLDataModule", "ViewAugmentation", "build_backbone",
-           "KNNEvaluation", "OnlineLinearProbe", "EmbeddingPictures", "fit_linear_probe", "fewshot_episodes",
-           "recall_at_k", "verification_roc", "export_backbone", "load_backbone", "LoadedBackbone", "Preprocess",
-           "embed_images", "EmbeddingIndex", "OneShotClassifier"]
+__all__ = list(_EXPORTS)
