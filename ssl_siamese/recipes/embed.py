@@ -144,7 +144,7 @@ def run_embed(backbone: str | Path, data: str | Path | Sequence[str | Path], out
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ssl_siamese.recipes.embed",
                                      description="Embed images (folders, files, glob patterns) with a backbone.")
-    parser.add_argument("--backbone", "--ckpt", dest="backbone", required=True,
+    parser.add_argument("--backbone", "--ckpt", dest="backbone", required=True, metavar="PATH",
                         help="Exported backbone (.pt) from export_backbone, or a Lightning checkpoint (.ckpt).")
     parser.add_argument("--data", required=True, nargs="+",
                         help="Image folders (searched recursively), image files, or quoted glob patterns.")

@@ -294,7 +294,7 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ssl_siamese.recipes.finetune",
                                      description="Fine-tune a backbone with a new linear head; report test top-1.")
-    parser.add_argument("--backbone", "--ckpt", dest="backbone", required=True,
+    parser.add_argument("--backbone", "--ckpt", dest="backbone", required=True, metavar="PATH",
                         help="Exported backbone (.pt), Lightning checkpoint (.ckpt), 'random' or 'imagenet'.")
     parser.add_argument("--arch", default="resnet18", help="Architecture for random/imagenet (e.g. tiny_cnn).")
     parser.add_argument("--cifar_stem", default=True, type=lambda s: s.lower() == "true",

@@ -121,7 +121,7 @@ def run_linear_probe(ckpt: str | Path, dataset: str | None = None, data_dir: str
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ssl_siamese.recipes.linear_probe",
                                      description="Linear probe or fine-tuning of a pretrained backbone.")
-    parser.add_argument("--backbone", "--ckpt", dest="ckpt", required=True,
+    parser.add_argument("--backbone", "--ckpt", dest="ckpt", required=True, metavar="PATH",
                         help="Exported backbone (.pt) or Lightning checkpoint (.ckpt).")
     parser.add_argument("--data.dataset", dest="dataset", default=None, choices=labelled_datasets(),
                         help="Default: the dataset recorded in the backbone file (what it was trained on).")
