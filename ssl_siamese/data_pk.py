@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssl_siamese.augment import grayscale, to_float_rgb
-from ssl_siamese.data import DATASETS, ImageTensors, load_split
+from ssl_siamese.data import DATASETS, DataNotFoundError, ImageTensors, load_split
 from ssl_siamese.loader import IndexedBatchLoader
 from ssl_siamese.samplers import PKBatchSampler, assert_no_class_overlap
 
@@ -157,10 +157,56 @@ def _restrict(data: ImageTensors, classes: list[int], size: int | None, seed: in
     return index
 
 
+def resolve_classes(selection: Iterable[int | str], names: list[str], option: str = "classes") -> list[int]:
+    """Label indices of ``selection``, sorted: integers are indices, strings are class names.
+
+    A name matches exactly, else ignoring case (when that is unambiguous). Raises ``ValueError`` (prefixed
+    with ``option``) for an index out of ``range(len(names))`` or an unknown name.
+
+    Example:
+        >>> resolve_classes(["Sneaker", 8, "ankle boot"], fashion_mnist_names, "eval_classes")
+        [7, 8, 9]
+    """
+    lowered: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        lowered.setdefault(name.lower(), []).append(index)
+    chosen = set()
+    for item in selection:
+        if isinstance(item, str) and item.strip().lstrip("-").isdigit():
+            item = int(item)
+        if isinstance(item, str):
+            if item in names:
+                chosen.add(names.index(item))
+            elif len(lowered.get(item.lower(), [])) == 1:
+                chosen.add(lowered[item.lower()][0])
+            else:
+                raise ValueError(f"{option}: no class named {item!r}")
+        elif not 0 <= int(item) < len(names):
+            raise ValueError(f"{option}: index {item} is out of range: the data has {len(names)} classes, "
+                             f"0-{len(names) - 1}")
+        else:
+            chosen.add(int(item))
+    return sorted(chosen)
+
+
+def _relabel(data: ImageTensors, names: list[str]) -> ImageTensors:
+    """``data`` with its labels re-indexed into ``names`` (which holds all of ``data.classes``)."""
+    if data.classes == names:
+        return data
+    mapping = torch.tensor([names.index(name) for name in data.classes] + [-1], dtype=torch.int64)
+    labels = torch.where(data.labels >= 0, mapping[data.labels.clamp_min(0)], data.labels)
+    return ImageTensors(data.images, labels, list(names))
+
+
 class PKDataModule(pl.LightningDataModule):
     """P x K batches from ``train_classes`` of ``train_split``; ``eval_data`` from ``eval_classes`` of ``eval_split``.
 
-    The two class sets must be disjoint (checked with ``assert_no_class_overlap``), and ``setup`` looks for
+    Classes are label indices or class names. ``setup`` checks the selection before anything trains (indices
+    in range, names known, the two sets disjoint, at least 2 classes each, at least 2 images of every class
+    on its side) and raises ``ValueError`` with :meth:`class_table` (index, name and image counts of every
+    class) when it is wrong. A ``folder`` whose ``train/`` and ``test/`` hold different sub-folders gets one
+    index per name over both; a folder without ``test/`` or ``val/`` takes its eval images from the training
+    folder (the classes are disjoint anyway; ``eval_split_used`` says which split it was). ``setup`` looks for
     near-copies across the split with :func:`near_duplicate_report`: ``duplicate_report`` (positions in
     ``train_data`` before any drop) and ``near_duplicates``, a JSON-ready summary with the pairs' indices in
     their splits and the number of dropped images. There is no validation loader: evaluate ``eval_data``
@@ -168,8 +214,10 @@ class PKDataModule(pl.LightningDataModule):
 
     Args:
         dataset, data_dir, download: as for ``load_split``.
-        train_classes, eval_classes: label values (e.g. ``range(7)`` and ``range(7, 10)``).
-        p, k: classes per batch and images per class; a batch holds ``p * k`` images.
+        train_classes, eval_classes: label indices or class names (e.g. ``range(7)`` and ``["Sneaker", 8, 9]``);
+            after ``setup`` both are sorted lists of indices, and ``class_names`` names every index.
+        p, k: classes per batch and images per class; a batch holds ``p * k`` images. ``p=None``: every train
+            class, at most 16.
         batches_per_epoch: batches per epoch on each rank; ``None``: about one pass over the training images.
         train_subset, eval_subset: at most this many images (seeded), or all.
         train_split, eval_split: which splits the two sides come from.
@@ -182,8 +230,8 @@ class PKDataModule(pl.LightningDataModule):
     """
 
     def __init__(self, dataset: str = "fashion_mnist", data_dir: str = "./data",
-                 train_classes: Iterable[int] = range(7), eval_classes: Iterable[int] = range(7, 10),
-                 p: int = 7, k: int = 8, batches_per_epoch: int | None = None,
+                 train_classes: Iterable[int | str] = range(7), eval_classes: Iterable[int | str] = range(7, 10),
+                 p: int | None = 7, k: int = 8, batches_per_epoch: int | None = None,
                  train_subset: int | None = None, eval_subset: int | None = None,
                  train_split: str = "train", eval_split: str = "test", download: bool = True,
                  seed: int = 0, class_balanced: bool = True,
@@ -195,10 +243,11 @@ class PKDataModule(pl.LightningDataModule):
             raise ValueError(f"near_duplicates must be one of {', '.join(NEAR_DUPLICATE_MODES)}, "
                              f"got {near_duplicates!r}")
         self.info = DATASETS[dataset]
-        self.train_classes, self.eval_classes = sorted(set(train_classes)), sorted(set(eval_classes))
-        shared = set(self.train_classes) & set(self.eval_classes)
-        if shared:
-            raise ValueError(f"train_classes and eval_classes share {sorted(shared)}; they must be disjoint")
+        self.train_classes: list[int | str] = list(dict.fromkeys(train_classes))  # indices after setup
+        self.eval_classes: list[int | str] = list(dict.fromkeys(eval_classes))
+        self.class_names: list[str] = []
+        self.eval_split_used = eval_split
+        self._split_counts: tuple[Tensor, Tensor] | None = None  # images per class in the two splits
         self.save_hyperparameters(ignore=["train_classes", "eval_classes"])
         self.train_data: ImageTensors | None = None
         self.eval_data: ImageTensors | None = None
@@ -208,8 +257,13 @@ class PKDataModule(pl.LightningDataModule):
         self.near_duplicates: dict[str, Any] = {}
 
     @property
+    def p(self) -> int:
+        """Classes per batch: ``p``, or with ``p=None`` every train class (at most 16; known after ``setup``)."""
+        return self.hparams.p or min(16, len(self.train_classes))
+
+    @property
     def batch_size(self) -> int:
-        return self.hparams.p * self.hparams.k
+        return self.p * self.hparams.k
 
     @property
     def image_size(self) -> int:
@@ -228,15 +282,82 @@ class PKDataModule(pl.LightningDataModule):
             return
         hp = self.hparams
         train = load_split(hp.dataset, hp.train_split, hp.data_dir, hp.download)
-        held_out = train if hp.eval_split == hp.train_split else load_split(
-            hp.dataset, hp.eval_split, hp.data_dir, hp.download)
+        if hp.eval_split == hp.train_split:
+            held_out = train
+        else:
+            try:
+                held_out = load_split(hp.dataset, hp.eval_split, hp.data_dir, hp.download)
+            except DataNotFoundError:
+                if hp.dataset != "folder":
+                    raise
+                held_out, self.eval_split_used = train, hp.train_split  # a folder without test/ or val/
+        train, held_out = self._select_classes(train, held_out)
         self.train_index = _restrict(train, self.train_classes, hp.train_subset, hp.seed)
         self.eval_index = _restrict(held_out, self.eval_classes, hp.eval_subset, hp.seed + 1)
         self.train_data, self.eval_data = train.subset(self.train_index), held_out.subset(self.eval_index)
         self._check_near_duplicates()
+        self._check_class_sizes()
         n_train = len(self.train_data)
         assert_no_class_overlap(torch.cat([self.train_data.labels, self.eval_data.labels]),
                                 torch.arange(n_train), n_train + torch.arange(len(self.eval_data)))
+
+    def _select_classes(self, train: ImageTensors, held_out: ImageTensors) -> tuple[ImageTensors, ImageTensors]:
+        """One class index per name over both splits; resolve and check the two selections."""
+        if not train.classes:
+            raise ValueError(f"The {self.hparams.train_split} split of {self.hparams.dataset} has no class labels; "
+                             "supervised Siamese training needs one sub-folder per class.")
+        names = list(train.classes)
+        if held_out.classes != names:  # e.g. a folder whose test/ lacks (or adds) a class sub-folder
+            names = sorted(set(names) | set(held_out.classes))
+            train, held_out = _relabel(train, names), _relabel(held_out, names)
+        self.class_names = names
+        self._split_counts = tuple(torch.bincount(data.labels[data.labels >= 0], minlength=len(names))
+                                   for data in (train, held_out))
+        try:
+            train_classes = resolve_classes(self.train_classes, names, "train_classes")
+            eval_classes = resolve_classes(self.eval_classes, names, "eval_classes")
+            shared = sorted(set(train_classes) & set(eval_classes))
+            if shared:
+                raise ValueError("train_classes and eval_classes share " + ", ".join(
+                    f"{c} {names[c]}" for c in shared) + "; they must be disjoint")
+            for option, chosen in (("train_classes", train_classes), ("eval_classes", eval_classes)):
+                if len(chosen) < 2:
+                    raise ValueError(f"{option} needs at least 2 classes (triplets and N-way episodes need "
+                                     f"negatives), got {len(chosen)}")
+            if self.hparams.p is not None and self.hparams.p > len(train_classes):
+                raise ValueError(f"p={self.hparams.p} classes per batch, but train_classes holds only "
+                                 f"{len(train_classes)}")
+        except ValueError as error:
+            raise ValueError(f"{error}.\n{self.class_table()}") from None
+        self.train_classes, self.eval_classes = train_classes, eval_classes
+        return train, held_out
+
+    def _check_class_sizes(self) -> None:
+        """Every selected class needs 2 images on its side: a positive pair to train, a support and a query."""
+        problems = []
+        for side, data, classes, why in (
+                ("train", self.train_data, self.train_classes, "P x K batches need 2 per class"),
+                ("eval", self.eval_data, self.eval_classes, "1-shot episodes need a support and a query")):
+            split = self.hparams.train_split if side == "train" else self.eval_split_used
+            if self.hparams[f"{side}_subset"] is not None:
+                why += f", counted in the {side}_subset drawn"
+            counts = torch.bincount(data.labels, minlength=len(self.class_names))
+            problems += [f"{side} class {c} {self.class_names[c]} has "
+                         f"{'no image' if counts[c] == 0 else 'only 1 image'} in the {split} split ({why})"
+                         for c in classes if counts[c] < 2]
+        if problems:
+            raise ValueError("; ".join(problems) + ".\n" + self.class_table())
+
+    def class_table(self) -> str:
+        """Index, name and images per class in the two splits, with each selected class's side (after ``setup``)."""
+        train_counts, eval_counts = self._split_counts
+        chosen = {**{c: "train" for c in self.train_classes}, **{c: "eval" for c in self.eval_classes}}
+        width = max(len(name) for name in self.class_names)
+        lines = [f"classes (index, name, images in the {self.hparams.train_split} / {self.eval_split_used} split, "
+                 f"selected as):"]
+        lines += [f"  {c:>3} {name:<{width}}  {int(train_counts[c]):>6} train / {int(eval_counts[c]):>5} eval"
+                  f"  {chosen.get(c, '-')}" for c, name in enumerate(self.class_names)]
+        return "\n".join(lines)
 
     def _check_near_duplicates(self) -> None:
         report = near_duplicate_report(self.train_data.images, self.eval_data.images,
@@ -256,13 +377,16 @@ class PKDataModule(pl.LightningDataModule):
             self.near_duplicates["dropped_train_images"] = len(report.duplicates_in_a)
 
     def train_dataloader(self) -> IndexedBatchLoader:
-        """P x K batches, new each epoch; under DDP each rank trains on its own share of the batches."""
+        """P x K batches, new each epoch, resumable mid-epoch; under DDP each rank trains on its own share."""
         if self.train_data is None:
             self.setup("fit")
         hp, trainer = self.hparams, self.trainer
-        sampler = PKBatchSampler(self.train_data.labels, p=hp.p, k=hp.k, num_batches=hp.batches_per_epoch,
+        sampler = PKBatchSampler(self.train_data.labels, p=self.p, k=hp.k, num_batches=hp.batches_per_epoch,
                                  seed=hp.seed, class_balanced=hp.class_balanced,
                                  rank=trainer.global_rank if trainer is not None else 0,
                                  world_size=trainer.world_size if trainer is not None else 1)
+        batches_done = None
+        if trainer is not None:  # what Lightning has finished of this epoch, saved in checkpoints
+            batches_done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed  # noqa: E731
         return IndexedBatchLoader(self.train_data.images, self.train_data.labels, sampler,
-                                  pin_memory=torch.cuda.is_available())
+                                  pin_memory=torch.cuda.is_available(), batches_done=batches_done)

@@ -105,6 +105,26 @@ class ResumableBatchLoader:
         self.epoch = self._resume[0]  # the resumed run continues this epoch
 
 
+def estimated_stepping_batches(trainer: Any) -> int:
+    """``trainer.estimated_stepping_batches``, for ``configure_optimizers``, without losing a resumed loader state.
+
+    Lightning builds the training loader (and prefetches its first batch) to count the steps, before it
+    restores a checkpoint; the loader states saved in the checkpoint are then never loaded, and a run resumed
+    mid-epoch starts the epoch's batches over (Lightning issue #20550). So the loader built for counting is
+    dropped again: ``fit`` builds it anew after the restore, loads its state, then iterates, as it does
+    when nothing asked for the count first.
+    """
+    fit_loop = getattr(trainer, "fit_loop", None)
+    built_before = fit_loop is None or fit_loop._combined_loader is not None  # noqa: SLF001 - see the docstring
+    steps = trainer.estimated_stepping_batches
+    if not built_before and fit_loop._combined_loader is not None:  # noqa: SLF001
+        if fit_loop._data_fetcher is not None:  # noqa: SLF001 - it holds the prefetched batch
+            fit_loop._data_fetcher.teardown()  # noqa: SLF001
+            fit_loop._data_fetcher = None  # noqa: SLF001
+        fit_loop._combined_loader = None  # noqa: SLF001
+    return int(steps) if steps != float("inf") else steps
+
+
 class IndexedBatchLoader:
     """``(images[index], labels[index])`` for each list of indices a batch sampler yields.
 
@@ -112,18 +132,25 @@ class IndexedBatchLoader:
     operation per batch of in-memory uint8 tensors, and not a ``DataLoader``, so Lightning leaves a
     rank-aware batch sampler as it is under DDP instead of trying to re-build it around a
     ``DistributedSampler``. ``set_epoch`` (called by Lightning through ``loader.sampler``) reaches the
-    batch sampler.
+    batch sampler. Resumable mid-epoch like ``ResumableBatchLoader`` (``batches_done``, ``state_dict``): the
+    resumed pass still draws the batches already trained, and drops them, so a seeded batch sampler's
+    random stream gives the rest of the epoch exactly as the uninterrupted run had it.
 
     Example:
         >>> loader = IndexedBatchLoader(images, labels, PKBatchSampler(labels, p=8, k=4))
         >>> for uint8_images, labels in loader: ...   # 8 classes x 4 images
     """
 
-    def __init__(self, images: Tensor, labels: Tensor, batch_sampler: Any, pin_memory: bool = False) -> None:
+    def __init__(self, images: Tensor, labels: Tensor, batch_sampler: Any, pin_memory: bool = False,
+                 batches_done: Callable[[], int] | None = None) -> None:
         self.images, self.labels, self.batch_sampler, self.pin_memory = images, labels, batch_sampler, pin_memory
+        self.batches_done = batches_done
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None  # (epoch, first batch) set by load_state_dict
         self.sampler = self  # Lightning calls ``loader.sampler.set_epoch(epoch)`` at each epoch start
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         if callable(getattr(self.batch_sampler, "set_epoch", None)):
             self.batch_sampler.set_epoch(epoch)
 
@@ -131,5 +158,17 @@ class IndexedBatchLoader:
         return len(self.batch_sampler)
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        for index in self.batch_sampler:
-            yield take_batch(self.images, self.labels, torch.as_tensor(index, dtype=torch.long), self.pin_memory)
+        start = self._resume[1] if self._resume is not None and self._resume[0] == self.epoch else 0
+        self._resume = None
+        for b, index in enumerate(self.batch_sampler):
+            if b >= start:
+                yield take_batch(self.images, self.labels, torch.as_tensor(index, dtype=torch.long),
+                                 self.pin_memory)
+
+    def state_dict(self) -> dict[str, Any]:
+        done = self.batches_done() if self.batches_done is not None else 0
+        return {"epoch": self.epoch, "batches_done": int(done)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._resume = (int(state["epoch"]), int(state["batches_done"]))
+        self.set_epoch(self._resume[0])  # the resumed run continues this epoch

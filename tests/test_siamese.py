@@ -68,8 +68,8 @@ def test_held_out_split_has_no_class_overlap():
     dm.setup("fit")
     assert set(dm.train_data.labels.unique().tolist()) == set(range(7))
     assert set(dm.eval_data.labels.unique().tolist()) == {7, 8, 9}
-    with pytest.raises(ValueError, match="disjoint"):
-        PKDataModule("synthetic", train_classes=range(8), eval_classes=range(7, 10))
+    with pytest.raises(ValueError, match="share 7 class_7; they must be disjoint"):
+        PKDataModule("synthetic", train_classes=range(8), eval_classes=range(7, 10)).setup()
 
 
 def noisy_copy(image: torch.Tensor, generator: torch.Generator, noise: int = 3) -> torch.Tensor:
@@ -135,7 +135,7 @@ def test_data_module_drops_reports_or_fails_on_near_duplicates(monkeypatch):
 def test_recipe_writes_the_near_duplicates_it_dropped(monkeypatch, tmp_path):
     synthetic_with_leak(monkeypatch, copies=2)
     result = main(["--data.dataset", "synthetic", "--epochs", "0", "--episodes", "20", "--near_duplicates", "drop",
-                   "--class_balanced", "false", "--out", str(tmp_path)])
+                   "--class_balanced", "false", "--log_to", "none", "--out", str(tmp_path)])
     written = json.loads((tmp_path / "results.json").read_text())
     assert written["near_duplicates"]["dropped_train_images"] == 2
     assert result["near_duplicates"]["eval_images_with_copy"] == 2

@@ -52,6 +52,20 @@ def _class_index_table(labels: Tensor, per_class: int) -> tuple[Tensor, Tensor]:
     return table, valid
 
 
+def max_queries(labels: Tensor, n_way: int, k_shot: int = 1) -> int:
+    """The largest ``n_query`` for which ``n_way`` classes have ``k_shot + n_query`` samples; 0 when none does.
+
+    That is the ``n_way``-th largest class size minus ``k_shot`` (negative labels are not counted).
+
+    Example:
+        >>> max_queries(torch.tensor([0] * 5 + [1] * 8 + [2] * 3), n_way=3)   # smallest class: 3 = 1 + 2
+        2
+    """
+    labels = labels.detach().long().cpu()
+    counts = labels[labels >= 0].unique(return_counts=True)[1].sort(descending=True).values
+    return max(0, int(counts[n_way - 1]) - k_shot) if len(counts) >= n_way else 0
+
+
 def fewshot_episodes(features: Tensor, labels: Tensor, n_way: int = 5, k_shot: int = 1, n_query: int = 15,
                      episodes: int = 600, seed: int = 0) -> FewShotResult:
     """Accuracy of nearest-prototype classification over ``episodes`` random episodes.
@@ -59,15 +73,19 @@ def fewshot_episodes(features: Tensor, labels: Tensor, n_way: int = 5, k_shot: i
     ``ci95`` is ``1.96 * std / sqrt(episodes)`` with the population standard deviation, as in the usual
     few-shot protocol. Sampling uses its own generator seeded with ``seed`` (on the CPU), so results do
     not depend on the device or on global random state. Raises ``ValueError`` when fewer than ``n_way``
-    classes have ``k_shot + n_query`` samples. Negative labels (unlabelled rows) are ignored.
+    classes have ``k_shot + n_query`` samples (:func:`max_queries` gives the largest ``n_query`` that
+    fits). Negative labels (unlabelled rows) are ignored.
     """
     per_class = k_shot + n_query
     cpu_labels = labels.detach().long().cpu()
     table, valid = _class_index_table(cpu_labels, per_class)
     if len(table) < n_way:
+        most = max_queries(cpu_labels, n_way, k_shot)
+        allowed = (f"this data allows at most {most} queries per class" if most > 0 else
+                   f"this data allows no {n_way}-way {k_shot}-shot episode at all")
         raise ValueError(f"{n_way}-way {k_shot}-shot episodes with {n_query} queries need {n_way} classes of "
                          f"at least {per_class} samples; only {len(table)} of "
-                         f"{len(cpu_labels[cpu_labels >= 0].unique())} classes have that many")
+                         f"{len(cpu_labels[cpu_labels >= 0].unique())} classes have that many ({allowed})")
     features = F.normalize(features.detach().float(), dim=1)
     generator = torch.Generator().manual_seed(seed)
     target = torch.arange(n_way, device=features.device).repeat_interleave(n_query)

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from ssl_siamese.augment import ViewAugmentation, augmentation_preset
 from ssl_siamese.backbones import build_backbone
+from ssl_siamese.loader import estimated_stepping_batches
 
 OPTIMIZERS = ("sgd", "lars")
 
@@ -178,7 +179,7 @@ class SiameseModule(pl.LightningModule):
         else:
             optimizer = torch.optim.SGD(params, lr=lr, momentum=self.hparams.momentum,
                                         weight_decay=self.hparams.weight_decay)
-        total_steps = max(1, int(self.trainer.estimated_stepping_batches))
+        total_steps = max(1, int(estimated_stepping_batches(self.trainer)))  # keeps a resumed loader state
         max_epochs = max(1, self.trainer.max_epochs or 1)
         warmup_steps = int(self.hparams.warmup_epochs * total_steps / max_epochs)
         scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup_steps,

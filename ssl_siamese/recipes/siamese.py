@@ -1,21 +1,31 @@
 """Supervised Siamese metric learning on some classes, evaluated on unseen classes.
 
     python -m ssl_siamese.recipes.siamese --data.dataset fashion_mnist --data.data_dir ./data \
-        --train_classes 0-6 --eval_classes 7-9 [--pretrained backbone.pt] [--loss triplet --mining semi_hard] \
-        [--epochs 5] [--near_duplicates drop] [--class_balanced true] [--out out/siamese]
+        --train_classes 0-6 --eval_classes Sneaker,Bag,"Ankle boot" [--pretrained backbone.pt] \
+        [--loss triplet --mining semi_hard] [--epochs 5] [--n_query 15] [--near_duplicates drop] \
+        [--class_balanced true] [--log_to wandb] [--ckpt_every_n_steps 100] [--ckpt_path last.ckpt] [--out out/siamese]
 
 Trains :class:`SupervisedSiamese` on P x K batches of ``--train_classes`` (train split), then evaluates the
 frozen backbone features of ``--eval_classes`` (test split, never seen in training) before and after
-training: N-way 1-shot accuracy with its 95% CI (``fewshot_episodes``, N = number of eval classes),
+training: N-way 1-shot accuracy with its 95% CI (``fewshot_episodes``, N = number of eval classes, ``--n_query``
+queries per class: by default 15, or fewer when the smallest eval class has fewer than 16 images, as printed),
 verification ROC AUC and EER on balanced pairs (``verification_roc``) and Recall@1/5/10 (``recall_at_k``).
+Classes are indices, ranges or names (``0-6``, ``Sneaker,Bag``); the run starts by printing every class's
+index, name and image counts, and a selection that cannot work (index out of range, unknown name, classes
+on both sides, fewer than 2 classes or 2 images of a class) stops with that table before training. A
+``folder`` without ``test/`` or ``val/`` takes the eval classes' images from its training folder.
 Before training, training images that are near-copies of eval images (average hash, confirmed by the pixel
 difference) are dropped (``--near_duplicates drop``), only reported (``report``) or stop the run (``fail``).
 Prints the near-duplicate report and the metrics table, writes ``results.json`` (with the near-duplicate
 counts and example pairs) and exports the backbone to ``<out>/exported_models/backbone.pt``. ``--epochs 0``
-only evaluates (e.g. an SSL backbone).
+only evaluates (e.g. an SSL backbone). Checkpoints go to ``<out>/checkpoints/last.ckpt`` at every epoch end
+(or every ``--ckpt_every_n_steps``), atomically, with the random states and the position in the epoch's
+P x K batches; ``--ckpt_path <out>/checkpoints/last.ckpt`` resumes a killed run, and ends with the weights the
+uninterrupted run would have had. ``--log_to`` (wandb, csv, tensorboard, none) logs the training loss and,
+at the end, the before/after metrics (and, on W&B, the metrics table).
 
 Example:
-    >>> result = run_siamese("fashion_mnist", "./data", range(7), range(7, 10), epochs=1, out="out/siamese")
+    >>> result = run_siamese("fashion_mnist", "./data", range(7), ["Sneaker", 8, 9], epochs=1, out="out/siamese")
     >>> result["after"]["fewshot_1shot"], result["after"]["auc"]
 """
 
@@ -23,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -30,12 +41,18 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import Logger, WandbLogger
 from torch import Tensor
 
+from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
+from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
+from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint
 from ssl_siamese.data_pk import NEAR_DUPLICATE_MODES, PKDataModule
-from ssl_siamese.evaluation.fewshot import fewshot_episodes
+from ssl_siamese.evaluation.fewshot import fewshot_episodes, max_queries
 from ssl_siamese.evaluation.retrieval import pair_scores, recall_at_k, verification_roc
 from ssl_siamese.export import export_backbone
+from ssl_siamese.loggers import LOGGERS, make_logger
 from ssl_siamese.methods.siamese import SupervisedSiamese
 from ssl_siamese.samplers import balanced_pairs
 
@@ -47,12 +64,21 @@ def parse_bool(text: str) -> bool:
     return text.lower() == "true"
 
 
-def parse_classes(spec: str) -> list[int]:
-    """``"0-6"`` -> ``[0, ..., 6]``; ``"0,2,5-7"`` -> ``[0, 2, 5, 6, 7]``."""
-    classes: list[int] = []
-    for part in spec.split(","):
-        low, _, high = part.strip().partition("-")
-        classes += list(range(int(low), int(high or low) + 1))
+def parse_classes(spec: str) -> list[int | str]:
+    """``"0-6"`` -> ``[0, ..., 6]``; ``"0,2,5-7"`` -> ``[0, 2, 5, 6, 7]``; other items are class names.
+
+    ``"Sneaker,Bag"`` -> ``["Sneaker", "Bag"]``; ``"T-shirt/top"`` stays a name (a range is two integers).
+    Names are resolved against the data's classes by ``PKDataModule.setup``.
+    """
+    classes: list[int | str] = []
+    for part in (part.strip() for part in spec.split(",")):
+        if not part:
+            raise argparse.ArgumentTypeError(f"empty class in {spec!r}")
+        low, dash, high = part.partition("-")
+        if low.strip().isdigit() and (not dash or high.strip().isdigit()):
+            classes += list(range(int(low), int(high or low) + 1))
+        else:
+            classes.append(part)
     return classes
 
 
@@ -67,6 +93,32 @@ def backbone_features(model: SupervisedSiamese, images: Tensor, batch_size: int 
     return features
 
 
+def choose_n_query(labels: Tensor, n_query: int | None = None, default: int = 15,
+                   names: list[str] | None = None) -> tuple[int, str]:
+    """Queries per class for N-way 1-shot episodes over all classes of ``labels``, and a line that says why.
+
+    ``n_query=None``: ``default``, or the largest count the smallest class allows when that is fewer.
+    ``names`` names the labels in the messages.
+    Raises ``ValueError`` when ``n_query`` is more than the data allows, or when even 1 query is impossible.
+    """
+    n_way = len(labels.unique())
+    classes, counts = labels.unique(return_counts=True)
+    label = int(classes[counts.argmin()])
+    smallest = (f"the smallest eval class, {label} {names[label] if names else ''}, has {int(counts.min())} "
+                "images").replace(" ,", ",")
+    most = max_queries(labels, n_way=n_way, k_shot=1)
+    if most < 1:
+        raise ValueError(f"{n_way}-way 1-shot evaluation needs 2 images of every eval class; {smallest}")
+    if n_query is not None:
+        if not 1 <= n_query <= most:
+            raise ValueError(f"--n_query {n_query} is not possible: {smallest}, so 1-shot episodes take at "
+                             f"most {most} queries per class; pass --n_query {most} or less")
+        return n_query, f"{n_way}-way 1-shot episodes, {n_query} queries per class (--n_query)"
+    chosen = min(default, most)
+    why = f"the default {default}" if chosen == default else f"fewer than {default}: {smallest}"
+    return chosen, f"{n_way}-way 1-shot episodes, {chosen} queries per class ({why}; set with --n_query)"
+
+
 def evaluate_unseen(features: Tensor, labels: Tensor, episodes: int = 600, n_query: int = 15,
                     num_pairs: int = 4000, seed: int = 0) -> dict[str, float]:
     """N-way 1-shot accuracy (N = number of classes) with CI, verification AUC / EER, Recall@1/5/10."""
@@ -76,8 +128,8 @@ def evaluate_unseen(features: Tensor, labels: Tensor, episodes: int = 600, n_que
     i, j, same = balanced_pairs(labels, num_pairs=num_pairs, seed=seed)
     roc = verification_roc(pair_scores(features[i], features[j]), same)
     recall = recall_at_k(features, labels, ks=(1, 5, 10))
-    return {"n_way": n_way, "fewshot_1shot": fewshot.mean, "fewshot_ci95": fewshot.ci95, "auc": roc.auc,
-            "eer": roc.eer, "recall@1": recall[1], "recall@5": recall[5], "recall@10": recall[10]}
+    return {"n_way": n_way, "n_query": n_query, "fewshot_1shot": fewshot.mean, "fewshot_ci95": fewshot.ci95,
+            "auc": roc.auc, "eer": roc.eer, "recall@1": recall[1], "recall@5": recall[5], "recall@10": recall[10]}
 
 
 def format_table(columns: dict[str, dict[str, float]]) -> str:
@@ -93,66 +145,110 @@ def format_table(columns: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def log_results(loggers: list[Logger], results: dict[str, Any], step: int) -> None:
+    """The before/after metrics as ``eval/<column>/<metric>`` at ``step``; on W&B also the metrics table."""
+    columns = [name for name in ("before", "after") if name in results]
+    metrics = {f"eval/{column}/{key}": float(value) for column in columns for key, value in results[column].items()}
+    for logger in loggers:
+        logger.log_metrics(metrics, step=step)
+        if isinstance(logger, WandbLogger):
+            keys = list(results[columns[0]])
+            logger.log_table("eval/metrics", columns=["metric (unseen classes)", *columns],
+                             data=[[key, *(float(results[c][key]) for c in columns)] for key in keys], step=step)
+        logger.save()
+
+
 def run_siamese(dataset: str = "fashion_mnist", data_dir: str = "./data",
-                train_classes: Iterable[int] = range(7), eval_classes: Iterable[int] = range(7, 10),
+                train_classes: Iterable[int | str] = range(7), eval_classes: Iterable[int | str] = range(7, 10),
                 backbone: str | None = None, pretrained: str | None = None, loss: str = "triplet",
                 mining: str = "semi_hard", margin: float | None = None, embedding_dim: int = 128,
                 epochs: int = 5, p: int | None = None, k: int = 8, batches_per_epoch: int | None = None,
                 lr: float = 0.5, train_subset: int | None = None, eval_subset: int | None = None,
                 class_balanced: bool = True, near_duplicates: str = "drop", hash_size: int = 8,
-                episodes: int = 600, out: str | Path = "out/siamese", download: bool = True, seed: int = 0,
-                progress: bool = True) -> dict[str, Any]:
+                episodes: int = 600, n_query: int | None = None, out: str | Path = "out/siamese",
+                download: bool = True, seed: int = 0, progress: bool = True, log_to: str = "none",
+                ckpt_path: str | None = None, ckpt_every_n_steps: int = 0) -> dict[str, Any]:
     """Train on ``train_classes``, evaluate before/after on ``eval_classes``, export; returns the results.
 
-    ``backbone=None`` means the pretrained file's architecture, or ``tiny_cnn`` without one. ``p=None``
-    uses every training class in each batch (at most 16). ``lr`` is per 256 images (SGD, cosine schedule).
-    ``class_balanced``, ``near_duplicates`` and ``hash_size`` are :class:`PKDataModule`'s.
+    Classes are indices or names. ``backbone=None`` means the pretrained file's architecture, or ``tiny_cnn``
+    without one. ``p=None`` uses every training class in each batch (at most 16). ``lr`` is per 256 images
+    (SGD, cosine schedule). ``class_balanced``, ``near_duplicates`` and ``hash_size`` are
+    :class:`PKDataModule`'s. ``n_query=None`` sizes the episodes to the data (:func:`choose_n_query`).
+    Checkpoints: ``<out>/checkpoints/last.ckpt`` at each epoch end, or every ``ckpt_every_n_steps`` steps;
+    ``ckpt_path`` resumes from one. ``log_to`` is a logger of :func:`ssl_siamese.loggers.make_logger`.
+    Raises ``ValueError`` for a selection, evaluation size or checkpoint that cannot work, before training.
     """
+    if ckpt_every_n_steps < 0:
+        raise ValueError(f"ckpt_every_n_steps must be >= 0 (0: at each epoch end), got {ckpt_every_n_steps}")
     pl.seed_everything(seed, verbose=False)
-    dm = PKDataModule(dataset, data_dir, train_classes, eval_classes, p=p or min(16, len(set(train_classes))),
-                      k=k, batches_per_epoch=batches_per_epoch, train_subset=train_subset,
-                      eval_subset=eval_subset, download=download, seed=seed, class_balanced=class_balanced,
-                      near_duplicates=near_duplicates, hash_size=hash_size)
-    dm.setup("fit")  # raises for near_duplicates="fail" when the split leaks
+    dm = PKDataModule(dataset, data_dir, train_classes, eval_classes, p=p, k=k, batches_per_epoch=batches_per_epoch,
+                      train_subset=train_subset, eval_subset=eval_subset, download=download, seed=seed,
+                      class_balanced=class_balanced, near_duplicates=near_duplicates, hash_size=hash_size)
+    dm.setup("fit")  # checks the class selection; raises for near_duplicates="fail" when the split leaks
+    print(dm.class_table())
+    if dm.eval_split_used != dm.hparams.eval_split:
+        print(f"{data_dir} has no test/ or val/ split: the eval classes' images come from the "
+              f"{dm.eval_split_used} split (the two class sets are disjoint)")
     print(dm.duplicate_report)
     if near_duplicates == "drop":
         print(f"near-duplicates: dropped {dm.near_duplicates['dropped_train_images']} training images")
+    labels = dm.eval_data.labels
+    n_query, how = choose_n_query(labels, n_query, names=dm.class_names)
+    print(f"few-shot evaluation: {how}")
     model_kwargs: dict[str, Any] = {} if backbone is None and pretrained else {"backbone": backbone or "tiny_cnn"}
     model = SupervisedSiamese(embedding_dim=embedding_dim, loss=loss, mining=mining, margin=margin,
                               pretrained=pretrained, lr=lr, batch_size=dm.batch_size, view_size=dm.image_size,
                               mean=dm.mean, std=dm.std, **model_kwargs)
-    labels = dm.eval_data.labels
+    if ckpt_path is not None:
+        check_resume_checkpoint(model, ckpt_path)
+    out = Path(out)
+    logger = make_logger(log_to, out, "siamese")
+    loggers = [logger] if logger else []
+    evaluate = {"episodes": episodes, "n_query": n_query, "seed": seed}
     results: dict[str, Any] = {"before": evaluate_unseen(backbone_features(model, dm.eval_data.images), labels,
-                                                          episodes=episodes, seed=seed)}
+                                                          **evaluate)}
     started = time.perf_counter()
     if epochs > 0:
-        trainer = pl.Trainer(max_epochs=epochs, accelerator="auto", devices=1, logger=False,
-                             enable_checkpointing=False, enable_progress_bar=progress,
-                             enable_model_summary=False, num_sanity_val_steps=0)
-        trainer.fit(model, datamodule=dm)
-        results["after"] = evaluate_unseen(backbone_features(model, dm.eval_data.images), labels,
-                                           episodes=episodes, seed=seed)
+        checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
+                                     every_n_train_steps=ckpt_every_n_steps or None)
+        trainer = pl.Trainer(max_epochs=epochs, accelerator="auto", devices=1, logger=loggers or False,
+                             callbacks=[NonFiniteLossGuard(), RNGStateCheckpoint(), checkpoint],
+                             plugins=[SafeCheckpointIO()], default_root_dir=str(out),
+                             log_every_n_steps=min(10, len(dm.train_dataloader())),
+                             enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0)
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+        results["after"] = evaluate_unseen(backbone_features(model, dm.eval_data.images), labels, **evaluate)
     results["train_seconds"] = time.perf_counter() - started
     columns = {"before": results["before"]} | ({"after": results["after"]} if "after" in results else {})
     print(format_table(columns))
-    out = Path(out)
+    log_results(loggers, results, step=int(model.global_step))
+    names = dm.class_names
     results["backbone_path"] = str(export_backbone(
         model, out / "exported_models" / "backbone.pt", data=dataset, epochs=epochs, loss=loss,
-        train_classes=list(dm.train_classes), eval_classes=list(dm.eval_classes)))
-    results.update(near_duplicates=dm.near_duplicates, train_images=len(dm.train_data),
+        train_classes=[names[c] for c in dm.train_classes], eval_classes=[names[c] for c in dm.eval_classes]))
+    results.update(train_classes=[names[c] for c in dm.train_classes],
+                   eval_classes=[names[c] for c in dm.eval_classes], eval_split=dm.eval_split_used,
+                   near_duplicates=dm.near_duplicates, train_images=len(dm.train_data),
                    eval_images=len(dm.eval_data), steps=int(model.global_step))
     (out / "results.json").write_text(json.dumps(results, indent=2))
+    for each in loggers:  # flush and close the W&B run so its files are complete now
+        if isinstance(each, WandbLogger):
+            each.experiment.finish()
     return results
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    """The command line: parse, run, and turn a wrong input (``ValueError``, missing file) into a one-line exit."""
+    parser = argparse.ArgumentParser(prog="python -m ssl_siamese.recipes.siamese",
+                                     description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--data.dataset", dest="dataset", default="fashion_mnist")
     parser.add_argument("--data.data_dir", dest="data_dir", default="./data")
     parser.add_argument("--data.download", dest="download", type=parse_bool, default=True)
-    parser.add_argument("--train_classes", type=parse_classes, default="0-6", help="e.g. 0-6 or 0,2,4")
-    parser.add_argument("--eval_classes", type=parse_classes, default="7-9", help="disjoint from train")
+    parser.add_argument("--train_classes", type=parse_classes, default="0-6",
+                        help="indices, ranges or names, e.g. 0-6, 0,2,4 or Sneaker,Bag (the run prints them all)")
+    parser.add_argument("--eval_classes", type=parse_classes, default="7-9",
+                        help="as --train_classes, disjoint from them")
     parser.add_argument("--backbone", default=None, help="default: the pretrained file's, else tiny_cnn")
     parser.add_argument("--pretrained", default=None, help="an exported backbone (export_backbone) to start from")
     parser.add_argument("--loss", default="triplet", choices=["triplet", "contrastive"])
@@ -172,9 +268,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="training images that are near-copies of eval images: report, drop, or fail")
     parser.add_argument("--hash_size", type=int, default=8, help="average-hash side for the duplicate check")
     parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--n_query", type=int, default=None,
+                        help="queries per class in the 1-shot episodes (default: 15, or fewer when the smallest "
+                             "eval class has fewer than 16 images)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="out/siamese")
-    return run_siamese(**vars(parser.parse_args(argv)))
+    parser.add_argument("--out", default="out/siamese", help="output folder: checkpoints/, exported_models/, logs")
+    parser.add_argument("--log_to", default="wandb", choices=LOGGERS, help="experiment logger")
+    parser.add_argument("--ckpt_path", default=None,
+                        help="resume from this checkpoint (e.g. <out>/checkpoints/last.ckpt)")
+    parser.add_argument("--ckpt_every_n_steps", type=int, default=0,
+                        help="write <out>/checkpoints/last.ckpt every N training steps; 0: at each epoch end")
+    args = parser.parse_args(argv)
+    try:
+        return run_siamese(**vars(args))
+    except (FileNotFoundError, ValueError) as error:  # DataNotFoundError and CheckpointError among them
+        sys.exit(f"{parser.prog}: error: {error}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,186 @@
+"""The supervised Siamese recipe killed with SIGKILL and resumed with --ckpt_path ends with the weights of the
+uninterrupted run, bit for bit.
+
+The real command ``python -m ssl_siamese.recipes.siamese`` runs as a child process on a small real
+Fashion-MNIST subset, writing ``last.ckpt`` every step. It is killed once mid-epoch, resumed, killed again
+near the end of an epoch, and resumed to the end. What must survive: weights, optimizer and LR schedule
+(Lightning), the augmentation RNG (``RNGStateCheckpoint``) and the position in the epoch's P x K batches
+(``IndexedBatchLoader``'s state).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint
+
+from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
+from ssl_siamese.data import make_synthetic
+from ssl_siamese.data_pk import PKDataModule
+from ssl_siamese.export import load_backbone
+from ssl_siamese.loader import IndexedBatchLoader
+from ssl_siamese.methods.siamese import SupervisedSiamese
+from ssl_siamese.samplers import PKBatchSampler
+from test_resume import Crash, CrashAtStep
+
+from conftest import fashion_mnist_dir, needs_fashion_mnist
+
+DATA = fashion_mnist_dir()
+BATCHES_PER_EPOCH = 6
+EPOCHS = 3
+ARGS = ["--data.dataset", "fashion_mnist", "--data.data_dir", str(DATA), "--data.download", "false",
+        "--train_classes", "0-6", "--eval_classes", "Sneaker,Bag,Ankle boot", "--train_subset", "700",
+        "--eval_subset", "150", "--p", "4", "--k", "4", "--batches_per_epoch", str(BATCHES_PER_EPOCH),
+        "--epochs", str(EPOCHS), "--episodes", "20", "--log_to", "none", "--ckpt_every_n_steps", "1"]
+
+
+def test_indexed_loader_resumes_at_the_first_batch_not_trained():
+    labels = make_synthetic(200, seed=0).labels
+    loader = IndexedBatchLoader(torch.arange(200), labels, PKBatchSampler(labels, p=3, k=4, num_batches=6, seed=1),
+                                batches_done=lambda: 4)
+    loader.set_epoch(2)
+    epoch_2 = [index.tolist() for index, _ in loader]
+    state = loader.state_dict()
+    assert state == {"epoch": 2, "batches_done": 4}
+    resumed = IndexedBatchLoader(torch.arange(200), labels, PKBatchSampler(labels, p=3, k=4, num_batches=6, seed=1))
+    resumed.load_state_dict(state)
+    assert [index.tolist() for index, _ in resumed] == epoch_2[4:]
+    assert [index.tolist() for index, _ in resumed] == epoch_2  # the next pass is the whole epoch again
+    resumed.set_epoch(3)
+    assert [index.tolist() for index, _ in resumed] != epoch_2
+
+
+def fit_epochs(folder: Path, crash_at: int | None = None, ckpt_path: Path | None = None) -> SupervisedSiamese:
+    """2 epochs of 4 P x K batches, bounded by ``max_epochs`` (so the LR schedule counts the loader's batches)."""
+    pl.seed_everything(0, verbose=False)
+    data = PKDataModule("synthetic", train_classes=range(6), eval_classes=range(6, 10), p=3, k=4,
+                        batches_per_epoch=4, train_subset=300, eval_subset=40)
+    model = SupervisedSiamese(backbone="tiny_cnn", batch_size=data.batch_size, view_size=32, embedding_dim=16)
+    callbacks = [RNGStateCheckpoint(), ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0,
+                                                       every_n_train_steps=1)]
+    callbacks += [CrashAtStep(crash_at)] if crash_at else []
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=callbacks)
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=ckpt_path)
+    except Crash:
+        pass
+    return model
+
+
+def test_mid_epoch_resume_with_max_epochs_continues_the_epochs_batches(tmp_path):
+    """``configure_optimizers`` counts the steps (``estimated_stepping_batches``) before the checkpoint is
+    restored; the loader built for that count must not hide the checkpoint's position in the epoch."""
+    expected = fit_epochs(tmp_path / "full").state_dict()
+    fit_epochs(tmp_path / "killed", crash_at=2)
+    resumed = fit_epochs(tmp_path / "killed", ckpt_path=tmp_path / "killed" / "last.ckpt").state_dict()
+    assert all(torch.equal(expected[key], resumed[key]) for key in expected)
+
+
+def recipe(out: Path, *extra: str) -> subprocess.Popen:
+    log = open(out.parent / f"{out.name}-{time.monotonic_ns()}.log", "w")  # noqa: SIM115 - closed with the child
+    return subprocess.Popen([sys.executable, "-m", "ssl_siamese.recipes.siamese", *ARGS, "--out", str(out), *extra],
+                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def saved_step(out: Path) -> int:
+    """The global step in ``<out>/checkpoints/last.ckpt`` (-1 while there is none)."""
+    try:
+        return int(torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["global_step"])
+    except (FileNotFoundError, EOFError, RuntimeError):
+        return -1
+
+
+def kill_when_saved(child: subprocess.Popen, out: Path, step: int, timeout: float = 120) -> int:
+    """SIGKILL ``child`` as soon as its last.ckpt holds ``step`` or later; the step the checkpoint holds then."""
+    deadline = time.monotonic() + timeout
+    while saved_step(out) < step:
+        assert child.poll() is None, f"the recipe ended (code {child.returncode}) before step {step}"
+        assert time.monotonic() < deadline, f"no checkpoint of step {step} after {timeout} s"
+        time.sleep(0.002)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait(timeout=60) == -signal.SIGKILL
+    return saved_step(out)
+
+
+@pytest.mark.slow
+@needs_fashion_mnist
+def test_sigkilled_siamese_recipe_resumes_to_the_same_weights(tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    uninterrupted = recipe(full)
+    first = recipe(killed)
+    mid_epoch = kill_when_saved(first, killed, 2)
+    assert uninterrupted.wait(timeout=300) == 0
+    last = killed / "checkpoints" / "last.ckpt"
+    second = recipe(killed, "--ckpt_path", str(last))
+    near_boundary = kill_when_saved(second, killed, 2 * BATCHES_PER_EPOCH - 1)
+    total = EPOCHS * BATCHES_PER_EPOCH
+    assert 2 <= mid_epoch < near_boundary < total, (mid_epoch, near_boundary)
+    assert recipe(killed, "--ckpt_path", str(last)).wait(timeout=300) == 0
+
+    expected = load_backbone(full / "exported_models" / "backbone.pt").backbone.state_dict()
+    resumed = load_backbone(killed / "exported_models" / "backbone.pt").backbone.state_dict()
+    assert expected.keys() == resumed.keys()
+    for key, value in expected.items():
+        assert torch.equal(value, resumed[key]), f"{key} differs after kills at steps {mid_epoch} and {near_boundary}"
+    results = [json.loads((out / "results.json").read_text()) for out in (full, killed)]
+    assert results[0]["steps"] == results[1]["steps"] == total
+    assert results[0]["after"] == results[1]["after"]
+    print(f"\nkilled at steps {mid_epoch} and {near_boundary} of {total}; resumed weights equal")
+
+
+@pytest.mark.skipif(not (DATA / "train-images-idx3-ubyte.gz").is_file(), reason=f"no Fashion-MNIST IDX files at {DATA}")
+@pytest.mark.parametrize("log_to", ["csv", "wandb"])
+def test_recipe_logs_training_loss_and_before_after_metrics(tmp_path, monkeypatch, log_to):
+    """``--log_to`` as in the other recipes: the training loss per step, the evaluation before and after."""
+    from ssl_siamese.recipes.siamese import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = [a for a in ARGS if a not in ("--ckpt_every_n_steps", "1")]
+    args[args.index("--log_to") + 1] = log_to
+    args[args.index("--epochs") + 1] = "1"
+    result = main([*args, "--out", str(tmp_path)])
+    if log_to == "csv":
+        rows = list(csv_rows(tmp_path / "csv"))
+        losses = [float(row["train/loss"]) for row in rows if row.get("train/loss")]
+        assert len(losses) >= 1 and all(loss > 0 for loss in losses)
+        logged = {key: float(value) for row in rows for key, value in row.items() if key.startswith("eval/") and value}
+        for column in ("before", "after"):
+            for metric in ("fewshot_1shot", "auc", "eer", "recall@1"):
+                assert logged[f"eval/{column}/{metric}"] == pytest.approx(result[column][metric])
+    else:  # the offline run file stores names and values (JSON) as text
+        expected = [f"eval/{column}/{metric}".encode() for column in ("before", "after")
+                    for metric in ("fewshot_1shot", "auc", "eer", "recall@1")]
+        expected += [json.dumps(float(result[column][metric])).encode() for column in ("before", "after")
+                     for metric in ("fewshot_1shot", "auc")]
+        records = wandb_records(tmp_path, (b"train/loss", b"eval/metrics", *expected))
+        missing = [name for name in (b"train/loss", b"eval/metrics", *expected) if name not in records]
+        assert not missing, missing  # the loss, the metrics table and each metric with its value
+
+
+def wandb_records(out: Path, expected: tuple[bytes, ...], timeout_s: float = 30.0) -> bytes:
+    """The bytes of the offline W&B run file under ``out``, once ``expected`` appear in it (W&B writes it
+    from its own service process, shortly after the run finishes) or the timeout passes."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = b"".join(f.read_bytes() for f in out.glob("wandb/offline-run-*/run-*.wandb"))
+        if all(name in records for name in expected) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.2)
+
+
+def csv_rows(folder: Path):
+    import csv
+
+    (metrics,) = folder.glob("version_*/metrics.csv")
+    with open(metrics, newline="") as file:
+        yield from csv.DictReader(file)
