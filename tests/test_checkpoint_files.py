@@ -174,3 +174,14 @@ def test_pretraining_recipe_ckpt_path_on_wrong_files_exits_cleanly(tmp_path):
         assert done.returncode == 1, done.stderr[-2000:]
         assert "Traceback" not in done.stderr, done.stderr[-2000:]
         assert message in done.stderr and "ssl_siamese.recipes.simclr: error:" in done.stderr
+
+
+def test_siamese_recipe_pretrained_on_wrong_files_exits_with_the_message(tmp_path):
+    from ssl_siamese.recipes import siamese
+
+    for path, message in [(write_notes(tmp_path / "notes.txt"), "is a text file"),
+                          (write_truncated(tmp_path / "cut.pt"), "is truncated")]:
+        with pytest.raises(SystemExit, match=message) as caught:
+            siamese.main(["--pretrained", str(path), "--data.dataset", "synthetic", "--epochs", "0",
+                          "--episodes", "5", "--out", str(tmp_path / "out"), "--log_to", "none"])
+        assert str(caught.value.code).startswith("python -m ssl_siamese.recipes.siamese: error: ")
