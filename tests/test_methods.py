@@ -235,3 +235,103 @@ def test_moco_shuffle_bn_is_a_no_op_on_one_process():
     torch.manual_seed(5)
     assert torch.equal(keys, plain.keys(views))
     assert torch.equal(after, torch.rand(1)), "no random numbers drawn without a process group"
+
+
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def biases_and_norm_parameters(model: nn.Module) -> set[int]:
+    """ids of every ``bias`` and every parameter of a normalisation layer, found by layer type and name."""
+    return {id(param) for module in model.modules() for name, param in module.named_parameters(recurse=False)
+            if name == "bias" or isinstance(module, NORM_LAYERS)}
+
+
+def configured_optimizer(model) -> torch.optim.Optimizer:
+    from types import SimpleNamespace
+
+    model._trainer = SimpleNamespace(world_size=1, accumulate_grad_batches=1, estimated_stepping_batches=10,
+                                     max_epochs=1, datamodule=None)
+    try:
+        (optimizer,), _ = model.configure_optimizers()
+    finally:
+        model._trainer = None
+    return optimizer
+
+
+@pytest.mark.parametrize("backbone", ["tiny_cnn", "resnet18"])
+@pytest.mark.parametrize("method", [SimCLR, MoCo, SimSiam])
+def test_weight_decay_groups_leave_out_biases_and_norm_parameters(method, backbone):
+    kwargs = {"projection_dim": 32} if method is SimSiam else {"queue_size": 64} if method is MoCo else {}
+    model = method(backbone=backbone, view_size=16, optimizer="lars", weight_decay=1e-4, **kwargs)
+    groups = {group["name"]: group for group in configured_optimizer(model).param_groups}
+    assert set(groups) == {"decay", "no_decay"}
+    assert groups["decay"]["weight_decay"] == 1e-4 and groups["no_decay"]["weight_decay"] == 0.0
+    decay = {id(p) for p in groups["decay"]["params"]}
+    no_decay = {id(p) for p in groups["no_decay"]["params"]}
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    assert not decay & no_decay and decay | no_decay == trainable  # MoCo's frozen key encoder in neither
+    assert no_decay == biases_and_norm_parameters(model) & trainable
+    for head in model.head_modules():  # the heads' BatchNorm and biases too, not only the backbone's
+        if any(p.requires_grad for p in head.parameters()):
+            assert {id(p) for p in head.parameters()} & no_decay
+            assert {id(p) for p in head.parameters()} & decay
+    assert any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.backbone.modules())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "lars"])
+def test_a_step_decays_and_scales_weights_only(optimizer):
+    """One step from zero momentum: a bias moves by -lr * grad; a weight by SGD's or LARS's formula."""
+    model = make(SimCLR, optimizer=optimizer, weight_decay=0.01, lr=0.256)  # lr 0.256 x 512 / 256 = 0.512
+    opt = configured_optimizer(model)
+    lr = opt.param_groups[0]["lr"]
+    weight, bias = model.backbone.features[0].weight, model.projection_head.layers[1].bias
+    assert isinstance(model.projection_head.layers[1], nn.BatchNorm1d)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        bias.normal_()  # BatchNorm biases start at zero, where neither decay nor LARS would show
+    for param in model.parameters():
+        param.grad = torch.randn_like(param) if param.requires_grad else None
+    before = {name: p.detach().clone() for name, p in (("weight", weight), ("bias", bias))}
+    grads = {"weight": weight.grad.clone(), "bias": bias.grad.clone()}
+    opt.step()
+    torch.testing.assert_close(bias.detach(), before["bias"] - lr * grads["bias"])
+    step = grads["weight"] + 0.01 * before["weight"]
+    if optimizer == "lars":  # You et al. 2017, eq. 6, with lightly's trust coefficient 0.001
+        p_norm, g_norm = before["weight"].norm(), grads["weight"].norm()
+        step = step * 0.001 * p_norm / (g_norm + 0.01 * p_norm + 1e-8)
+    torch.testing.assert_close(weight.detach(), before["weight"] - lr * step)
+
+
+def test_moco_queue_larger_than_the_training_set_warns_through_the_recipe(tmp_path, monkeypatch):
+    """4,096 keys on 320 images (the issue's 322, in batches of 32): the warning gives both numbers and a fix."""
+    import warnings
+
+    from ssl_siamese.cli import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = ["--model.backbone", "tiny_cnn", "--data.dataset", "synthetic", "--data.batch_size", "32",
+            "--data.train_subset", "322", "--model.queue_size", "4096", "--trainer.max_steps", "1",
+            "--trainer.limit_val_batches", "0", "--trainer.accelerator", "cpu", "--knn_at_start", "false",
+            "--trainer.enable_progress_bar", "false", "--log_to", "none", "--out", str(tmp_path)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        main(MoCo, "moco", args)
+    messages = [str(w.message) for w in caught if str(w.message).startswith("MoCo's queue_size")]
+    assert len(messages) == 1, messages
+    assert "queue_size 4096" in messages[0] and "320 training images" in messages[0]
+    assert "--model.queue_size to at most 320 (e.g. 256)" in messages[0]
+
+
+@pytest.mark.parametrize(("queue_size", "batches", "warns"), [(256, 10, False), (320, 10, False), (384, 10, True),
+                                                              (4096, 1000, False)])
+def test_moco_queue_size_check_compares_with_the_images_of_an_epoch(queue_size, batches, warns):
+    import warnings
+    from types import SimpleNamespace
+
+    model = make(MoCo, queue_size=queue_size, batch_size=32)
+    model._trainer = SimpleNamespace(num_training_batches=batches, world_size=1, fast_dev_run=False, datamodule=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.check_queue_size()
+    model._trainer = None
+    assert any(str(w.message).startswith("MoCo's queue_size") for w in caught) == warns

@@ -172,16 +172,28 @@ class SiameseModule(pl.LightningModule):
         world_size = self.trainer.world_size if self._trainer is not None else 1
         accumulate = self.trainer.accumulate_grad_batches if self._trainer is not None else 1
         lr = self.hparams.lr * self.per_device_batch_size() * world_size * accumulate / 256
-        params = [p for p in self.parameters() if p.requires_grad]
-        if self.hparams.optimizer == "lars":
-            optimizer = LARS(params, lr=lr, momentum=self.hparams.momentum,
-                             weight_decay=self.hparams.weight_decay)
+        groups = self.parameter_groups()
+        if self.hparams.optimizer == "lars":  # lightly's LARS leaves groups with weight_decay 0 unscaled
+            optimizer = LARS(groups, lr=lr, momentum=self.hparams.momentum)
         else:
-            optimizer = torch.optim.SGD(params, lr=lr, momentum=self.hparams.momentum,
-                                        weight_decay=self.hparams.weight_decay)
+            optimizer = torch.optim.SGD(groups, lr=lr, momentum=self.hparams.momentum)
         total_steps = max(1, int(estimated_stepping_batches(self.trainer)))  # keeps a resumed loader state
         max_epochs = max(1, self.trainer.max_epochs or 1)
         warmup_steps = int(self.hparams.warmup_epochs * total_steps / max_epochs)
         scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup_steps,
                                           max_epochs=total_steps, end_value=0.0)
         return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """Optimizer groups: ``decay`` (weights of convolutions and linear layers: weight decay and LARS's
+        layer-wise scaling) and ``no_decay`` (every 1-d parameter: biases, BatchNorm and other norm
+        weights and biases; neither), as in SimCLR's paper and lightly's benchmarks. Frozen parameters
+        (MoCo's key encoder) are left out; an empty group is dropped.
+        """
+        decay, no_decay = [], []
+        for param in self.parameters():
+            if param.requires_grad:
+                (no_decay if param.ndim <= 1 else decay).append(param)
+        groups = [{"name": "decay", "params": decay, "weight_decay": self.hparams.weight_decay},
+                  {"name": "no_decay", "params": no_decay, "weight_decay": 0.0}]
+        return [group for group in groups if group["params"]]

@@ -14,6 +14,7 @@ from lightly.models.modules import MoCoProjectionHead
 from lightly.models.utils import batch_shuffle, batch_unshuffle, deactivate_requires_grad, update_momentum
 from lightly.utils.dist import world_size
 from lightly.utils.scheduler import cosine_schedule
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from ssl_siamese.losses import InfoNCELoss
@@ -24,8 +25,10 @@ from ssl_siamese.queue import KeyQueue
 class MoCo(SiameseModule):
     """MoCo v2 with the symmetric loss.
 
-    The query encoder is ``backbone + projection_head``; the key encoder is an exponential moving
-    average of both (parameters AND BatchNorm buffers), never trained by gradient. Each view is a query
+    The query encoder is ``backbone + projection_head``; the key encoder's parameters are an exponential
+    moving average of the query encoder's, never trained by gradient, and its BatchNorm buffers (running
+    means and variances, batch counts) are copies of the query encoder's, made at every step before the
+    keys are computed (``update_key_encoder``). Each view is a query
     for the other view's key; the negatives are the queue as it was BEFORE this step, and the step's
     keys (from all ranks) are enqueued only after both losses, so a query never meets its own key as
     a negative.
@@ -80,6 +83,30 @@ class MoCo(SiameseModule):
         if self._trainer is None:
             return self.momentum_at(0, 1)
         return self.momentum_at(self.global_step, int(self.trainer.estimated_stepping_batches))
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        self.check_queue_size()
+
+    def check_queue_size(self) -> None:
+        """Warn when the queue holds more keys than an epoch has training images.
+
+        Each image leaves two keys per epoch in the queue, so a queue larger than the epoch keeps the keys
+        of a query's own image from the previous epoch among its negatives, pushing apart the views the
+        loss should pull together (and a queue much larger than the data is mostly such keys).
+        """
+        batches = self.trainer.num_training_batches
+        if not isinstance(batches, int) or batches <= 0 or self.trainer.fast_dev_run:
+            return  # an iterable of unknown length, or a one-batch trial
+        images = batches * self.per_device_batch_size() * self.trainer.world_size
+        size = self.hparams.queue_size
+        if size > images:
+            suggestion = 2 ** (images.bit_length() - 1)
+            rank_zero_warn(
+                f"MoCo's queue_size {size} is larger than the {images} training images of an epoch "
+                f"({batches} steps x {images // batches} images): from the second epoch on, the queue "
+                "holds keys of each query's own image as negatives. Set --model.queue_size to at most "
+                f"{images} (e.g. {suggestion}).")
 
     @torch.no_grad()
     def update_key_encoder(self, momentum: float) -> None:
