@@ -128,3 +128,12 @@ def test_a_folder_without_test_split_evaluates_on_its_own_eval_classes(small_fol
                    "--out", str(tmp_path), *FAST, "--train_classes", "0-4", "--eval_classes", "5-6"])
     assert "no test/ or val/ split" in capsys.readouterr().out
     assert result["after"]["n_query"] == 15 and result["eval_images"] == 48
+
+
+@pytest.mark.parametrize(("typo", "suggestion"), [("--ckpt_pth", "--ckpt_path"), ("--eval_clases", "--eval_classes"),
+                                                  ("--nquery", "--n_query")])
+def test_a_misspelt_option_gets_the_closest_valid_one(typo, suggestion, capsys):
+    with pytest.raises(SystemExit) as error:
+        main([typo, "1"])
+    assert error.value.code == 2
+    assert f"unknown option {typo}; did you mean {suggestion}?" in capsys.readouterr().err

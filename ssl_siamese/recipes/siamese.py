@@ -48,6 +48,7 @@ from torch import Tensor
 from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
 from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
 from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint
+from ssl_siamese.cli_args import parse_args as parse_checked
 from ssl_siamese.data_pk import NEAR_DUPLICATE_MODES, PKDataModule
 from ssl_siamese.evaluation.fewshot import fewshot_episodes, max_queries
 from ssl_siamese.evaluation.retrieval import pair_scores, recall_at_k, verification_roc
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="resume from this checkpoint (e.g. <out>/checkpoints/last.ckpt)")
     parser.add_argument("--ckpt_every_n_steps", type=int, default=0,
                         help="write <out>/checkpoints/last.ckpt every N training steps; 0: at each epoch end")
-    args = parser.parse_args(argv)
+    args = parse_checked(parser, argv)  # a misspelt option gets the closest valid one
     try:
         return run_siamese(**vars(args))
     except (FileNotFoundError, ValueError) as error:  # DataNotFoundError and CheckpointError among them
