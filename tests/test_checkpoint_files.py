@@ -163,6 +163,7 @@ def run_recipe(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
                           timeout=240)
 
 
+@pytest.mark.slow  # two real processes, each starting Lightning (about 30 s on 2 CPU cores)
 def test_pretraining_recipe_ckpt_path_on_wrong_files_exits_cleanly(tmp_path):
     """The real command line, as a user runs it: one clean line per wrong file, exit status 1, no traceback."""
     notes, export = write_notes(tmp_path / "notes.txt"), write_export(tmp_path / "backbone.pt")

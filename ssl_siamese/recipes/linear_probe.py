@@ -78,7 +78,8 @@ def run_linear_probe(ckpt: str | Path, dataset: str | None = None, data_dir: str
     backbone, _, metadata = load_backbone(ckpt)
     dataset, data_dir, why = choose_dataset(dataset, data_dir, metadata, f"The backbone {ckpt}")
     print(f"ssl_siamese.recipes.linear_probe: probing on {dataset} in {data_dir}: {why}.")
-    preprocess = {key: fill_preprocessing(metadata, dataset)[key] for key in ("image_size", "mean", "std")}
+    filled = fill_preprocessing(metadata, dataset)  # the dataset's size and normalisation where the file has none
+    preprocess = {key: filled[key] for key in ("image_size", "mean", "std")}
     train, test = (labelled_subset(load_split(dataset, split, data_dir, download, image_size=preprocess["image_size"]),
                                    subset, seed + i)
                    for i, split in enumerate(("train", "test")))
