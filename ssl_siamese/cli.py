@@ -7,7 +7,8 @@ initialisation; trains; and exports the backbone to ``<out>/exported_models/back
 
 from __future__ import annotations
 
-import difflib
+import inspect
+import re
 import sys
 import time
 import warnings
@@ -16,21 +17,25 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from jsonargparse import DefaultHelpFormatter
 from pytorch_lightning.callbacks import LearningRateMonitor
-from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_info
 
+from ssl_siamese.backbones import BACKBONE_NAMES
 from ssl_siamese.callbacks import CollapseMonitor, ThroughputMonitor
 from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
 from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
-from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint
+from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint, read_checkpoint
+from ssl_siamese.cli_args import closest_option
 from ssl_siamese.data import SSLDataModule
 from ssl_siamese.evaluation.knn import KNNEvaluation
 from ssl_siamese.evaluation.online_probe import OnlineLinearProbe
 from ssl_siamese.evaluation.pictures import EmbeddingPictures
 from ssl_siamese.export import export_backbone
-from ssl_siamese.loggers import LOGGERS, make_logger
+from ssl_siamese.loggers import LOGGERS, WANDB_MODES, WandbRunId, make_logger, stored_wandb_run_id
+from ssl_siamese.methods.base import SiameseModule
 
 
 def default_precision() -> str:
@@ -41,26 +46,76 @@ def default_precision() -> str:
 
 
 def check_option_names(parser: Any, argv: list[str]) -> None:
-    """Exit with a message listing the valid options of a group when a ``--group.option`` is unknown.
+    """Exit with a suggestion when an option in ``argv`` is unknown: ``--ckpt_pth`` or ``--model.tempurature``.
 
     jsonargparse only says "unrecognized arguments"; a user who typed ``--model.tempurature`` wants to
-    see ``--model.temperature`` and the other options of ``model``.
+    see ``--model.temperature`` and the other options of ``model``, one who typed ``--out_dir`` wants ``--out``.
     """
-    known = set(parser._option_string_actions)  # noqa: SLF001 - the parser's own option table
+    known = {option.removesuffix("+") for option in parser._option_string_actions}  # noqa: SLF001 - its table
     for arg in argv:
         name = arg.split("=", 1)[0].removesuffix("+")
-        if not name.startswith("--") or "." not in name or name in known:
+        if not name.startswith("--") or name == "--" or name in known:
             continue
+        if "." not in name:
+            top_level = sorted(option for option in known if option.startswith("--") and "." not in option)
+            close = closest_option(name, top_level)
+            hint = f"did you mean {close}? " if close else ""
+            sys.exit(f"error: unknown option {name}; {hint}options: {', '.join(top_level)} "
+                     "(and --trainer.*, --model.*, --data.*, --knn.*: see --help)")
         if any(option.startswith(name + ".") or ("." in option and name.startswith(option + "."))
                for option in known):
             continue  # nested class arguments (--model.augmentation.init_args.size, --trainer.callbacks ...)
         group = name.split(".", 1)[0]
-        valid = sorted(option for option in known if option.startswith(group + ".") and option.count(".") == 1
-                       and not option.endswith("+"))
-        close = difflib.get_close_matches(name, valid, n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
+        valid = sorted(option for option in known if option.startswith(group + ".") and option.count(".") == 1)
+        close = closest_option(name, valid)
+        hint = f"did you mean {close}? " if close else ""
         listing = ", ".join(v.removeprefix(group + ".") for v in valid) or "(none: the group is unknown)"
         sys.exit(f"error: unknown option {name}; {hint}valid options of {group.removeprefix('--')}: {listing}")
+
+
+class ShortHelpFormatter(DefaultHelpFormatter):
+    """jsonargparse's help without the "known subclasses" lists (every torch.nn class, every callback...),
+    and Lightning's own options (``--trainer.*``, ``--seed_everything``, ``--print_config``) by the first
+    sentence of their docstring and their default (no type).
+
+    ``--<option>.help CLASS`` still shows the arguments of one class; the Trainer's options are documented in
+    full at https://lightning.ai/docs/pytorch/stable/common/trainer.html.
+    """
+
+    def _format_action(self, action: Any) -> str:
+        if any(option.endswith(".help") for option in action.option_strings):
+            return ""  # "--X.help CLASS: show the help for a subclass", said once in the description
+        return super()._format_action(action)
+
+    def _get_help_string(self, action: Any) -> str:
+        full = re.sub(r", known subclasses: [^)]*\)$", ")", super()._get_help_string(action))
+        text = action.help if isinstance(action.help, str) else ""
+        lightnings = action.dest.startswith("trainer.") or action.dest in ("print_config", "seed_everything")
+        if not lightnings or not text or not full.startswith(text):
+            return full
+        first = re.match(r"(.+?[.:])(?=\s+[A-Z`(]|\s*$)", text, flags=re.DOTALL)
+        return (first.group(1) if first else text) + re.sub(r"\(type: .*, default: ", "(default: ", full[len(text):])
+
+
+class SSLArgumentParser(LightningArgumentParser):
+    """The recipes' parser: ``--model.backbone`` is a backbone *name* on the command line.
+
+    The methods' ``backbone: str | nn.Module`` lets Python code pass any module; from a command line only
+    a name can be given, and the Union would make jsonargparse list every ``nn.Module`` subclass in
+    ``--help`` and accept class paths that ``build_backbone`` cannot use.
+    """
+
+    def add_lightning_class_args(self, lightning_class: Any, nested_key: str, subclass_mode: bool = False,
+                                 required: bool = True) -> list[str]:
+        if nested_key != "model" or subclass_mode or not issubclass(lightning_class, SiameseModule):
+            return super().add_lightning_class_args(lightning_class, nested_key, subclass_mode, required)
+        added = self.add_class_arguments(lightning_class, nested_key, fail_untyped=False, instantiate=True,
+                                         sub_configs=True, skip={"backbone"})
+        default = inspect.signature(SiameseModule.__init__).parameters["backbone"].default
+        self.groups[nested_key].add_argument(
+            f"--{nested_key}.backbone", type=str, default=default,
+            help=f"Backbone name: {', '.join(BACKBONE_NAMES)} (a Python nn.Module through the Python API).")
+        return [*added, f"{nested_key}.backbone"]
 
 
 class SSLCLI(LightningCLI):
@@ -69,15 +124,27 @@ class SSLCLI(LightningCLI):
     def __init__(self, model_class: type[pl.LightningModule], method_name: str,
                  args: list[str] | None = None) -> None:
         self.method_name = method_name
+        module = f"ssl_siamese.recipes.{method_name}"
+        summary = (inspect.getdoc(model_class) or model_class.__name__).split("\n\n", 1)[0]
         super().__init__(
             model_class, SSLDataModule, run=False, args=args, seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
+            parser_class=SSLArgumentParser,
+            parser_kwargs={
+                "prog": f"python -m {module}",
+                "usage": f"python -m {module} [--config FILE.yaml] [--GROUP.OPTION VALUE ...]",
+                "description": f"Pretrain with {summary}\nEvery option can also be set in the YAML --config "
+                               "file; --print_config shows the result. Options of a class (e.g. "
+                               "--trainer.callbacks) are described by --<option>.help CLASS.",
+                "formatter_class": ShortHelpFormatter,
+            },
+            auto_configure_optimizers=False,  # the methods build their own (--model.optimizer, --model.lr)
             trainer_defaults={
                 "max_epochs": 200,
                 "precision": default_precision(),
                 "log_every_n_steps": 10,
                 "callbacks": [ThroughputMonitor(), CollapseMonitor(), LearningRateMonitor("step"),
-                              NonFiniteLossGuard(), RNGStateCheckpoint()],
+                              NonFiniteLossGuard(), RNGStateCheckpoint(), WandbRunId()],
             },
         )
 
@@ -86,7 +153,11 @@ class SSLCLI(LightningCLI):
                             help="Output folder: checkpoints/, exported_models/, logs.")
         parser.add_argument("--log_to", default="wandb", choices=LOGGERS,
                             help="Experiment logger used when trainer.logger is not set.")
-        parser.add_argument("--ckpt_path", default=None, help="Resume from this Lightning checkpoint.")
+        parser.add_argument("--wandb_mode", default=None, choices=WANDB_MODES,
+                            help="W&B: offline (written under <out>/wandb, `wandb sync` it later) or online; "
+                                 "unset: $WANDB_MODE if set, else offline (credentials alone never go online).")
+        parser.add_argument("--ckpt_path", default=None,
+                            help="Resume from this Lightning checkpoint (the same W&B run continues).")
         parser.add_argument("--knn_at_start", default=True, type=bool,
                             help="Measure kNN accuracy of the untrained backbone first.")
         parser.add_argument("--online_probe", default=True, type=bool,
@@ -107,7 +178,11 @@ class SSLCLI(LightningCLI):
         config = self.config_init
         out = Path(config["out"])
         if config["trainer"].get("logger") in (None, True):
-            kwargs["logger"] = make_logger(config["log_to"], out, self.method_name)
+            run_id = None
+            if config["log_to"] == "wandb" and config["ckpt_path"]:
+                run_id = stored_wandb_run_id(read_checkpoint(config["ckpt_path"]))
+            kwargs["logger"] = make_logger(config["log_to"], out, self.method_name, mode=config["wandb_mode"],
+                                           run_id=run_id)
         if config["trainer"].get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(out)
         if not config["trainer"].get("plugins"):

@@ -56,6 +56,12 @@ class KNNEvaluation(pl.Callback):
     so nothing accumulates across epochs. It runs after every ``every_n_epochs``-th training epoch, after
     the last one, and on every ``trainer.validate``; the sanity check is skipped. ``history`` keeps
     ``(epoch, top1, top5)`` for a summary at the end (epoch -1: outside ``fit``).
+
+    Args:
+        k: number of nearest bank features that vote for a query's class.
+        temperature: votes are weighted by ``exp(cosine similarity / temperature)``.
+        chunk_size: queries scored at once (bounds the memory of the similarity matrix).
+        every_n_epochs: measure after every n-th training epoch (and after the last one).
     """
 
     def __init__(self, k: int = 200, temperature: float = 0.1, chunk_size: int = 1024,

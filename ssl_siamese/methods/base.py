@@ -41,11 +41,14 @@ class SiameseModule(pl.LightningModule):
         optimizer: ``sgd`` or ``lars``.
         lr: learning rate per 256 images; the optimizer uses ``lr * global_batch / 256`` where the global
             batch is per-device batch x devices x nodes x gradient-accumulation steps.
-        weight_decay, momentum: optimizer settings.
+        weight_decay: the optimizer's weight decay.
+        momentum: the optimizer's (SGD or LARS) momentum.
         warmup_epochs: linear warm-up length (may be fractional), then cosine decay to zero.
         batch_size: images per device per step, for the learning-rate scaling when the Trainer has no
             datamodule that says it (recipes link it from the data).
-        view_size, mean, std: the views' size and normalisation (linked from the data in recipes).
+        view_size: side length of the augmented views (linked from ``data.image_size`` in recipes).
+        mean: per-channel normalisation mean of the views (linked from the data in recipes).
+        std: per-channel normalisation standard deviation of the views (linked from the data in recipes).
         augmentation: a ``ViewAugmentation``; ``None`` uses the method's preset for ``view_size``.
         channels_last: use the channels-last memory format (faster convolutions on recent GPUs).
         sync_batchnorm_heads: under DDP, BatchNorm in the heads (SimCLR's projector, SimSiam's projector

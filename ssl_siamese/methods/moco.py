@@ -34,11 +34,13 @@ class MoCo(SiameseModule):
     a negative.
 
     Args:
-        projection_dim, hidden_dim: MoCo v2 MLP head sizes (hidden ``None``: the feature size).
+        projection_dim: output size of the MoCo v2 MLP head.
+        hidden_dim: hidden size of the MoCo v2 MLP head (``None``: the backbone's feature size).
         temperature: InfoNCE temperature (0.1 as in lightly's CIFAR-10 benchmark; 0.2 in the paper).
         queue_size: number of negative keys.
         momentum_ema: EMA momentum of the key encoder; with ``momentum_cosine`` it rises to 1.0 by
             the last step on a cosine schedule.
+        momentum_cosine: raise the EMA momentum from ``momentum_ema`` to 1.0 on a cosine schedule.
         shuffle_bn: under DDP, MoCo's shuffling BN: the key encoder sees the global batch shuffled over
             ranks (lightly's ``batch_shuffle``), so a key's BatchNorm statistics come from other images
             than its query's, and the keys are unshuffled before the loss. A no-op on one device (the

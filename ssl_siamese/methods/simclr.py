@@ -24,7 +24,8 @@ class SimCLR(SiameseModule):
     bf16/fp16 training where "subtract e^(1/t)" variants cancel badly.
 
     Args:
-        projection_dim, hidden_dim: projection head sizes (``hidden_dim=None``: the feature size).
+        projection_dim: output size of the projection head.
+        hidden_dim: hidden size of the projection head (``None``: the backbone's feature size).
         temperature: NT-Xent temperature (0.5 for CIFAR-10 as in the paper and lightly's benchmark).
         **kwargs: the shared options of ``SiameseModule`` (backbone, optimizer, lr, ...).
     """

@@ -1,0 +1,150 @@
+"""What a user meets before training starts: --help, import cost, misspelt options, the W&B mode and run id."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ssl_siamese.cli import main
+from ssl_siamese.methods import MoCo, SimCLR, SimSiam
+
+METHODS = {"simclr": SimCLR, "moco": MoCo, "simsiam": SimSiam}
+TINY = ["--model.backbone", "tiny_cnn", "--data.dataset", "synthetic", "--data.batch_size", "32",
+        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
+SHORT_RUN = ["--trainer.limit_train_batches", "2", "--data.train_subset", "64", "--data.val_subset", "64",
+             "--data.knn_bank_subset", "128", "--knn_at_start", "false", "--online_probe", "false",
+             "--pictures_every_n_epochs", "0"]
+HELP_LINE_BUDGET = 360  # 1,365 lines before (730 of them the torch.nn classes); Lightning's Trainer takes ~130
+
+
+@pytest.fixture(autouse=True)
+def offline_wandb(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+
+def help_text(name: str, capsys) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        main(METHODS[name], name, ["--help"])
+    assert exit_info.value.code in (0, None)
+    return capsys.readouterr().out
+
+
+def option_help(text: str) -> dict[str, str]:
+    """``{--option: its help text}`` from argparse's help layout (help on the same or the following lines)."""
+    entries: dict[str, str] = {}
+    current = None
+    for line in text.splitlines():
+        match = re.match(r"^  (-\S+)(.*)$", line)
+        if match:
+            current = match.group(1).split(",")[0]
+            invocation_and_help = re.split(r"\s{2,}", match.group(2).strip(), maxsplit=1)
+            entries[current] = invocation_and_help[1] if len(invocation_and_help) > 1 else ""
+        elif current is not None and line.startswith("    ") and line.strip():
+            entries[current] += " " + line.strip()
+        else:
+            current = None
+    return entries
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_help_is_short_and_every_model_and_data_option_is_described(name, capsys):
+    text = help_text(name, capsys)
+    lines = text.splitlines()
+    assert len(lines) < HELP_LINE_BUDGET, f"--help of {name} has {len(lines)} lines"
+    assert "torch.nn.modules" not in text and "known subclasses" not in text
+    entries = option_help(text)
+    options = [o for o in entries if o.startswith(("--model.", "--data.")) and not o.endswith(".help")]
+    assert {"--model.backbone", "--model.lr", "--data.dataset", "--data.data_dir", "--data.batch_size"} <= set(options)
+    undescribed = [o for o in options if not re.sub(r"\(type:.*\)\s*$", "", entries[o]).strip()]
+    assert not undescribed, f"options without a description: {undescribed}"
+    backbone = entries["--model.backbone"]
+    assert "type: str" in backbone and all(arch in backbone for arch in ("resnet18", "resnet50", "tiny_cnn", "timm/"))
+
+
+def test_help_runs_as_a_command_and_names_the_recipe():
+    result = subprocess.run([sys.executable, "-m", "ssl_siamese.recipes.simsiam", "--help"], capture_output=True,
+                            text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    assert "ssl_siamese.recipes.simsiam" in result.stdout and "SimSiam" in result.stdout
+    assert len(result.stdout.splitlines()) < HELP_LINE_BUDGET
+
+
+def test_backbone_given_on_the_command_line_is_built(tmp_path):
+    summary = main(SimSiam, "simsiam", TINY + SHORT_RUN + ["--trainer.max_epochs", "1", "--log_to", "none",
+                                                           "--out", str(tmp_path)])
+    from ssl_siamese import load_backbone
+    assert load_backbone(summary["backbone"]).metadata["architecture"] == "tiny_cnn"
+
+
+def modules_after(code: str) -> set[str]:
+    result = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
+                            capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr
+    return {name.split(".")[0] for name in result.stdout.split()}
+
+
+def test_importing_the_package_and_a_recipe_skips_heavy_optional_modules():
+    assert not {"wandb", "matplotlib", "sklearn", "torch"} & modules_after("import ssl_siamese")
+    # `import pytorch_lightning` itself imports matplotlib (through torchmetrics), so a recipe cannot avoid it
+    assert not {"wandb", "sklearn"} & modules_after("import ssl_siamese.recipes.simclr")
+    assert not {"wandb", "sklearn"} & modules_after("from ssl_siamese import SimCLR, load_backbone, read_image")
+
+
+def test_public_names_resolve_lazily():
+    import ssl_siamese
+    for name in ssl_siamese.__all__:
+        assert getattr(ssl_siamese, name) is not None, name
+    assert "SupervisedSiamese" in ssl_siamese.__all__ and "read_images" in ssl_siamese.__all__
+    from ssl_siamese.methods.siamese import SupervisedSiamese
+    assert ssl_siamese.SupervisedSiamese is SupervisedSiamese
+    with pytest.raises(AttributeError, match="no attribute 'Simclr'"):
+        getattr(ssl_siamese, "Simclr")
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("--ckpt_pth", "--ckpt_path"), ("--out_dir", "--out"),
+                                              ("--log-to", "--log_to"), ("--knn_at_strat", "--knn_at_start")])
+def test_misspelt_option_without_a_dot_gets_a_suggestion(typed, meant, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(SimCLR, "simclr", TINY + [typed, "x", "--out", str(tmp_path)])
+    message = str(exit_info.value.code)
+    assert f"unknown option {typed}" in message and f"did you mean {meant}?" in message
+
+
+def offline_run_ids(out: Path) -> list[str]:
+    return sorted(folder.name.rsplit("-", 1)[-1] for folder in out.glob("wandb/offline-run-*"))
+
+
+def test_wandb_stays_offline_with_credentials_unless_asked(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)  # a key exists, as on a machine that ran `wandb login`
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # an online run would fail here, not hang
+    main(SimSiam, "simsiam", TINY + SHORT_RUN + ["--trainer.max_epochs", "1", "--out", str(tmp_path)])
+    assert len(offline_run_ids(tmp_path)) == 1
+    assert not list(tmp_path.glob("wandb/run-*")), "an online run was started"
+
+
+def test_wandb_online_without_credentials_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(SystemExit) as exit_info:
+        main(SimSiam, "simsiam", TINY + ["--wandb_mode", "online", "--out", str(tmp_path)])
+    message = str(exit_info.value.code)
+    assert "--wandb_mode online" in message and "wandb login" in message
+
+
+def test_resumed_run_continues_the_same_wandb_run(tmp_path):
+    first = main(SimSiam, "simsiam", TINY + SHORT_RUN + ["--trainer.max_epochs", "1", "--out", str(tmp_path)])
+    (run_id,) = set(offline_run_ids(tmp_path))
+    checkpoint = first["out"] / "checkpoints" / "last.ckpt"
+    second = main(SimSiam, "simsiam", TINY + SHORT_RUN + ["--trainer.max_epochs", "2", "--ckpt_path",
+                                                          str(checkpoint), "--out", str(tmp_path)])
+    assert second["epochs"] == 2
+    assert set(offline_run_ids(tmp_path)) == {run_id}
+    # a new run in the same folder without --ckpt_path is a new W&B run
+    main(SimSiam, "simsiam", TINY + SHORT_RUN + ["--trainer.max_epochs", "1", "--out", str(tmp_path)])
+    assert len(set(offline_run_ids(tmp_path))) == 2
