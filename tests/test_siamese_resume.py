@@ -21,7 +21,6 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
 from ssl_siamese.data import make_synthetic
@@ -29,6 +28,7 @@ from ssl_siamese.data_pk import PKDataModule
 from ssl_siamese.export import load_backbone
 from ssl_siamese.loader import IndexedBatchLoader
 from ssl_siamese.methods.siamese import SupervisedSiamese
+from ssl_siamese.recipes.siamese import checkpoint_callback
 from ssl_siamese.samplers import PKBatchSampler
 from test_resume import Crash, CrashAtStep
 
@@ -59,14 +59,14 @@ def test_indexed_loader_resumes_at_the_first_batch_not_trained():
     assert [index.tolist() for index, _ in resumed] != epoch_2
 
 
-def fit_epochs(folder: Path, crash_at: int | None = None, ckpt_path: Path | None = None) -> SupervisedSiamese:
+def fit_epochs(folder: Path, crash_at: int | None = None, ckpt_path: Path | None = None,
+               every_n_steps: int = 1) -> SupervisedSiamese:
     """2 epochs of 4 P x K batches, bounded by ``max_epochs`` (so the LR schedule counts the loader's batches)."""
     pl.seed_everything(0, verbose=False)
     data = PKDataModule("synthetic", train_classes=range(6), eval_classes=range(6, 10), p=3, k=4,
                         batches_per_epoch=4, train_subset=300, eval_subset=40)
     model = SupervisedSiamese(backbone="tiny_cnn", batch_size=data.batch_size, view_size=32, embedding_dim=16)
-    callbacks = [RNGStateCheckpoint(), ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0,
-                                                       every_n_train_steps=1)]
+    callbacks = [RNGStateCheckpoint(), checkpoint_callback(folder, every_n_steps)]
     callbacks += [CrashAtStep(crash_at)] if crash_at else []
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=callbacks)
@@ -77,12 +77,17 @@ def fit_epochs(folder: Path, crash_at: int | None = None, ckpt_path: Path | None
     return model
 
 
-def test_mid_epoch_resume_with_max_epochs_continues_the_epochs_batches(tmp_path):
+@pytest.mark.parametrize(("every_n_steps", "crash_at", "saved_step"), [(1, 2, 2), (0, 6, 4)])
+def test_resume_with_max_epochs_continues_the_epochs_batches(tmp_path, every_n_steps, crash_at, saved_step):
     """``configure_optimizers`` counts the steps (``estimated_stepping_batches``) before the checkpoint is
-    restored; the loader built for that count must not hide the checkpoint's position in the epoch."""
+    restored; the loader built for that count must not hide the checkpoint's position in the epoch.
+    Mid-epoch (a checkpoint every step) and from the epoch-end checkpoint of a run that went on (the
+    recipe's default, which Lightning's ModelCheckpoint(save_top_k=0) would not have written)."""
     expected = fit_epochs(tmp_path / "full").state_dict()
-    fit_epochs(tmp_path / "killed", crash_at=2)
-    resumed = fit_epochs(tmp_path / "killed", ckpt_path=tmp_path / "killed" / "last.ckpt").state_dict()
+    fit_epochs(tmp_path / "killed", crash_at=crash_at, every_n_steps=every_n_steps)
+    last = tmp_path / "killed" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == saved_step
+    resumed = fit_epochs(tmp_path / "killed", ckpt_path=last, every_n_steps=every_n_steps).state_dict()
     assert all(torch.equal(expected[key], resumed[key]) for key in expected)
 
 

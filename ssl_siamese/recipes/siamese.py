@@ -146,6 +146,16 @@ def format_table(columns: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def checkpoint_callback(folder: str | Path, every_n_steps: int = 0) -> ModelCheckpoint:
+    """``last.ckpt`` in ``folder`` every ``every_n_steps`` training steps, or at each epoch end (0).
+
+    Lightning writes ``last.ckpt`` at an epoch end only together with a top-k checkpoint, so the epoch-end
+    mode also keeps the latest ``epoch=E-step=S.ckpt`` (one file, replaced each epoch).
+    """
+    return ModelCheckpoint(dirpath=folder, save_last=True, save_top_k=0 if every_n_steps else 1,
+                           every_n_train_steps=every_n_steps or None)
+
+
 def log_results(loggers: list[Logger], results: dict[str, Any], step: int) -> None:
     """The before/after metrics as ``eval/<column>/<metric>`` at ``step``; on W&B also the metrics table."""
     columns = [name for name in ("before", "after") if name in results]
@@ -210,8 +220,7 @@ def run_siamese(dataset: str = "fashion_mnist", data_dir: str = "./data",
                                                           **evaluate)}
     started = time.perf_counter()
     if epochs > 0:
-        checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
-                                     every_n_train_steps=ckpt_every_n_steps or None)
+        checkpoint = checkpoint_callback(out / "checkpoints", ckpt_every_n_steps)
         trainer = pl.Trainer(max_epochs=epochs, accelerator="auto", devices=1, logger=loggers or False,
                              callbacks=[NonFiniteLossGuard(), RNGStateCheckpoint(), checkpoint],
                              plugins=[SafeCheckpointIO()], default_root_dir=str(out),
