@@ -61,7 +61,7 @@ def test_recipe_logs_metrics_to_offline_wandb(name, tmp_path):
         assert metric in records, f"{metric!r} missing from the W&B run"
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     pictures = {p.name for p in (tmp_path / "pictures").glob("*.png")}
-    assert {"pictures_embedding_pca.png", "pictures_neighbours.png"} <= pictures, pictures
+    assert {"embedding_pca_epoch001.png", "neighbours_epoch001.png"} <= pictures, pictures
 
 
 def run_module(*args, timeout=120):

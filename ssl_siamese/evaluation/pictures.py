@@ -5,7 +5,8 @@ through ``ValidationFeatures``), but keeps only the first ``max_queries`` querie
 items, on the CPU. Every
 ``every_n_epochs`` validations, and once more at the end of fit if the last one was not drawn, it logs
 ``pictures/embedding_pca`` and ``pictures/neighbours`` through ``log_figure`` (W&B when present, and
-PNGs in ``<trainer.default_root_dir>/pictures``). The grid needs the raw images, taken from
+PNGs in ``<trainer.default_root_dir>/pictures``, one file per drawing: ``embedding_pca_epoch003.png`` and
+``neighbours_epoch003.png`` after 3 training epochs, ``..._epoch000.png`` before training). The grid needs the raw images, taken from
 ``trainer.datamodule.query_data.images`` / ``bank_data.images`` by position, so it is drawn only when
 the datamodule has them and on a single process (a distributed sampler reorders the positions).
 
@@ -47,6 +48,7 @@ class EmbeddingPictures(pl.Callback):
         self.saved: list[Path] = []
         self.features = ValidationFeatures({BANK: max_bank, QUERIES: max_queries}, cpu=True)
         self._collected: dict[str, Tensor] | None = None
+        self._collected_epoch = 0  # training epochs completed when the features were collected
         self._drawn = True
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -63,6 +65,8 @@ class EmbeddingPictures(pl.Callback):
         if trainer.sanity_checking or len(query) == 0:
             return
         self._collected = {"query": query, "query_labels": query_labels, "bank": bank, "bank_labels": bank_labels}
+        # validation inside fit closes epoch current_epoch (0-based); trainer.validate comes after it
+        self._collected_epoch = trainer.current_epoch + (1 if trainer.state.fn == "fit" else 0)
         self._drawn = False
         if (trainer.current_epoch + 1) % self.every_n_epochs == 0 or trainer.state.fn != "fit":
             self.draw(trainer)
@@ -81,15 +85,18 @@ class EmbeddingPictures(pl.Callback):
         query_data, bank_data = (getattr(datamodule, name, None) for name in ("query_data", "bank_data"))
         class_names = list(getattr(query_data, "classes", None) or []) or None
         out_dir = Path(trainer.default_root_dir) / "pictures"
+        epoch = self._collected_epoch
         projection = embedding_projection_figure(data["query"], data["query_labels"], class_names,
-                                                 title=f"Query features (PCA), epoch {trainer.current_epoch}")
-        self.saved.append(log_figure(trainer, "pictures/embedding_pca", projection, out_dir))
+                                                 title=f"Query features (PCA) after {epoch} epochs")
+        self.saved.append(log_figure(trainer, "pictures/embedding_pca", projection, out_dir,
+                                     filename=f"embedding_pca_epoch{epoch:03d}.png"))
         can_grid = (len(data["bank"]) > 0 and trainer.world_size == 1
                     and getattr(query_data, "images", None) is not None
                     and getattr(bank_data, "images", None) is not None)
         if can_grid:
             self.saved.append(log_figure(trainer, "pictures/neighbours",
-                                         self._grid(data, query_data, bank_data, class_names), out_dir))
+                                         self._grid(data, query_data, bank_data, class_names), out_dir,
+                                         filename=f"neighbours_epoch{epoch:03d}.png"))
 
     def _grid(self, data: dict[str, Tensor], query_data: Any, bank_data: Any,
               class_names: list[str] | None) -> Any:

@@ -176,8 +176,10 @@ def _loggers(trainer_or_loggers: Any) -> list[Logger]:
 
 
 def log_figure(trainer_or_loggers: Any, key: str, figure: Figure | np.ndarray, out_dir: str | Path,
-               step: int | None = None) -> Path | None:
-    """Save ``figure`` as ``<out_dir>/<key, '/' -> '_'>.png`` and log it to every ``WandbLogger``.
+               step: int | None = None, filename: str | None = None) -> Path | None:
+    """Save ``figure`` as ``<out_dir>/<filename>`` (default: the key, '/' -> '_', + ``.png``); log it to W&B.
+
+    It is logged to every ``WandbLogger`` under ``key`` (W&B keeps one image per step under a key).
 
     ``trainer_or_loggers`` is a Trainer, a Logger, a list of them, or None (PNG only). With a Trainer
     only global rank zero writes (others return None) and ``step`` defaults to its global step.
@@ -188,7 +190,7 @@ def log_figure(trainer_or_loggers: Any, key: str, figure: Figure | np.ndarray, o
             return None
         step = trainer.global_step if step is None else step
     image = figure_to_array(figure) if isinstance(figure, Figure) else np.asarray(figure, dtype=np.uint8)
-    path = Path(out_dir) / f"{key.replace('/', '_')}.png"
+    path = Path(out_dir) / (filename or f"{key.replace('/', '_')}.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)
     for logger in _loggers(trainer_or_loggers):
