@@ -81,15 +81,23 @@ def test_log_figure_writes_png_without_logger_and_logs_to_wandb(tmp_path):
     assert list(tmp_path.glob("wandb/offline-run-*/files/media/images/pictures/array_*.png"))
 
 
-def test_embedding_pictures_callback_writes_both_pictures(tmp_path):
+def train_with_pictures(tmp_path, every_n_epochs: int, validate_first: bool = False) -> EmbeddingPictures:
+    """Two epochs of SimCLR on synthetic data with an ``EmbeddingPictures`` writing under ``tmp_path``."""
     pl.seed_everything(0, verbose=False)
     model = SimCLR(backbone="tiny_cnn", view_size=32, batch_size=32)
     datamodule = SSLDataModule("synthetic", batch_size=32, train_subset=64, knn_bank_subset=96, val_subset=64)
-    pictures = EmbeddingPictures(every_n_epochs=5, max_queries=50, grid_queries=4, neighbours=3)
+    pictures = EmbeddingPictures(every_n_epochs=every_n_epochs, max_queries=50, grid_queries=4, neighbours=3)
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
                          callbacks=[pictures])
-    trainer.fit(model, datamodule=datamodule)  # epoch 2 is not a multiple of 5: drawn at the end of fit
+    if validate_first:  # the untrained backbone: epoch 0
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+    trainer.fit(model, datamodule=datamodule)
+    return pictures
+
+
+def test_embedding_pictures_callback_writes_both_pictures(tmp_path):
+    pictures = train_with_pictures(tmp_path, every_n_epochs=5)  # 2 is not a multiple of 5: drawn at fit end
     assert sorted(p.name for p in pictures.saved) == ["embedding_pca_epoch002.png", "neighbours_epoch002.png"]
     for path in pictures.saved:
         assert path.parent == tmp_path / "pictures"
@@ -98,15 +106,7 @@ def test_embedding_pictures_callback_writes_both_pictures(tmp_path):
 
 def test_embedding_pictures_keep_one_file_per_drawing(tmp_path):
     """Drawn every epoch and at validate time: no drawing overwrites another's file."""
-    pl.seed_everything(0, verbose=False)
-    model = SimCLR(backbone="tiny_cnn", view_size=32, batch_size=32)
-    datamodule = SSLDataModule("synthetic", batch_size=32, train_subset=64, knn_bank_subset=96, val_subset=64)
-    pictures = EmbeddingPictures(every_n_epochs=1, max_queries=50, grid_queries=4, neighbours=3)
-    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path),
-                         callbacks=[pictures])
-    trainer.validate(model, datamodule=datamodule, verbose=False)  # the untrained backbone: epoch 0
-    trainer.fit(model, datamodule=datamodule)
+    train_with_pictures(tmp_path, every_n_epochs=1, validate_first=True)
     names = sorted(path.name for path in (tmp_path / "pictures").glob("*.png"))
     assert names == [f"{kind}_epoch{epoch:03d}.png" for kind in ("embedding_pca", "neighbours") for epoch in (0, 1, 2)]
     assert len({path.read_bytes() for path in (tmp_path / "pictures").glob("embedding_pca_*.png")}) == 3
