@@ -172,6 +172,20 @@ def test_recipe_logs_training_loss_and_before_after_metrics(tmp_path, monkeypatc
         assert not missing, missing  # the loss, the metrics table and each metric with its value
 
 
+@pytest.mark.skipif(not (DATA / "train-images-idx3-ubyte.gz").is_file(), reason=f"no Fashion-MNIST IDX files at {DATA}")
+def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch):
+    from ssl_siamese.recipes.siamese import main
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = [a for a in ARGS if a not in ("--ckpt_every_n_steps", "1")] + ["--out", str(tmp_path)]
+    args[args.index("--log_to") + 1] = "wandb"
+    args[args.index("--epochs") + 1] = "1"
+    main(args)
+    main([*args, "--epochs", "2", "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")])
+    runs = sorted(tmp_path.glob("wandb/offline-run-*"))
+    assert len(runs) == 2 and len({run.name.rsplit("-", 1)[-1] for run in runs}) == 1, runs
+
+
 def wandb_records(out: Path, expected: tuple[bytes, ...], timeout_s: float = 30.0) -> bytes:
     """The bytes of the offline W&B run file under ``out``, once ``expected`` appear in it (W&B writes it
     from its own service process, shortly after the run finishes) or the timeout passes."""

@@ -47,13 +47,13 @@ from torch import Tensor
 
 from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
 from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
-from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint
+from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint, read_checkpoint
 from ssl_siamese.cli_args import parse_args as parse_checked
 from ssl_siamese.data_pk import NEAR_DUPLICATE_MODES, PKDataModule
 from ssl_siamese.evaluation.fewshot import fewshot_episodes, max_queries
 from ssl_siamese.evaluation.retrieval import pair_scores, recall_at_k, verification_roc
 from ssl_siamese.export import export_backbone
-from ssl_siamese.loggers import LOGGERS, make_logger
+from ssl_siamese.loggers import LOGGERS, WANDB_MODES, WandbRunId, make_logger, stored_wandb_run_id
 from ssl_siamese.methods.siamese import SupervisedSiamese
 from ssl_siamese.samplers import balanced_pairs
 
@@ -178,7 +178,8 @@ def run_siamese(dataset: str = "fashion_mnist", data_dir: str = "./data",
                 class_balanced: bool = True, near_duplicates: str = "drop", hash_size: int = 8,
                 episodes: int = 600, n_query: int | None = None, out: str | Path = "out/siamese",
                 download: bool = True, seed: int = 0, progress: bool = True, log_to: str = "none",
-                ckpt_path: str | None = None, ckpt_every_n_steps: int = 0) -> dict[str, Any]:
+                wandb_mode: str | None = None, ckpt_path: str | None = None,
+                ckpt_every_n_steps: int = 0) -> dict[str, Any]:
     """Train on ``train_classes``, evaluate before/after on ``eval_classes``, export; returns the results.
 
     Classes are indices or names. ``backbone=None`` means the pretrained file's architecture, or ``tiny_cnn``
@@ -186,7 +187,8 @@ def run_siamese(dataset: str = "fashion_mnist", data_dir: str = "./data",
     (SGD, cosine schedule). ``class_balanced``, ``near_duplicates`` and ``hash_size`` are
     :class:`PKDataModule`'s. ``n_query=None`` sizes the episodes to the data (:func:`choose_n_query`).
     Checkpoints: ``<out>/checkpoints/last.ckpt`` at each epoch end, or every ``ckpt_every_n_steps`` steps;
-    ``ckpt_path`` resumes from one. ``log_to`` is a logger of :func:`ssl_siamese.loggers.make_logger`.
+    ``ckpt_path`` resumes from one. ``log_to`` and ``wandb_mode`` are :func:`ssl_siamese.loggers.make_logger`'s;
+    a run resumed from a checkpoint continues the W&B run the checkpoint was written under.
     Raises ``ValueError`` for a selection, evaluation size or checkpoint that cannot work, before training.
     """
     if ckpt_every_n_steps < 0:
@@ -213,7 +215,8 @@ def run_siamese(dataset: str = "fashion_mnist", data_dir: str = "./data",
     if ckpt_path is not None:
         check_resume_checkpoint(model, ckpt_path)
     out = Path(out)
-    logger = make_logger(log_to, out, "siamese")
+    run_id = stored_wandb_run_id(read_checkpoint(ckpt_path)) if log_to == "wandb" and ckpt_path else None
+    logger = make_logger(log_to, out, "siamese", mode=wandb_mode, run_id=run_id)
     loggers = [logger] if logger else []
     evaluate = {"episodes": episodes, "n_query": n_query, "seed": seed}
     results: dict[str, Any] = {"before": evaluate_unseen(backbone_features(model, dm.eval_data.images), labels,
@@ -222,7 +225,7 @@ def run_siamese(dataset: str = "fashion_mnist", data_dir: str = "./data",
     if epochs > 0:
         checkpoint = checkpoint_callback(out / "checkpoints", ckpt_every_n_steps)
         trainer = pl.Trainer(max_epochs=epochs, accelerator="auto", devices=1, logger=loggers or False,
-                             callbacks=[NonFiniteLossGuard(), RNGStateCheckpoint(), checkpoint],
+                             callbacks=[NonFiniteLossGuard(), RNGStateCheckpoint(), WandbRunId(), checkpoint],
                              plugins=[SafeCheckpointIO()], default_root_dir=str(out),
                              log_every_n_steps=min(10, len(dm.train_dataloader())),
                              enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0)
@@ -284,6 +287,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="out/siamese", help="output folder: checkpoints/, exported_models/, logs")
     parser.add_argument("--log_to", default="wandb", choices=LOGGERS, help="experiment logger")
+    parser.add_argument("--wandb_mode", default=None, choices=WANDB_MODES,
+                        help="W&B: offline (under <out>/wandb, `wandb sync` it later) or online; unset: $WANDB_MODE "
+                             "if set, else offline")
     parser.add_argument("--ckpt_path", default=None,
                         help="resume from this checkpoint (e.g. <out>/checkpoints/last.ckpt)")
     parser.add_argument("--ckpt_every_n_steps", type=int, default=0,
