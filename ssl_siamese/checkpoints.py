@@ -16,16 +16,19 @@ Example:
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
-from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torch import nn
+
+from ssl_siamese._lazy import lazy_exports
+
+# SafeCheckpointIO (a Lightning plugin) is imported on first use, so reading a checkpoint or an exported
+# backbone (load_backbone, the embed recipe) does not import Lightning.
+__getattr__, __dir__ = lazy_exports(__name__, {"SafeCheckpointIO": "ssl_siamese.checkpoint_io"})
 
 
 class CheckpointError(ValueError):
@@ -182,38 +185,6 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
     except Exception as error:  # noqa: BLE001 - torch fails on wrong files in many ways (IndexError included)
         problem = _diagnose(path, error)
         raise CheckpointError(f"{path} {problem}") from error
-
-
-class SafeCheckpointIO(TorchCheckpointIO):
-    """Atomic, fsynced checkpoint writes in the target folder; weights-only reads."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | Path,
-                        storage_options: Any | None = None) -> None:
-        if not _is_local(path):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        path = Path(str(path).removeprefix("file://"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as file:
-                torch.save(checkpoint, file)
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp, path)
-        finally:
-            if os.path.exists(temp):
-                os.remove(temp)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)  # make the rename itself durable
-        finally:
-            os.close(directory)
-
-    def load_checkpoint(self, path: str | Path, map_location: Callable | Any = None,
-                        weights_only: bool | None = None) -> dict[str, Any]:
-        if not _is_local(path):
-            return super().load_checkpoint(path, map_location=map_location, weights_only=True)
-        return read_checkpoint(path, map_location=map_location or "cpu")
 
 
 EXPORT_FORMAT = "ssl_siamese.backbone/1"  # export.FORMAT; written here too so this module imports no model code

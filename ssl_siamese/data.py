@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import socket
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ssl_siamese.images import DECODER_VERSION, IMAGE_EXTENSIONS, list_image_files, read_images
+from ssl_siamese.images import DECODER_VERSION, IMAGE_EXTENSIONS, decode_files, list_image_files
 from ssl_siamese.loader import ResumableBatchLoader
 
 logger = logging.getLogger("ssl_siamese")
@@ -50,7 +49,6 @@ CONNECT_TIMEOUT_S = 3.0
 MIN_IMAGE_SIZE = 16  # smaller: random crops of a few pixels, a 1x1 or 2x2 feature map (see SSLDataModule)
 DEFAULT_VAL_FRACTION = 0.1
 MAX_HELD_OUT = 10_000
-PROGRESS_EVERY = 5000
 
 
 @dataclass(frozen=True)
@@ -391,7 +389,7 @@ def load_folder(root: str | Path, image_size: int = 64, cache_dir: str | Path | 
             logger.warning("ignoring unreadable cache %s: %s", cache_file, error)
 
     _warn_if_too_big_for_memory(root, len(files), image_size)
-    decoded = _decode_all(files, image_size, num_threads)
+    decoded = decode_files(files, image_size, num_threads)
     kept = [(path, array) for path, array in zip(files, decoded) if array is not None]
     skipped = sorted([path for path, array in zip(files, decoded) if array is None] + others)
     skipped_names = [path.relative_to(root).as_posix() for path in skipped]
@@ -441,17 +439,6 @@ def _report_skipped(root: Path, skipped: list[str]) -> None:
         logger.warning("skipped %d files under %s that are not readable images (first few: %s); the "
                        "image types read are %s", len(skipped), root, ", ".join(skipped[:5]),
                        " ".join(sorted(IMAGE_EXTENSIONS)))
-
-
-def _decode_all(files: list[Path], size: int, num_threads: int | None) -> list[np.ndarray | None]:
-    """Decode with :func:`read_images` (None for an unreadable file), printing progress for big folders."""
-
-    def progress(done: int, total: int) -> None:
-        if total >= PROGRESS_EVERY and (done % PROGRESS_EVERY == 0 or done == total):
-            print(f"ssl_siamese: decoded {done}/{total} images", file=sys.stderr, flush=True)
-
-    decoded = read_images(files, size, errors="none", num_threads=num_threads, progress=progress)
-    return [None if image is None else image.numpy() for image in decoded]
 
 
 def _folder_split_dir(data_dir: Path, split: str) -> Path | None:

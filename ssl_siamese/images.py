@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Iterable, Literal, Sequence, Union
@@ -30,6 +31,8 @@ from torch import Tensor
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 DEFAULT_BACKGROUND = (255, 255, 255)
 """The colour transparent pixels are composited onto: white, as most viewers and web pages show them."""
+PROGRESS_EVERY = 5000
+"""``decode_files`` reports progress every this many files, for folders at least that large."""
 DECODER_VERSION = 2
 """Bumped whenever the pixels :func:`read_image` returns change, so decoded-image caches are rebuilt."""
 
@@ -163,3 +166,18 @@ def read_images(paths: Iterable[PathLike], size: int | None = None, background: 
             if progress is not None:
                 progress(done, len(paths))
     return results
+
+
+def decode_files(files: list[Path], size: int, num_threads: int | None = None) -> list[np.ndarray | None]:
+    """Decode with :func:`read_images` to ``(3, size, size)`` uint8 arrays (None for an unreadable file).
+
+    The folder datasets and the ``embed`` recipe decode through it; a folder of ``PROGRESS_EVERY`` files or
+    more prints its progress to stderr.
+    """
+
+    def progress(done: int, total: int) -> None:
+        if total >= PROGRESS_EVERY and (done % PROGRESS_EVERY == 0 or done == total):
+            print(f"ssl_siamese: decoded {done}/{total} images", file=sys.stderr, flush=True)
+
+    decoded = read_images(files, size, errors="none", num_threads=num_threads, progress=progress)
+    return [None if image is None else image.numpy() for image in decoded]

@@ -94,6 +94,12 @@ def test_importing_the_package_and_a_recipe_skips_heavy_optional_modules():
     assert not {"wandb", "sklearn"} & modules_after("from ssl_siamese import SimCLR, load_backbone, read_image")
 
 
+def test_embedding_images_imports_no_lightning(tmp_path):
+    """The embed recipe and load_backbone + read_images (the README's downstream snippet) need no Lightning."""
+    code = "import ssl_siamese.recipes.embed\nfrom ssl_siamese import load_backbone, read_images, embed_images"
+    assert not {"pytorch_lightning", "lightning_fabric", "torchmetrics", "wandb"} & modules_after(code)
+
+
 def test_public_names_resolve_lazily():
     import ssl_siamese
     for name in ssl_siamese.__all__:

@@ -35,10 +35,9 @@ import numpy as np
 import torch
 
 from ssl_siamese.cli_args import parse_args as parse_checked
-from ssl_siamese.data import _decode_all
 from ssl_siamese.embeddings import embed_images
 from ssl_siamese.export import load_backbone
-from ssl_siamese.images import IMAGE_EXTENSIONS, list_image_files
+from ssl_siamese.images import IMAGE_EXTENSIONS, decode_files, list_image_files
 
 DEFAULT_IMAGE_SIZE = 64  # for exports that record no input size
 GLOB_CHARACTERS = frozenset("*?[")
@@ -113,7 +112,7 @@ def run_embed(backbone: str | Path, data: str | Path | Sequence[str | Path], out
     model, _, metadata = load_backbone(backbone_path)
 
     size = int(metadata.get("image_size") or DEFAULT_IMAGE_SIZE)
-    decoded = _decode_all(files, size, None)  # the decoder training uses for folders
+    decoded = decode_files(files, size)  # the decoder training uses for folders
     kept = [(path.relative_to(root), array) for path, array in zip(files, decoded) if array is not None]
     skipped = sorted([path for path, array in zip(files, decoded) if array is None] + others)
     skipped_names = [path.relative_to(root).as_posix() for path in skipped]
