@@ -255,36 +255,41 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="python -m ssl_siamese.recipes.siamese",
                                      description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data.dataset", dest="dataset", default="fashion_mnist")
-    parser.add_argument("--data.data_dir", dest="data_dir", default="./data")
-    parser.add_argument("--data.download", dest="download", type=parse_bool, default=True)
+    parser.add_argument("--data.dataset", dest="dataset", default="fashion_mnist",
+                        help="a labelled dataset: fashion_mnist, cifar10, cifar100, folder (one sub-folder per "
+                             "class, optionally in train/ and test/), synthetic")
+    parser.add_argument("--data.data_dir", dest="data_dir", default="./data", help="where the dataset lies")
+    parser.add_argument("--data.download", dest="download", type=parse_bool, default=True,
+                        help="download a missing torchvision dataset (true/false)")
     parser.add_argument("--train_classes", type=parse_classes, default="0-6",
                         help="indices, ranges or names, e.g. 0-6, 0,2,4 or Sneaker,Bag (the run prints them all)")
     parser.add_argument("--eval_classes", type=parse_classes, default="7-9",
                         help="as --train_classes, disjoint from them")
     parser.add_argument("--backbone", default=None, help="default: the pretrained file's, else tiny_cnn")
     parser.add_argument("--pretrained", default=None, help="an exported backbone (export_backbone) to start from")
-    parser.add_argument("--loss", default="triplet", choices=["triplet", "contrastive"])
-    parser.add_argument("--mining", default="semi_hard", choices=["batch_hard", "semi_hard", "batch_all"])
+    parser.add_argument("--loss", default="triplet", choices=["triplet", "contrastive"], help="metric loss")
+    parser.add_argument("--mining", default="semi_hard", choices=["batch_hard", "semi_hard", "batch_all"],
+                        help="which triplets of a batch the triplet loss uses")
     parser.add_argument("--margin", type=float, default=None, help="default: 0.2 triplet, 1.0 contrastive")
-    parser.add_argument("--embedding_dim", type=int, default=128)
+    parser.add_argument("--embedding_dim", type=int, default=128, help="output size of the embedding head")
     parser.add_argument("--epochs", type=int, default=5, help="0: evaluate only")
     parser.add_argument("--p", type=int, default=None, help="classes per batch (default: all train classes)")
     parser.add_argument("--k", type=int, default=8, help="images per class in a batch")
-    parser.add_argument("--batches_per_epoch", type=int, default=None)
+    parser.add_argument("--batches_per_epoch", type=int, default=None,
+                        help="P x K batches per epoch (default: about one pass over the training images)")
     parser.add_argument("--lr", type=float, default=0.5, help="per 256 images")
-    parser.add_argument("--train_subset", type=int, default=None)
-    parser.add_argument("--eval_subset", type=int, default=None)
+    parser.add_argument("--train_subset", type=int, default=None, help="at most this many training images (seeded)")
+    parser.add_argument("--eval_subset", type=int, default=None, help="at most this many eval images (seeded)")
     parser.add_argument("--class_balanced", type=parse_bool, default=True,
                         help="true: classes drawn uniformly into batches; false: in proportion to their size")
     parser.add_argument("--near_duplicates", default="drop", choices=NEAR_DUPLICATE_MODES,
                         help="training images that are near-copies of eval images: report, drop, or fail")
     parser.add_argument("--hash_size", type=int, default=8, help="average-hash side for the duplicate check")
-    parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--episodes", type=int, default=600, help="few-shot episodes (the 95%% CI shrinks with more)")
     parser.add_argument("--n_query", type=int, default=None,
                         help="queries per class in the 1-shot episodes (default: 15, or fewer when the smallest "
                              "eval class has fewer than 16 images)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the model, the batches and the evaluation")
     parser.add_argument("--out", default="out/siamese", help="output folder: checkpoints/, exported_models/, logs")
     parser.add_argument("--log_to", default="wandb", choices=LOGGERS, help="experiment logger")
     parser.add_argument("--wandb_mode", default=None, choices=WANDB_MODES,
