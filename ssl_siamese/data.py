@@ -753,7 +753,9 @@ class SSLDataModule(pl.LightningDataModule):
         return DataLoader(UInt8ImageDataset(data.images, data.labels), batch_size=self.hparams.batch_size,
                           shuffle=shuffle, drop_last=drop_last, num_workers=workers,
                           persistent_workers=workers > 0,
-                          pin_memory=self.hparams.pin_memory and torch.cuda.is_available())
+                          pin_memory=self.hparams.pin_memory and torch.cuda.is_available(),
+                          # its own generator: each iterator draws a seed, and must not from training's RNG
+                          generator=torch.Generator())
 
     def train_dataloader(self) -> ResumableBatchLoader:
         """Shuffled batches in an order fixed by ``seed`` and the epoch, sharded over ranks, resumable mid-epoch."""

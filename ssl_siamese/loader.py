@@ -125,6 +125,22 @@ def estimated_stepping_batches(trainer: Any) -> int:
     return int(steps) if steps != float("inf") else steps
 
 
+def finish_epoch_boundary_restart(trainer: Any) -> None:
+    """Let the epoch after a checkpoint saved on an epoch's last batch start like any other; for ``on_train_start``.
+
+    Resumed from a checkpoint written at the end of an epoch's last training batch (a step checkpoint, taken
+    before that epoch's validation), Lightning 2.6 counts the epoch as done but keeps treating the run as
+    restarted mid-epoch, so the NEXT epoch skips ``on_train_epoch_start`` and its progress counters; they
+    then lag by one, and a checkpoint saved later in that epoch resumes at the epoch's start instead of
+    where it was (the loader's saved position ignored, its batches trained twice). Clearing the fit loop's
+    restart stage once that epoch is counted done lets the next one start normally.
+    """
+    fit_loop = trainer.fit_loop
+    progress = fit_loop.epoch_progress.current
+    if fit_loop.restarted_mid_epoch and progress.processed == progress.ready:
+        fit_loop.reset_restart_stage()
+
+
 class IndexedBatchLoader:
     """``(images[index], labels[index])`` for each list of indices a batch sampler yields.
 

@@ -19,16 +19,27 @@ class ThroughputMonitor(pl.Callback):
     A step is timed from one batch start to the next (data loading, augmentation, forward, backward and
     optimizer all included). On CUDA the device is synchronised every ``sync_every`` steps only, so the
     measurement does not slow training down; the first ``skip_steps`` of each epoch are warm-up.
+
+    The counters exist from construction and restart at every epoch start and at every (re)start of
+    training: a run resumed mid-epoch skips ``on_train_epoch_start``, and measures the rest of that
+    epoch after a new warm-up.
     """
 
     def __init__(self, sync_every: int = 20, skip_steps: int = 3) -> None:
         self.sync_every = max(1, sync_every)
         self.skip_steps = skip_steps
+        self._reset()
 
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def _reset(self) -> None:
         self._start: float | None = None
         self._images = 0
         self._steps = 0
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._reset()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:

@@ -55,7 +55,8 @@ class KNNEvaluation(pl.Callback):
     may hold different numbers), scored in chunks, logged as ``knn/top1`` and ``knn/top5``, then freed,
     so nothing accumulates across epochs. It runs after every ``every_n_epochs``-th training epoch, after
     the last one, and on every ``trainer.validate``; the sanity check is skipped. ``history`` keeps
-    ``(epoch, top1, top5)`` for a summary at the end (epoch -1: outside ``fit``).
+    ``(epoch, top1, top5)`` for a summary at the end (epoch -1: outside ``fit``); it is saved in
+    checkpoints, so a resumed run's history starts with the measurements of the runs before it.
 
     Args:
         k: number of nearest bank features that vote for a query's class.
@@ -117,3 +118,14 @@ class KNNEvaluation(pl.Callback):
         self.history.append((epoch, accuracy[1], accuracy[5]))
         rank_zero_info(f"kNN (k={self.k}, t={self.temperature}) top-1 {accuracy[1]:.4f} "
                        f"top-5 {accuracy[5]:.4f}  [bank {len(bank)}, queries {len(query)}]")
+
+    # ---- checkpointing -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [list(entry) for entry in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """The checkpoint's history, then what this process measured that the checkpoint lacks, by epoch."""
+        saved = [(int(epoch), float(top1), float(top5)) for epoch, top1, top5 in state_dict.get("history", [])]
+        epochs = {entry[0] for entry in saved}
+        self.history = sorted(saved + [entry for entry in self.history if entry[0] not in epochs],
+                              key=lambda entry: entry[0])

@@ -183,11 +183,13 @@ class OnlineLinearProbe(pl.Callback):
     def state_dict(self) -> dict[str, Any]:
         if self.classifier is None:
             return {}
-        return {"classifier": self.classifier.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {"classifier": self.classifier.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "train_counts": list(self._train_counts)}  # a run resumed mid-epoch logs the whole epoch
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return
+        self._train_counts = [int(n) for n in state_dict.get("train_counts", (0, 0))]
         self._pending_state = state_dict
         if self.classifier is not None:
             self.build(self.classifier.in_features, self.classifier.out_features, self.classifier.weight.device)

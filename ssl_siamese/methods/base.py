@@ -22,11 +22,12 @@ import pytorch_lightning as pl
 import torch
 from lightly.utils.lars import LARS
 from lightly.utils.scheduler import CosineWarmupScheduler
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
 from ssl_siamese.augment import ViewAugmentation, augmentation_preset
 from ssl_siamese.backbones import build_backbone
-from ssl_siamese.loader import estimated_stepping_batches
+from ssl_siamese.loader import estimated_stepping_batches, finish_epoch_boundary_restart
 
 OPTIMIZERS = ("sgd", "lars")
 
@@ -183,6 +184,7 @@ class SiameseModule(pl.LightningModule):
         total_steps = max(1, int(estimated_stepping_batches(self.trainer)))  # keeps a resumed loader state
         max_epochs = max(1, self.trainer.max_epochs or 1)
         warmup_steps = int(self.hparams.warmup_epochs * total_steps / max_epochs)
+        self._schedule_steps = (total_steps, warmup_steps)  # compared with a resumed scheduler's
         scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup_steps,
                                           max_epochs=total_steps, end_value=0.0)
         return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
@@ -200,3 +202,32 @@ class SiameseModule(pl.LightningModule):
         groups = [{"name": "decay", "params": decay, "weight_decay": self.hparams.weight_decay},
                   {"name": "no_decay", "params": no_decay, "weight_decay": 0.0}]
         return [group for group in groups if group["params"]]
+
+    def on_train_start(self) -> None:
+        finish_epoch_boundary_restart(self.trainer)
+        self.rederive_schedule()
+
+    def rederive_schedule(self) -> None:
+        """Fit the restored learning-rate schedule to this run's length, saying so when it changes.
+
+        Lightning restores the scheduler of a checkpoint as it was, built for the total number of steps of
+        the run that wrote it. Resumed with another length (a larger ``max_epochs`` to extend a finished
+        run, or after a ``max_steps`` stop), that schedule would end at the old total and train on at a
+        learning rate of zero; here the cosine schedule (same warm-up, same base rate) is re-derived over
+        the new total, continuing at the current step.
+        """
+        total, warmup = getattr(self, "_schedule_steps", (None, None))
+        for config in self.trainer.lr_scheduler_configs:
+            scheduler = config.scheduler
+            if total is None or not isinstance(scheduler, CosineWarmupScheduler) or scheduler.max_epochs == total:
+                continue
+            old = scheduler.max_epochs
+            scheduler.max_epochs, scheduler.warmup_epochs = total, min(warmup, total)
+            factor = scheduler.scale_lr(scheduler.last_epoch)
+            for group, base_lr in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+                group["lr"] = base_lr * factor
+            scheduler._last_lr = [group["lr"] for group in scheduler.optimizer.param_groups]  # noqa: SLF001
+            rank_zero_info(
+                f"Resuming at step {self.trainer.global_step} with {self.trainer.max_epochs} epochs "
+                f"({total} steps) instead of the checkpoint's {old} steps: cosine schedule re-derived over "
+                f"{total} steps instead of {old}; lr now {scheduler._last_lr[0]:.4g}.")  # noqa: SLF001

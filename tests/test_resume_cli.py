@@ -1,0 +1,156 @@
+"""Resume through the real recipe command: SIGKILL at several steps, resume from last.ckpt, same weights.
+
+Each pretraining recipe runs as ``python -m ssl_siamese.recipes.<method>`` with its default callbacks
+(throughput, collapse, learning-rate monitors, NaN guard, RNG state, online probe, embedding pictures, kNN)
+on a small real Fashion-MNIST subset, with the README's mid-epoch checkpoints
+(``--trainer.callbacks+=ModelCheckpoint --trainer.callbacks.every_n_train_steps 1 ...``). One uninterrupted
+run is the reference; a second run is SIGKILLed, resumed from ``last.ckpt``, SIGKILLed again and
+resumed to the end, at steps that differ by method: mid-epoch, exactly at an epoch boundary (the step
+checkpoint is written before the epoch's validation), right after one, and with only the epoch-end
+checkpoints of Lightning's default ``ModelCheckpoint`` (taken while training went on). The final weights must equal the reference's bit for bit. ``test_extending_a_finished_run`` stops a
+run by ``max_steps`` mid-epoch and extends it with a larger ``max_epochs``: the learning-rate schedule is
+re-derived over the new length and said so, and the weights move at a learning rate above zero.
+
+The SIGKILL comes from ``KillAtStep`` below, added on the command line like any callback
+(``--trainer.callbacks+=test_resume_cli.KillAtStep``): no exception handler, no cleanup, as with ``kill -9``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+FASHION_DIRS = [REPO.parent / "shared" / "data", REPO / "data"]
+FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+                 "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+DATA_DIR = next((d for d in FASHION_DIRS if all((d / "fashion-mnist" / f).is_file() for f in FASHION_FILES)), None)
+pytestmark = pytest.mark.skipif(DATA_DIR is None, reason="Fashion-MNIST IDX files not found in "
+                                + " or ".join(str(d / "fashion-mnist") for d in FASHION_DIRS))
+
+BATCH, TRAIN_IMAGES, EPOCHS = 16, 64, 3  # 4 steps per epoch, 12 in all
+STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
+METHOD_ARGS = {"simclr": ["--model.hidden_dim", "32", "--model.projection_dim", "16"],
+               "moco": ["--model.hidden_dim", "32", "--model.projection_dim", "16", "--model.queue_size", "32"],
+               "simsiam": ["--model.projection_dim", "32"]}
+STEP_CHECKPOINTS = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", "1",
+                    "--trainer.callbacks.save_last", "true"]
+
+
+class KillAtStep(pl.Callback):
+    """SIGKILLs its own process when the batch of global step ``step`` starts (its predecessor is saved)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object,
+                             batch_idx: int) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def recipe(method: str, out: Path, *extra: str, kill_at: int | None = None) -> subprocess.Popen:
+    """Start ``python -m ssl_siamese.recipes.<method>`` with the recipe's defaults on the tiny setup."""
+    args = [sys.executable, "-m", f"ssl_siamese.recipes.{method}", "--model.backbone", "tiny_cnn",
+            "--data.dataset", "fashion_mnist", "--data.data_dir", str(DATA_DIR), "--data.batch_size", str(BATCH),
+            "--data.train_subset", str(TRAIN_IMAGES), "--data.val_subset", "32", "--data.knn_bank_subset", "64",
+            "--trainer.max_epochs", str(EPOCHS), "--trainer.accelerator", "cpu", "--trainer.deterministic", "true",
+            "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+            "--trainer.log_every_n_steps", "1", "--log_to", "csv", "--knn_at_start", "false",
+            "--out", str(out), *METHOD_ARGS[method], *extra]
+    if kill_at is not None:
+        args += ["--trainer.callbacks+=test_resume_cli.KillAtStep", "--trainer.callbacks.step", str(kill_at)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
+           "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, killed: bool = False) -> str:
+    output, _ = process.communicate(timeout=600)
+    expected = -signal.SIGKILL if killed else 0
+    assert process.returncode == expected, f"exit {process.returncode}, expected {expected}:\n{output[-4000:]}"
+    return output
+
+
+def checkpoint(out: Path) -> dict:
+    return torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+
+
+def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} of {len(a)} tensors differ, e.g. {different[:5]}"
+
+
+# per method: the checkpoint flags of every run, and the steps at which two runs are SIGKILLed
+CHAINS = {
+    "simclr": (STEP_CHECKPOINTS, [2, STEPS_PER_EPOCH + 1]),  # mid-epoch 0; right after epoch 0's validation
+    "moco": ([], [STEPS_PER_EPOCH + 2, 2 * STEPS_PER_EPOCH + 1]),  # Lightning's epoch-end checkpoints only
+    "simsiam": (STEP_CHECKPOINTS, [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH + 3]),  # at the boundary; mid-epoch 2
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", list(CHAINS))
+def test_sigkilled_recipe_resumes_to_the_uninterrupted_weights(method, tmp_path):
+    flags, kills = CHAINS[method]
+    full_out, out = tmp_path / "full", tmp_path / "killed"
+    full = recipe(method, full_out, *flags)  # the reference runs alongside the chain
+    resume: list[str] = []
+    for kill_at in kills:  # each run after the first resumes the previous one's last.ckpt
+        finish(recipe(method, out, *flags, *resume, kill_at=kill_at), killed=True)
+        saved = kill_at if flags else kill_at // STEPS_PER_EPOCH * STEPS_PER_EPOCH
+        assert checkpoint(out)["global_step"] == saved
+        resume = ["--ckpt_path", str(out / "checkpoints" / "last.ckpt")]
+    finish(recipe(method, out, *flags, *resume))
+    finish(full)
+    resumed, reference = checkpoint(out), checkpoint(full_out)
+    assert resumed["global_step"] == reference["global_step"] == EPOCHS * STEPS_PER_EPOCH
+    assert_same_weights(resumed["state_dict"], reference["state_dict"])
+    assert sorted(p.name for p in (out / "checkpoints").glob("last*.ckpt")) == ["last.ckpt"]
+    assert (out / "exported_models" / "backbone.pt").is_file()
+
+
+def logged_lrs(out: Path) -> list[tuple[int, float]]:
+    """``(step, lr)`` of every learning rate the CSV logs under ``out`` hold (every ``lr-*`` column)."""
+    rows = []
+    for path in sorted(out.glob("csv/**/metrics.csv")):
+        with path.open() as f:
+            rows += [(int(r["step"]), float(v)) for r in csv.DictReader(f)
+                     for k, v in r.items() if k.startswith("lr-") and v]
+    return rows
+
+
+@pytest.mark.slow
+def test_extending_a_run_rederives_the_schedule(tmp_path):
+    """Stopped by max_steps mid-epoch, resumed to 2 epochs, then extended to 3: epoch 3 trains at lr > 0."""
+    out = tmp_path / "run"
+    resume = ["--ckpt_path", str(out / "checkpoints" / "last.ckpt")]
+    stop = STEPS_PER_EPOCH + 2
+    finish(recipe("simclr", out, *STEP_CHECKPOINTS, "--trainer.max_epochs", "2", "--trainer.max_steps", str(stop)))
+    assert checkpoint(out)["global_step"] == stop
+    output = finish(recipe("simclr", out, *STEP_CHECKPOINTS, *resume, "--trainer.max_epochs", "2"))
+    assert f"cosine schedule re-derived over {2 * STEPS_PER_EPOCH} steps instead of {stop}" in output, output[-3000:]
+    before = checkpoint(out)
+    assert before["global_step"] == 2 * STEPS_PER_EPOCH
+    output = finish(recipe("simclr", out, *STEP_CHECKPOINTS, *resume))  # max_epochs 3
+    total = EPOCHS * STEPS_PER_EPOCH
+    assert f"cosine schedule re-derived over {total} steps instead of {2 * STEPS_PER_EPOCH}" in output, output[-3000:]
+    assert "exceeds max_steps" not in output
+    after = checkpoint(out)
+    assert after["global_step"] == total
+    # lightly's cosine reaches its end value (0) at the last step; every step of epoch 3 before it trains
+    lrs = {step: lr for step, lr in logged_lrs(out) if step >= 2 * STEPS_PER_EPOCH}
+    assert sorted(lrs) == list(range(2 * STEPS_PER_EPOCH, total)), lrs
+    assert all(lrs[step] > 0 for step in range(2 * STEPS_PER_EPOCH, total - 1)), lrs
+    moved = [k for k in before["state_dict"] if k.startswith("backbone.")
+             and not torch.equal(before["state_dict"][k], after["state_dict"][k])]
+    assert moved, "no backbone weight changed in epoch 3"
