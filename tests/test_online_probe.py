@@ -61,9 +61,10 @@ def test_state_round_trips_through_a_checkpoint(tmp_path):
     _, trainer = fit([probe], max_steps=2)
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["callbacks"][probe.state_key]
-    assert set(saved) == {"classifier", "optimizer"} and saved["optimizer"]["state"]
+    assert set(saved) == {"classifier", "optimizer", "train_counts"} and saved["optimizer"]["state"]
     restored = OnlineLinearProbe(optimizer="sgd", lr=0.1)
     restored.load_state_dict(saved)
+    assert restored._train_counts == probe._train_counts  # a mid-epoch resume logs the whole epoch's accuracy
     restored.build(probe.classifier.in_features, probe.classifier.out_features)
     torch.testing.assert_close(restored.classifier.state_dict(), probe.classifier.state_dict(), rtol=0, atol=0)
     momentum = restored.optimizer.state_dict()["state"][0]["momentum_buffer"]
