@@ -194,6 +194,10 @@ class SSLCLI(LightningCLI):
             if getattr(checkpoint, "dirpath", None) is None:
                 checkpoint.dirpath = str((out / "checkpoints").resolve())
                 checkpoint.save_last = True
+            # A run resumed with other checkpoint options (a ModelCheckpoint added on resume) does not get
+            # the saved callback state back, so Lightning would write last-v1.ckpt beside the stale last.ckpt
+            # that the README tells users to resume from. Overwrite instead: last.ckpt is always the newest.
+            checkpoint._enable_version_counter = False  # noqa: SLF001 - only settable in the constructor
         return trainer
 
 

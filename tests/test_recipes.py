@@ -133,3 +133,17 @@ def test_lars_bf16_channels_last_and_warmup_run_on_cpu(tmp_path):
         "--trainer.limit_train_batches", "3", "--data.val_subset", "64", "--data.knn_bank_subset", "128",
         "--knn_at_start", "false", "--log_to", "none", "--out", str(tmp_path)])
     assert summary["epochs"] == 1 and torch.isfinite(torch.tensor(summary["knn_history"][-1][1]))
+
+
+def test_resuming_with_an_added_step_checkpoint_keeps_last_ckpt_the_newest(tmp_path):
+    """Resumed with a ModelCheckpoint added (the README's mid-epoch flags), Lightning used to write
+    last-v1.ckpt and leave last.ckpt at the first run's end, so the next --ckpt_path resumed from stale state."""
+    args = TINY + ["--log_to", "none", "--knn_at_start", "false", "--trainer.limit_train_batches", "4",
+                   "--out", str(tmp_path)]
+    main(SimCLR, "simclr", args + ["--trainer.max_epochs", "1"])
+    main(SimCLR, "simclr", args + ["--trainer.max_epochs", "2", "--trainer.callbacks+=ModelCheckpoint",
+                                   "--trainer.callbacks.every_n_train_steps", "2",
+                                   "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")])
+    names = sorted(path.name for path in (tmp_path / "checkpoints").glob("last*.ckpt"))
+    assert names == ["last.ckpt"]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
