@@ -227,7 +227,10 @@ def main(model_class: type[pl.LightningModule], method_name: str,
         every = cli.config_init["pictures_every_n_epochs"]
         extra += [EmbeddingPictures(every_n_epochs=every)] if every > 0 else []
         trainer.callbacks[0:0] = extra
-    if cli.config_init["knn_at_start"] and has_labels:
+    if cli.config_init["knn_at_start"] and has_labels and cli.config_init["ckpt_path"]:
+        # validate() would measure the untrained weights (the checkpoint loads inside fit) and draw them again
+        rank_zero_info("Resuming: the kNN accuracy at initialisation is the one in the checkpoint's history.")
+    elif cli.config_init["knn_at_start"] and has_labels:
         rank_zero_info("Measuring kNN accuracy of the backbone at initialisation ...")
         trainer.validate(model, datamodule=datamodule, verbose=False)
     started = time.perf_counter()

@@ -147,3 +147,20 @@ def test_resuming_with_an_added_step_checkpoint_keeps_last_ckpt_the_newest(tmp_p
     names = sorted(path.name for path in (tmp_path / "checkpoints").glob("last*.ckpt"))
     assert names == ["last.ckpt"]
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 8
+
+
+def test_a_resumed_run_does_not_measure_or_draw_the_untrained_weights_again(tmp_path, caplog):
+    """The at-initialisation kNN ran before fit() loaded the checkpoint: on resume it measured (and drew,
+    and logged) a random network as if it were the start of the run."""
+    args = TINY + ["--log_to", "csv", "--trainer.limit_train_batches", "2", "--data.val_subset", "64",
+                   "--data.knn_bank_subset", "256", "--pictures_every_n_epochs", "1", "--out", str(tmp_path)]
+    first = main(SimCLR, "simclr", args + ["--trainer.max_epochs", "1"])
+    start_picture = tmp_path / "pictures" / "embedding_pca_epoch000.png"
+    drawn = start_picture.stat().st_mtime_ns
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        resumed = main(SimCLR, "simclr", args + ["--trainer.max_epochs", "2",
+                                                 "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")])
+    assert "at initialisation ..." not in caplog.text and "Resuming: the kNN accuracy" in caplog.text
+    assert start_picture.stat().st_mtime_ns == drawn
+    assert resumed["knn_history"][:2] == first["knn_history"] and [e for e, _, _ in resumed["knn_history"]] == [-1, 0, 1]
