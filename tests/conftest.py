@@ -75,3 +75,12 @@ def private_image_cache(monkeypatch, tmp_path_factory) -> Path:
     folder = tmp_path_factory.getbasetemp() / "ssl_siamese_cache"
     monkeypatch.setenv(data.CACHE_ENV, str(folder))
     return folder
+
+
+def offline_wandb_run_ids(out: Path) -> list[str]:
+    """The run id of each offline W&B run folder under ``out/wandb``, one entry per folder.
+
+    Read from the ``run-<id>.wandb`` file, not the folder name: two runs started in the same second get
+    folders ``offline-run-<time>-<id>`` and ``offline-run-<time>-<id>-1``.
+    """
+    return sorted(file.stem.removeprefix("run-") for file in out.glob("wandb/offline-run-*/run-*.wandb"))

@@ -10,6 +10,8 @@ import pytest
 from ssl_siamese.cli import main
 from ssl_siamese.methods import MoCo, SimCLR, SimSiam
 
+from conftest import offline_wandb_run_ids
+
 METHODS = {"simclr": SimCLR, "moco": MoCo, "simsiam": SimSiam}
 TINY = ["--model.backbone", "tiny_cnn", "--data.dataset", "synthetic", "--data.batch_size", "32",
         "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false"]
@@ -120,16 +122,12 @@ def test_misspelt_option_without_a_dot_gets_a_suggestion(typed, meant, tmp_path)
     assert f"unknown option {typed}" in message and f"did you mean {meant}?" in message
 
 
-def offline_run_ids(out: Path) -> list[str]:
-    return sorted(folder.name.rsplit("-", 1)[-1] for folder in out.glob("wandb/offline-run-*"))
-
-
 def test_wandb_stays_offline_with_credentials_unless_asked(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_API_KEY", "0" * 40)  # a key exists, as on a machine that ran `wandb login`
     monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # an online run would fail here, not hang
     main(SimSiam, "simsiam", TINY + SHORT_RUN + ["--trainer.max_epochs", "1", "--out", str(tmp_path)])
-    assert len(offline_run_ids(tmp_path)) == 1
+    assert len(offline_wandb_run_ids(tmp_path)) == 1
     assert not list(tmp_path.glob("wandb/run-*")), "an online run was started"
 
 
@@ -145,12 +143,12 @@ def test_wandb_online_without_credentials_is_a_clear_error(tmp_path, monkeypatch
 
 def test_resumed_run_continues_the_same_wandb_run(tmp_path):
     first = main(SimSiam, "simsiam", TINY + SHORT_RUN + ["--trainer.max_epochs", "1", "--out", str(tmp_path)])
-    (run_id,) = set(offline_run_ids(tmp_path))
+    (run_id,) = set(offline_wandb_run_ids(tmp_path))
     checkpoint = first["out"] / "checkpoints" / "last.ckpt"
     second = main(SimSiam, "simsiam", TINY + SHORT_RUN + ["--trainer.max_epochs", "2", "--ckpt_path",
                                                           str(checkpoint), "--out", str(tmp_path)])
     assert second["epochs"] == 2
-    assert set(offline_run_ids(tmp_path)) == {run_id}
+    assert set(offline_wandb_run_ids(tmp_path)) == {run_id}
     # a new run in the same folder without --ckpt_path is a new W&B run
     main(SimSiam, "simsiam", TINY + SHORT_RUN + ["--trainer.max_epochs", "1", "--out", str(tmp_path)])
-    assert len(set(offline_run_ids(tmp_path))) == 2
+    assert len(set(offline_wandb_run_ids(tmp_path))) == 2

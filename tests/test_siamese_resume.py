@@ -32,7 +32,7 @@ from ssl_siamese.recipes.siamese import checkpoint_callback
 from ssl_siamese.samplers import PKBatchSampler
 from test_resume import Crash, CrashAtStep
 
-from conftest import fashion_mnist_dir, needs_fashion_mnist
+from conftest import fashion_mnist_dir, needs_fashion_mnist, offline_wandb_run_ids
 
 DATA = fashion_mnist_dir()
 BATCHES_PER_EPOCH = 6
@@ -182,8 +182,8 @@ def test_a_resumed_run_continues_its_wandb_run(tmp_path, monkeypatch):
     args[args.index("--epochs") + 1] = "1"
     main(args)
     main([*args, "--epochs", "2", "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")])
-    runs = sorted(tmp_path.glob("wandb/offline-run-*"))
-    assert len(runs) == 2 and len({run.name.rsplit("-", 1)[-1] for run in runs}) == 1, runs
+    run_ids = offline_wandb_run_ids(tmp_path)
+    assert len(run_ids) == 2 and len(set(run_ids)) == 1, run_ids
 
 
 def wandb_records(out: Path, expected: tuple[bytes, ...], timeout_s: float = 30.0) -> bytes:
