@@ -52,3 +52,10 @@ def test_ddp_accuracy_benchmark_quick(tmp_path):
                              "1 process, seed 1"]
     assert all(0.0 <= r["knn_top1"] <= 1.0 and 0.0 <= r["linear_top1"] <= 1.0 for r in results.values())
     assert "DDP - single" in stdout
+
+
+def test_weight_decay_groups_benchmark_quick(tmp_path):
+    stdout, report = _run_quick("benchmarks/weight_decay_groups.py", tmp_path)
+    (row,) = report["rows"]
+    assert 0.0 <= row["one_group_knn_top1"] <= 1.0 and 0.0 <= row["two_groups_knn_top1"] <= 1.0
+    assert stdout.count("\n| ") == 3, stdout  # header, separator, one row per seed
