@@ -115,6 +115,8 @@ def estimated_stepping_batches(trainer: Any) -> int:
     when nothing asked for the count first.
     """
     fit_loop = getattr(trainer, "fit_loop", None)
+    if fit_loop is not None and not hasattr(fit_loop, "_combined_loader"):  # a Lightning without this internal
+        fit_loop = None
     built_before = fit_loop is None or fit_loop._combined_loader is not None  # noqa: SLF001 - see the docstring
     steps = trainer.estimated_stepping_batches
     if not built_before and fit_loop._combined_loader is not None:  # noqa: SLF001
@@ -136,6 +138,8 @@ def finish_epoch_boundary_restart(trainer: Any) -> None:
     restart stage once that epoch is counted done lets the next one start normally.
     """
     fit_loop = trainer.fit_loop
+    if not hasattr(fit_loop, "reset_restart_stage"):  # older Lightning, without restart stages: nothing to clear
+        return
     progress = fit_loop.epoch_progress.current
     if fit_loop.restarted_mid_epoch and progress.processed == progress.ready:
         fit_loop.reset_restart_stage()
