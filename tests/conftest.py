@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ssl_siamese import data
+from ssl_siamese.data import idx
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -25,7 +26,7 @@ def fashion_mnist_candidates() -> list[Path]:
 
 
 def _holds_fashion_mnist(folder: Path) -> bool:
-    stems = [stem for pair in data._IDX_FILES.values() for stem in pair]  # noqa: SLF001 - the four file names
+    stems = [stem for pair in idx._IDX_FILES.values() for stem in pair]  # noqa: SLF001 - the four file names
     return all((folder / stem).is_file() or (folder / f"{stem}.gz").is_file() for stem in stems)
 
 

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from ssl_siamese import data, images
+from ssl_siamese.data import idx, torchvision_sets
 from ssl_siamese.data import DataNotFoundError, ImageTensors, SSLDataModule, load_split
 
 from conftest import fashion_mnist_dir, find_data_file, needs_data_file, needs_fashion_mnist
@@ -29,14 +30,14 @@ needs_fashion = needs_fashion_mnist
 def copy_fashion_mnist(target: Path) -> list[Path]:
     """Copy the four IDX files (as found: gzipped or not) into ``target``; the copies."""
     target.mkdir(parents=True, exist_ok=True)
-    stems = [stem for pair in data._IDX_FILES.values() for stem in pair]
-    return [Path(shutil.copy(data._find_idx(FASHION, stem), target)) for stem in stems]
+    stems = [stem for pair in idx._IDX_FILES.values() for stem in pair]
+    return [Path(shutil.copy(idx._find_idx(FASHION, stem), target)) for stem in stems]
 
 
 @pytest.fixture(autouse=True)
 def no_system_fashion_mnist(monkeypatch, tmp_path_factory):
     """Tests see only the data they set up: no Debian package folder, no environment variable."""
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", tmp_path_factory.getbasetemp() / "no-system-dir")
+    monkeypatch.setattr(idx, "FASHION_MNIST_SYSTEM_DIR", tmp_path_factory.getbasetemp() / "no-system-dir")
     monkeypatch.delenv(data.FASHION_MNIST_ENV, raising=False)
 
 
@@ -99,7 +100,7 @@ def test_missing_fashion_mnist_names_every_place_looked(tmp_path):
     message = str(error.value)
     for path in data.fashion_mnist_search_paths(tmp_path):
         assert str(path) in message
-    assert "apt-get install dataset-fashion-mnist" in message and str(data.FASHION_MNIST_SYSTEM_DIR) in message
+    assert "apt-get install dataset-fashion-mnist" in message and str(idx.FASHION_MNIST_SYSTEM_DIR) in message
 
 
 @needs_fashion
@@ -128,7 +129,7 @@ def test_missing_cifar10_without_download_fails_fast_and_says_how_to_fix(tmp_pat
 
 
 def test_offline_download_fails_fast(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "_can_connect", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(torchvision_sets, "can_connect", lambda url, timeout=3.0: False)
     with pytest.raises(DataNotFoundError, match="unreachable"):
         load_split("cifar100", "test", tmp_path, download=True)
 
@@ -137,7 +138,7 @@ def test_connectivity_check_leaves_the_global_socket_timeout_alone():
     import socket
 
     before = socket.getdefaulttimeout()
-    data._can_connect("http://127.0.0.1:9/", timeout=0.5)
+    torchvision_sets.can_connect("http://127.0.0.1:9/", timeout=0.5)
     assert socket.getdefaulttimeout() == before
 
 
@@ -390,7 +391,7 @@ def test_folder_with_a_test_split_but_no_train_split_is_a_clear_error(tmp_path):
 def test_environment_variable_wins_over_the_system_copy(tmp_path, monkeypatch):
     monkeypatch.setenv(data.FASHION_MNIST_ENV, str(tmp_path / "mine"))
     paths = data.fashion_mnist_search_paths(tmp_path / "nothing")
-    assert paths.index((tmp_path / "mine").resolve()) < paths.index(data.FASHION_MNIST_SYSTEM_DIR)
+    assert paths.index((tmp_path / "mine").resolve()) < paths.index(idx.FASHION_MNIST_SYSTEM_DIR)
 
 
 def test_resumable_loader_shards_ranks_disjointly_and_reorders_each_epoch():

@@ -271,7 +271,7 @@ def test_supervised_siamese_ddp_ranks_train_on_their_own_pk_batches(tmp_path):
     """2 gloo processes: each rank gets its own share of one P x K draw, not a DistributedSampler's remake."""
     import pytorch_lightning as pl
 
-    from ssl_siamese.data_pk import PKDataModule
+    from ssl_siamese.data.pk import PKDataModule
     from ssl_siamese.methods.siamese import SupervisedSiamese
     from ssl_siamese.samplers import PKBatchSampler
 

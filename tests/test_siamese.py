@@ -6,9 +6,9 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-import ssl_siamese.data_pk as data_pk
+import ssl_siamese.data.pk as data_pk
 from ssl_siamese.data import make_synthetic
-from ssl_siamese.data_pk import PKDataModule, near_duplicate_report
+from ssl_siamese.data.pk import PKDataModule, near_duplicate_report
 from ssl_siamese.export import export_backbone
 from ssl_siamese.methods.siamese import SupervisedSiamese, contrastive_pairs
 from ssl_siamese.recipes.siamese import main, parse_classes, run_siamese

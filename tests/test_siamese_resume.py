@@ -24,7 +24,7 @@ import torch
 
 from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
 from ssl_siamese.data import make_synthetic
-from ssl_siamese.data_pk import PKDataModule
+from ssl_siamese.data.pk import PKDataModule
 from ssl_siamese.export import load_backbone
 from ssl_siamese.loader import IndexedBatchLoader
 from ssl_siamese.methods.siamese import SupervisedSiamese

@@ -49,7 +49,7 @@ from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
 from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
 from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint, read_checkpoint
 from ssl_siamese.cli_args import parse_args as parse_checked
-from ssl_siamese.data_pk import NEAR_DUPLICATE_MODES, PKDataModule
+from ssl_siamese.data.pk import NEAR_DUPLICATE_MODES, PKDataModule
 from ssl_siamese.evaluation.fewshot import fewshot_episodes, max_queries
 from ssl_siamese.evaluation.retrieval import pair_scores, recall_at_k, verification_roc
 from ssl_siamese.export import export_backbone

@@ -26,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ssl_siamese.augment import grayscale, to_float_rgb
-from ssl_siamese.data import DATASETS, DataNotFoundError, ImageTensors, load_split
+from ssl_siamese.data.info import DATASETS, DataNotFoundError, ImageTensors
+from ssl_siamese.data.sources import load_split
 from ssl_siamese.loader import IndexedBatchLoader
 from ssl_siamese.samplers import PKBatchSampler, assert_no_class_overlap
 
