@@ -11,6 +11,10 @@ Example:
     >>> aug = ViewAugmentation.simclr(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
     >>> images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     >>> view0, view1 = aug(images), aug(images)  # two different random views, float32 (8, 3, 32, 32)
+
+Images of different sizes travel as one top-left zero-padded batch plus their true ``(height, width)``
+(:func:`ssl_siamese.padded.pad_images`); pass ``sizes=`` to :meth:`ViewAugmentation.forward` and
+:meth:`ViewAugmentation.normalize` and every crop is drawn from, and sampled inside, its own image.
 """
 
 from __future__ import annotations
@@ -106,11 +110,13 @@ class ViewAugmentation(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     def sample_params(self, batch_size: int, device: torch.device | str | None = None,
-                      generator: torch.Generator | None = None, aspect: float = 1.0) -> dict[str, Tensor]:
-        """Draw per-sample parameters (one ``torch.rand`` call); ``aspect`` is the input's H / W.
+                      generator: torch.Generator | None = None,
+                      aspect: float | Tensor = 1.0) -> dict[str, Tensor]:
+        """Draw per-sample parameters (one ``torch.rand`` call); ``aspect`` is the input's H / W, one float
+        for the batch or a ``(B, 1)`` tensor with each image's own.
 
         Crop ``w``/``h`` are fractions of the image width/height, ``cx``/``cy`` the crop centre in
-        [-1, 1] coordinates, ``area = w * h``. Samples not jittered get identity factors / zero hue.
+        [-1, 1] coordinates of that image, ``area = w * h``. Samples not jittered get identity factors / zero hue.
         """
         u = torch.rand(batch_size, 14 + 2 * (CROP_ATTEMPTS - 1), device=device, generator=generator)
         w, h = self._crop_size(torch.cat([u[:, :1], u[:, 14::2]], 1), torch.cat([u[:, 1:2], u[:, 15::2]], 1),
@@ -133,10 +139,11 @@ class ViewAugmentation(nn.Module):
             "sigma": sig_lo + (sig_hi - sig_lo) * u[:, 12], "solarize": u[:, 13] < self.solarize_prob,
         }
 
-    def _crop_size(self, scale_u: Tensor, ratio_u: Tensor, aspect: float) -> tuple[Tensor, Tensor]:
+    def _crop_size(self, scale_u: Tensor, ratio_u: Tensor, aspect: float | Tensor) -> tuple[Tensor, Tensor]:
         """Crop width/height fractions as torchvision draws them: the first of ``CROP_ATTEMPTS`` candidates
         (area ~ U(scale), log ratio ~ U(log ratio)) that fits in the image, else a centre crop of the
-        whole image with its ratio clamped to ``crop_ratio``. ``scale_u``/``ratio_u``: (B, attempts) in [0, 1)."""
+        whole image with its ratio clamped to ``crop_ratio``. ``scale_u``/``ratio_u``: (B, attempts) in [0, 1);
+        ``aspect`` (H / W): a float, or a ``(B, 1)`` tensor for images of different shapes."""
         lo, hi = self.crop_scale
         scale = lo + (hi - lo) * scale_u
         log_lo, log_hi = math.log(self.crop_ratio[0]), math.log(self.crop_ratio[1])
@@ -145,22 +152,37 @@ class ViewAugmentation(nn.Module):
         fits = (w <= 1.0) & (h <= 1.0)
         first = fits.to(torch.uint8).argmax(1, keepdim=True)  # index of the first candidate that fits
         image_ratio = 1.0 / aspect  # W / H
-        fallback_w = min(1.0, self.crop_ratio[1] / image_ratio)
-        fallback_h = min(1.0, image_ratio / self.crop_ratio[0])
+        if isinstance(aspect, Tensor):  # per image: (B, 1) -> (B,)
+            fallback_w = (self.crop_ratio[1] / image_ratio).clamp(max=1.0).view(-1).to(w.dtype)
+            fallback_h = (image_ratio / self.crop_ratio[0]).clamp(max=1.0).view(-1).to(w.dtype)
+        else:
+            fallback_w = torch.full_like(w[:, 0], min(1.0, self.crop_ratio[1] / image_ratio))
+            fallback_h = torch.full_like(h[:, 0], min(1.0, image_ratio / self.crop_ratio[0]))
         found = fits.any(1)
-        w = torch.where(found, w.gather(1, first).squeeze(1), torch.full_like(w[:, 0], fallback_w))
-        h = torch.where(found, h.gather(1, first).squeeze(1), torch.full_like(h[:, 0], fallback_h))
+        w = torch.where(found, w.gather(1, first).squeeze(1), fallback_w)
+        h = torch.where(found, h.gather(1, first).squeeze(1), fallback_h)
         return w, h
 
-    def forward(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """One random view per image: ``(B, 1|3, H, W)`` uint8 or [0, 1] float -> normalised float32."""
-        images = to_float_rgb(images)
-        params = self.sample_params(images.shape[0], images.device, generator, images.shape[2] / images.shape[3])
-        return self.apply_params(images, params)
+    def forward(self, images: Tensor, generator: torch.Generator | None = None,
+                sizes: Tensor | None = None) -> Tensor:
+        """One random view per image: ``(B, 1|3, H, W)`` uint8 or [0, 1] float -> normalised float32.
 
-    def apply_params(self, images: Tensor, params: dict[str, Tensor]) -> Tensor:
-        """Apply given ``sample_params`` to a batch; deterministic (useful for tests)."""
-        x = self._crop_flip(to_float_rgb(images), params)
+        ``sizes``: optional ``(B, 2)`` true ``(height, width)`` of images padded top-left into the batch;
+        each crop then follows torchvision's rule for its own image and stays inside it.
+        """
+        images = to_float_rgb(images)
+        if sizes is None:
+            aspect: float | Tensor = images.shape[2] / images.shape[3]
+        else:
+            sizes = _check_sizes(sizes, images)
+            aspect = (sizes[:, :1].double() / sizes[:, 1:].double()).float()
+        params = self.sample_params(images.shape[0], images.device, generator, aspect)
+        return self.apply_params(images, params, sizes)
+
+    def apply_params(self, images: Tensor, params: dict[str, Tensor], sizes: Tensor | None = None) -> Tensor:
+        """Apply given ``sample_params`` to a batch (``sizes`` as in ``forward``); deterministic (useful for tests)."""
+        images = to_float_rgb(images)
+        x = self._crop_flip(images, params, None if sizes is None else _check_sizes(sizes, images))
         x = self._color_jitter(x, params)
         x = torch.where(params["grayscale"].view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
         if self.blur_prob > 0:
@@ -169,18 +191,36 @@ class ViewAugmentation(nn.Module):
         x = torch.where(params["solarize"].view(-1, 1, 1, 1) & (x >= 0.5), 1.0 - x, x)
         return (x - self.mean) / self.std
 
-    def normalize(self, images: Tensor) -> Tensor:
-        """Evaluation path without randomness: to float RGB, resize (bilinear, antialias), normalise."""
+    def normalize(self, images: Tensor, sizes: Tensor | None = None) -> Tensor:
+        """Evaluation path without randomness: to float RGB, resize (bilinear, antialias), normalise.
+
+        With ``sizes`` (``(B, 2)`` true height, width of a top-left padded batch) each image gets the standard
+        eval transform instead, torchvision's ``Resize(size)`` (shorter side to ``size``) + ``CenterCrop(size)``,
+        as one batched bilinear ``grid_sample`` WITHOUT antialiasing: equal to torchvision with
+        ``antialias=False``; when shrinking, high frequencies alias where torchvision's default would blur them.
+        """
         x = to_float_rgb(images)
+        if sizes is not None:
+            sizes = _check_sizes(sizes, x)
+            x = _sample_regions(x, _resize_center_crop_theta(sizes, self.size, x.shape[-2:]), sizes, self.size)
+            return (x.clamp(0.0, 1.0) - self.mean) / self.std
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
                               antialias=True).clamp(0.0, 1.0)
         return (x - self.mean) / self.std
 
-    def _crop_flip(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
+    def _crop_flip(self, x: Tensor, p: dict[str, Tensor], sizes: Tensor | None = None) -> Tensor:
         # theta maps output coords in [-1, 1] to input coords; the full image is the identity matrix.
         sign = torch.where(p["flip"], -torch.ones_like(p["w"]), torch.ones_like(p["w"]))
         zero = torch.zeros_like(p["w"])
+        if sizes is not None:
+            # Image i fills [-1, -1 + 2 s) of the padded batch's [-1, 1) along each axis, s = its size / padded
+            # size: image coordinate u lands on u s + (s - 1) (exactly u when s = 1). Scale the crop into it.
+            sx = sizes[:, 1].to(x.dtype) / x.shape[3]
+            sy = sizes[:, 0].to(x.dtype) / x.shape[2]
+            theta = torch.stack([torch.stack([p["w"] * sign * sx, zero, p["cx"] * sx + (sx - 1.0)], 1),
+                                 torch.stack([zero, p["h"] * sy, p["cy"] * sy + (sy - 1.0)], 1)], 1)
+            return _sample_regions(x, theta, sizes, self.size)
         theta = torch.stack([torch.stack([p["w"] * sign, zero, p["cx"]], 1),
                              torch.stack([zero, p["h"], p["cy"]], 1)], 1)
         grid = F.affine_grid(theta, [x.shape[0], 3, self.size, self.size], align_corners=False)
@@ -223,6 +263,54 @@ class ViewAugmentation(nn.Module):
     def simsiam(cls, size: int, mean: Sequence[float], std: Sequence[float]) -> ViewAugmentation:
         """SimSiam views: crop (0.2, 1), jitter 0.4/0.4/0.4/0.1 p=0.8, gray 0.2, blur if size >= 64."""
         return cls(size, crop_scale=(0.2, 1.0), blur_prob=0.5 if size >= 64 else 0.0, mean=mean, std=std)
+
+
+def _check_sizes(sizes: Tensor, images: Tensor) -> Tensor:
+    """Validate ``(B, 2)`` (height, width) sizes against a padded ``(B, C, H, W)`` batch; move to its device."""
+    if sizes.shape != (images.shape[0], 2):
+        raise ValueError(f"sizes must have shape ({images.shape[0]}, 2) (height, width), got {tuple(sizes.shape)}.")
+    sizes = sizes.to(images.device)
+    if (sizes < 1).any() or (sizes[:, 0] > images.shape[2]).any() or (sizes[:, 1] > images.shape[3]).any():
+        raise ValueError(f"sizes must lie in [1, {images.shape[2]}] x [1, {images.shape[3]}] (the padded batch).")
+    return sizes
+
+
+def _resize_center_crop_theta(sizes: Tensor, size: int, padded: Sequence[int]) -> Tensor:
+    """Per-image theta of torchvision's ``Resize(size)`` + ``CenterCrop(size)`` within a top-left padded batch.
+
+    The resized image is ``size`` on the shorter side and ``int(size * long / short)`` on the other (as
+    torchvision rounds); the crop starts at ``int(round((resized - size) / 2))``. Output pixel j samples
+    resized pixel ``start + j``, i.e. the input at ``(start + j + 0.5) * true / resized`` in pixel-edge units.
+    """
+    true = sizes.double()
+    short = true.min(1, keepdim=True).values
+    resized = torch.where(true == short, torch.full_like(true, size), torch.floor(size * true / short))
+    start = torch.round((resized - size) / 2.0)  # half to even, as the Python round torchvision uses
+    pixel = true / resized  # input pixels per resized pixel, (B, 2) as (y, x)
+    extent = torch.tensor(padded, dtype=torch.float64, device=sizes.device)
+    scale = size * pixel / extent  # output [-1, 1] -> padded batch [-1, 1]
+    shift = (2.0 * start + size) * pixel / extent - 1.0
+    zero = torch.zeros_like(scale[:, 0])
+    theta = torch.stack([torch.stack([scale[:, 1], zero, shift[:, 1]], 1),
+                         torch.stack([zero, scale[:, 0], shift[:, 0]], 1)], 1)
+    return theta.float()
+
+
+def _sample_regions(x: Tensor, theta: Tensor, sizes: Tensor, size: int) -> Tensor:
+    """``grid_sample`` of a top-left padded batch with the grid clamped to each image's own pixel centres.
+
+    Bilinear sampling of a point within half a pixel of an image's right or bottom edge would mix in the
+    padding beyond it. Clamping the grid to the centres of the image's first and last pixels (pixel
+    coordinates [0, w - 1], [0, h - 1]) instead repeats the edge pixel, exactly what ``padding_mode="border"``
+    does for an unpadded image; padding gets weight 0 (up to float rounding of the grid, ~1e-6 of a pixel).
+    """
+    height, width = x.shape[-2:]
+    grid = F.affine_grid(theta.to(x.dtype), [x.shape[0], 3, size, size], align_corners=False)
+    extent = torch.tensor([width, height], dtype=x.dtype, device=x.device)  # grid's last axis is (x, y)
+    low = 1.0 / extent - 1.0
+    high = (2.0 * sizes.flip(1).to(x.dtype) - 1.0) / extent - 1.0
+    grid = torch.maximum(torch.minimum(grid, high.view(-1, 1, 1, 2)), low)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def augmentation_preset(name: str, size: int, mean: Sequence[float], std: Sequence[float]) -> ViewAugmentation:
