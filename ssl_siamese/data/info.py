@@ -48,6 +48,7 @@ DATASETS: dict[str, DatasetInfo] = {
     "fashion_mnist": DatasetInfo((0.2860,) * 3, (0.3530,) * 3, 28, 1, 10),
     "synthetic": DatasetInfo((0.5,) * 3, (0.25,) * 3, 32, 3, 10),
     "folder": DatasetInfo(IMAGENET_MEAN, IMAGENET_STD, 64, 3, None),
+    "stream": DatasetInfo(IMAGENET_MEAN, IMAGENET_STD, 224, 3, None, query_split="val"),  # prepared shards
 }
 
 

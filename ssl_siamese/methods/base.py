@@ -110,13 +110,15 @@ class SiameseModule(pl.LightningModule):
         return encoder(torch.cat([view0, view1])).flatten(1)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """On the device: uint8 images -> two random views (training) or one normalised view (eval)."""
+        """On the device: uint8 images (with their sizes when padded) -> two random views (training) or one
+        normalised view (eval)."""
         images, labels = batch[0], batch[1]
+        sizes = batch[2] if len(batch) > 2 else None  # streamed images of varying size, padded (data/streamed.py)
         memory_format = torch.channels_last if self.hparams.channels_last else torch.contiguous_format
         if self._trainer is not None and self.trainer.training:
-            views = [self.augmentation(images).contiguous(memory_format=memory_format) for _ in range(2)]
+            views = [self.augmentation(images, sizes=sizes).contiguous(memory_format=memory_format) for _ in range(2)]
             return views, labels
-        return self.augmentation.normalize(images).contiguous(memory_format=memory_format), labels
+        return self.augmentation.normalize(images, sizes=sizes).contiguous(memory_format=memory_format), labels
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
         (view0, view1), _ = batch

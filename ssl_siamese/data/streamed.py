@@ -1,0 +1,271 @@
+"""Prepared shard folders streamed with litdata: data bounded by disk (or a bucket), not by memory.
+
+A folder written by ``python -m ssl_siamese.data.prepare`` holds encoded JPEG/PNG samples in litdata chunks
+(``train/``, ``val/``, ``dataset.json``). Training reads it with litdata's ``StreamingDataset`` (chunks
+spread over ranks and workers, shuffled per epoch, local paths or ``s3://`` / ``gs://``): the images are
+decoded in the DataLoader workers (libjpeg-turbo through ``torchvision.io``) and padded into one uint8
+batch with their sizes, and the random views are made on the device, as for the in-memory path
+(:class:`ssl_siamese.augment.ViewAugmentation` crops each image inside its own size). With
+``decode="device"`` the workers pass the JPEG bytes through and the GPU decodes them (nvJPEG).
+Evaluation images are resized (shorter side) and centre-cropped in the workers.
+
+The training loader is resumable mid-epoch: it keeps litdata's loader state after each batch it hands out,
+and a checkpoint stores the state after the last batch TRAINED (Lightning fetches one batch ahead), so a
+resumed run sees exactly the batches the uninterrupted run would have seen.
+
+Example:
+    >>> shards = ShardFolder("imagenette-shards/")            # doctest: +SKIP
+    >>> shards.classes[:2], shards.num_images("train")
+    (['n01440764', 'n02102040'], 9469)
+    >>> loader = StreamingTrainLoader(shards, batch_size=256, num_workers=8, seed=0)
+    >>> images, labels, sizes = next(iter(loader))   # (256, 3, H_max, W_max) uint8, (256,), (256, 2)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+from torchvision.transforms.v2 import functional as TF
+
+from ssl_siamese.data.info import DataNotFoundError
+from ssl_siamese.padded import pad_images
+
+FORMAT = "ssl_siamese.shards"
+REMOTE_PREFIXES = ("s3://", "gs://", "gcs://", "azure://", "hf://")
+DECODE_MODES = ("workers", "device")
+
+
+def is_remote(path: str | Path) -> bool:
+    """Whether ``path`` is an object-storage URL (s3://, gs://, ...) rather than a local folder."""
+    return str(path).startswith(REMOTE_PREFIXES)
+
+
+def _read_remote_json(url: str) -> dict[str, Any]:
+    """``dataset.json`` of a bucket prefix, read with the client litdata itself uses for that scheme."""
+    if url.startswith("s3://"):
+        import boto3  # installed with litdata
+
+        bucket, _, key = url[len("s3://"):].partition("/")
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
+        body = boto3.client("s3", endpoint_url=endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
+        return json.loads(body)
+    try:
+        import fsspec
+    except ImportError as missing:
+        raise ImportError(f"Reading {url} needs fsspec with the bucket's backend (pip install gcsfs / adlfs); "
+                          "s3:// works with what litdata installs.") from missing
+    with fsspec.open(url, "r") as file:
+        return json.load(file)
+
+
+def looks_prepared(data_dir: str | Path) -> bool:
+    """Whether ``data_dir`` is a shard folder written by ``ssl_siamese.data.prepare`` (local check only)."""
+    if is_remote(data_dir):
+        return True
+    path = Path(data_dir).expanduser() / "dataset.json"
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("format") == FORMAT
+    except (OSError, ValueError):
+        return False
+
+
+@dataclass
+class ShardFolder:
+    """A prepared shard folder: its root (local path or bucket URL) and ``dataset.json``.
+
+    Raises :class:`DataNotFoundError` naming the folder when it is missing, empty or not a prepared folder.
+    """
+
+    root: str
+    meta: dict[str, Any]
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = str(root).rstrip("/") if is_remote(root) else str(Path(root).expanduser().resolve())
+        how = (f"prepare one with `python -m ssl_siamese.data.prepare IMAGE_FOLDER {self.root}`, or train on the "
+               f"image folder itself with --data.dataset folder (decoded into memory)")
+        if is_remote(self.root):
+            try:
+                self.meta = _read_remote_json(f"{self.root}/dataset.json")
+            except Exception as error:  # noqa: BLE001 - any client error means "not readable there"
+                raise DataNotFoundError(f"Cannot read {self.root}/dataset.json ({error}); is the URL right, "
+                                        f"and are the credentials set? Otherwise {how}.") from error
+        else:
+            path = Path(self.root)
+            if not path.is_dir():
+                raise DataNotFoundError(f"Shard folder {path} does not exist; {how}.")
+            meta_file = path / "dataset.json"
+            if not meta_file.is_file():
+                found = "it is empty" if not any(path.iterdir()) else "it holds no dataset.json"
+                if any(path.glob(".incomplete-*")):
+                    found = "its preparation did not finish (rerun the same prepare command to complete it)"
+                raise DataNotFoundError(f"{path} is not a prepared shard folder: {found}; {how}.")
+            self.meta = json.loads(meta_file.read_text())
+        if self.meta.get("format") != FORMAT:
+            raise DataNotFoundError(f"{self.root}/dataset.json is not an ssl_siamese shard description "
+                                    f"(format {self.meta.get('format')!r}); {how}.")
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.meta.get("classes") or [])
+
+    def has_split(self, split: str) -> bool:
+        return int(self.meta.get("splits", {}).get(split, 0)) > 0
+
+    def num_images(self, split: str) -> int:
+        return int(self.meta.get("splits", {}).get(split, 0))
+
+    def split_dir(self, split: str) -> str:
+        if not self.has_split(split):
+            raise DataNotFoundError(f"{self.root} has no {split!r} split (it has: "
+                                    f"{', '.join(s for s, n in self.meta.get('splits', {}).items() if n)}).")
+        return f"{self.root}/{split}"
+
+
+def encoded_tensor(data: Any) -> Tensor:
+    """An encoded image as litdata returns it (bytes, memoryview, numpy or tensor) -> 1-D uint8 tensor."""
+    if isinstance(data, Tensor):
+        return data.flatten().to(torch.uint8)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def resize_centre_crop(image: Tensor, size: int) -> Tensor:
+    """The evaluation transform on one uint8 ``(3, h, w)`` image: shorter side to ``size`` (bilinear,
+    antialiased), then the centre ``size x size``."""
+    return TF.center_crop(TF.resize(image, size, antialias=True), [size, size])
+
+
+def _shard_dataset_class() -> type:
+    from litdata import StreamingDataset
+
+    class ShardImages(StreamingDataset):
+        """Samples of one split, decoded in the worker: ``(image, label)`` where image is uint8
+        ``(3, h, w)`` (``mode="train"``), uint8 ``(3, size, size)`` (``mode="eval"``) or the encoded bytes
+        as a 1-D uint8 tensor (``mode="encoded"``, for decoding on the GPU)."""
+
+        def __init__(self, input_dir: str, mode: str = "train", size: int = 224, **kwargs: Any) -> None:
+            super().__init__(input_dir, **kwargs)
+            self.mode, self.size = mode, size
+
+        def __getitem__(self, index: Any) -> tuple[Tensor, int]:
+            sample = super().__getitem__(index)
+            encoded = encoded_tensor(sample["image"])
+            if self.mode == "encoded":
+                return encoded, int(sample["label"])
+            image = decode_image(encoded, mode=ImageReadMode.RGB)
+            if self.mode == "eval":
+                image = resize_centre_crop(image, self.size)
+            return image, int(sample["label"])
+
+    return ShardImages
+
+
+def shard_images(input_dir: str, mode: str = "train", size: int = 224, **kwargs: Any) -> Any:
+    """A litdata ``StreamingDataset`` of one split that decodes as ``mode`` says (see ``ShardImages``)."""
+    return _shard_dataset_class()(input_dir, mode=mode, size=size, **kwargs)
+
+
+def collate_padded(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Training collate: ``(padded uint8 images, int64 labels, int64 (h, w) sizes)``."""
+    images, sizes = pad_images([image for image, _ in batch])
+    return images, torch.tensor([label for _, label in batch], dtype=torch.int64), sizes
+
+
+def collate_encoded(batch: list[tuple[Tensor, int]]) -> tuple[list[Tensor], Tensor]:
+    """Collate for ``decode="device"``: the encoded bytes stay a list (decoded on the GPU after loading)."""
+    return [encoded for encoded, _ in batch], torch.tensor([label for _, label in batch], dtype=torch.int64)
+
+
+def decode_on_device(encoded: list[Tensor], device: torch.device) -> tuple[Tensor, Tensor]:
+    """Decode a batch of JPEG bytes on ``device`` (nvJPEG on CUDA, batched) and pad it: ``(images, sizes)``.
+    PNG samples (``--lossless`` folders) and CPU devices decode with ``decode_image`` instead."""
+    if device.type == "cuda" and all(bool(e[:2].eq(torch.tensor([0xFF, 0xD8], dtype=torch.uint8)).all())
+                                     for e in encoded):
+        images = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
+    else:
+        images = [decode_image(e, mode=ImageReadMode.RGB).to(device) for e in encoded]
+    return pad_images(list(images))
+
+
+class StreamingTrainLoader:
+    """The training loader of a shard folder: litdata's ``StreamingDataLoader``, resumable at the batch trained.
+
+    Lightning saves ``state_dict()`` in checkpoints; ``batches_done`` (a callable, the trainer's count of
+    batches finished this epoch) picks the loader state saved right after that batch was handed out, since
+    the batches fetched ahead were not trained yet.
+    """
+
+    def __init__(self, shards: ShardFolder, batch_size: int, num_workers: int, seed: int, drop_last: bool = True,
+                 decode: str = "workers", pin_memory: bool = False, max_cache_size: str = "50GB",
+                 batches_done: Callable[[], int] | None = None) -> None:
+        from litdata import StreamingDataLoader
+
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, not {decode!r}.")
+        extra = {"max_cache_size": max_cache_size} if is_remote(shards.root) else {}
+        self.dataset = shard_images(shards.split_dir("train"), mode="encoded" if decode == "device" else "train",
+                                    shuffle=True, seed=seed, drop_last=drop_last, **extra)
+        self.loader = StreamingDataLoader(
+            self.dataset, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
+            collate_fn=collate_encoded if decode == "device" else collate_padded, pin_memory=pin_memory,
+            persistent_workers=False,
+            # its own generator: starting the workers draws their base seed from it, not from the global RNG
+            # that makes the views (else a resumed run's views would differ from the uninterrupted run's)
+            generator=torch.Generator())
+        self.batches_done = batches_done
+        self._states: deque[tuple[int, dict[str, Any]]] = deque(maxlen=8)
+        self._resuming = False
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        if not self._resuming:
+            # litdata clears its "restored" flag only when an epoch is read to its end, but Lightning stops
+            # after len(loader) batches without asking for the end; left set, the next epoch would continue the
+            # restored one (and yield nothing). Only the first pass after load_state_dict resumes.
+            self.loader.restore = False
+        self._resuming = False
+        self._states.clear()
+        count = 0
+        for batch in self.loader:
+            count += 1
+            self._states.append((count, self.loader.state_dict()))
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """litdata's state after the last batch trained (``batches_done``), else after the last handed out."""
+        if not self._states:  # nothing handed out yet: nothing to skip on resume
+            return {}
+        done = self.batches_done() if self.batches_done is not None else self._states[-1][0]
+        for count, state in reversed(self._states):
+            if count <= done:
+                return {"litdata": state}
+        return {"litdata": self._states[0][1]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("litdata"):
+            self.loader.load_state_dict(state["litdata"])
+            self._resuming = True
+
+
+def eval_loader(shards: ShardFolder, split: str, size: int, indices: list[int] | None, batch_size: int,
+                num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """A map-style loader of ``split`` (optionally only ``indices``), resized and centre-cropped in workers,
+    unshuffled; under DDP Lightning gives it a DistributedSampler like the in-memory evaluation loaders."""
+    dataset = shard_images(shards.split_dir(split), mode="eval", size=size)
+    if indices is not None:
+        dataset = Subset(dataset, indices)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                      pin_memory=pin_memory, persistent_workers=num_workers > 0)
