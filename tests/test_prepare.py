@@ -222,3 +222,10 @@ def test_clear_errors(tmp_path, prepared):
     cli = subprocess.run([sys.executable, "-m", "ssl_siamese.data.prepare", str(tmp_path / "missing"),
                           str(tmp_path / "out")], cwd=REPO, capture_output=True, text=True)
     assert cli.returncode == 2 and "missing does not exist" in cli.stderr
+
+
+def test_held_out_folder_without_train_is_an_error(tmp_path):
+    (tmp_path / "val" / "a").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "a" / "x.png")
+    with pytest.raises(ValueError, match=r"val/ folder but no train/ folder"):
+        prep.plan(tmp_path, 0.1)

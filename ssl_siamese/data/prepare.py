@@ -115,15 +115,20 @@ def plan(src: Path, val_fraction: float) -> tuple[dict[str, list[Job]], list[str
     skipped = [(path.relative_to(src).as_posix(), f"not an image file type ({path.suffix or 'no extension'})")
                for path in others]
     held_out = next((name for name in ("val", "test") if (src / name).is_dir()), None)
-    if (src / "train").is_dir() and held_out is not None:
+    has_train = (src / "train").is_dir()
+    if held_out is not None and not has_train:  # else its images would become a class named "val"
+        raise ValueError(f"SRC {src} has a {held_out}/ folder but no train/ folder; put the training images "
+                         f"in {src / 'train'} (one sub-folder per class).")
+    if has_train and held_out is not None:
         rule, roots = "folders", {"train": src / "train", "val": src / held_out}
-    else:
-        rule, roots = "hash", {"train": src}
+    else:  # a train/ folder alone is the training set, split by hash like a plain folder
+        rule, roots = "hash", {"train": src / "train" if has_train else src}
     members: dict[str, list[Path]] = {split: [] for split in roots}
     for path in images:
         split = next((s for s, root in roots.items() if root in path.parents), None)
         if split is None:
-            skipped.append((path.relative_to(src).as_posix(), f"outside the train/ and {held_out}/ folders"))
+            used = " and ".join(f"{root.name}/" for root in roots.values())
+            skipped.append((path.relative_to(src).as_posix(), f"outside the {used} folders"))
         else:
             members[split].append(path)
     names, labelled = {}, True
@@ -380,6 +385,11 @@ def prepare(src: str | os.PathLike, out_dir: str | os.PathLike, short_side: int 
                                time.perf_counter() - start, True, done["split_rule"], done["classes"])
         if verbose:
             print(f"prepare: {out} is complete ({report.images:,} images); nothing to do (--overwrite redoes it).")
+            asked = {"source": str(src), "encoding": "png" if lossless else "jpeg", "short_side": short_side,
+                     "val_fraction": val_fraction, **({} if lossless else {"quality": quality})}
+            differing = [f"{key} {done.get(key)!r}" for key, value in asked.items() if done.get(key) != value]
+            if differing:
+                print(f"prepare: note: it was written with other settings ({', '.join(differing)}).")
         return report
 
     jobs, classes, skipped, rule = plan(src, val_fraction)
@@ -406,8 +416,8 @@ def prepare(src: str | os.PathLike, out_dir: str | os.PathLike, short_side: int 
             "litdata_version": litdata.__version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     _write_atomically(out / DATASET_JSON, json.dumps(meta, indent=1) + "\n")
-    for split in SPLITS:
-        _clear(out / f".skipped-{split}.txt")
+    for split in SPLITS:  # a kill just after a split's rename can leave its work folders
+        _clear(out / f".skipped-{split}.txt", out / f".skipped-{split}", out / f".cache-{split}")
     _clear(out / SETTINGS_JSON)
     report = PrepareReport(str(out), counts, len(lines), _folder_bytes(out), time.perf_counter() - start,
                            False, rule, classes)
