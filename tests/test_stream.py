@@ -31,7 +31,8 @@ needs_imagenette = pytest.mark.skipif(TAR is None, reason="Imagenette (../shared
 SHAPES = [(224, 224), (180, 240), (240, 160), (200, 200), (150, 260)]
 
 
-def photo_folder(root: Path, per_class: int, classes: int = 3, split_dirs: bool = True) -> Path:
+def photo_folder(root: Path, per_class: int, classes: int = 3, split_dirs: bool = True,
+                 shapes: list[tuple[int, int]] = SHAPES) -> Path:
     """``root`` with train/ and val/ class folders of real photos at varying sizes, as JPEG files."""
     assert TAR is not None
     wanted: dict[str, int] = {}
@@ -49,22 +50,25 @@ def photo_folder(root: Path, per_class: int, classes: int = 3, split_dirs: bool 
                 continue
             wanted[key] = count + 1
             image = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")
-            height, width = SHAPES[count % len(SHAPES)]
+            height, width = shapes[count % len(shapes)]
             target = root / (key if split_dirs else wnid) / f"{split}_{count:03d}.jpg"
             target.parent.mkdir(parents=True, exist_ok=True)
             image.resize((width, height)).save(target, quality=90)
     return root
 
 
+def prepare(src: Path, out: Path) -> Path:
+    subprocess.run([sys.executable, "-m", "ssl_siamese.data.prepare", str(src), str(out), "--num_workers", "1",
+                    "--chunk_bytes", "256KB"], check=True, capture_output=True, text=True)
+    return out
+
+
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
     if TAR is None:
         pytest.skip("Imagenette not found")
-    src = photo_folder(tmp_path_factory.mktemp("photos"), per_class=24)
-    out = tmp_path_factory.mktemp("shards") / "out"
-    subprocess.run([sys.executable, "-m", "ssl_siamese.data.prepare", str(src), str(out), "--num_workers", "1",
-                    "--chunk_bytes", "256KB"], check=True, capture_output=True, text=True)
-    return out
+    return prepare(photo_folder(tmp_path_factory.mktemp("photos"), per_class=24),
+                   tmp_path_factory.mktemp("shards") / "out")
 
 
 @needs_imagenette
@@ -181,3 +185,79 @@ def test_sigkilled_stream_recipe_resumes_to_the_uninterrupted_weights(shards, tm
     resumed, reference = checkpoint(tmp_path / "killed"), checkpoint(tmp_path / "full")
     assert resumed["global_step"] == reference["global_step"] == 2 * steps_per_epoch
     assert_same_weights(resumed["state_dict"], reference["state_dict"])
+
+
+def _fingerprints(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> list[str]:
+    """One string per image of a padded batch: its label, size and pixel checksum (unique in these folders)."""
+    images, labels, sizes = batch
+    return [f"{int(label)}:{h}x{w}:{int(image[:, :h, :w].long().sum())}:{int(image[:, :h, :w].long()[0, ::7, ::5].sum())}"
+            for image, label, (h, w) in zip(images, labels, sizes.tolist())]
+
+
+def _rank_worker(rank: int, port: int, shards: str, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        loader = StreamingTrainLoader(ShardFolder(shards), batch_size=4, num_workers=1, seed=5, drop_last=False)
+        seen = [fp for batch in loader for fp in _fingerprints(batch)]
+        (Path(out_dir) / f"rank{rank}.json").write_text(json.dumps({"seen": seen, "len": len(loader)}))
+    finally:
+        dist.destroy_process_group()
+
+
+@needs_imagenette
+def test_two_gloo_ranks_read_disjoint_parts_that_cover_the_epoch_once(shards, tmp_path):
+    import torch.multiprocessing as mp
+    from test_distributed import free_port
+
+    mp.spawn(_rank_worker, args=(free_port(), str(shards), str(tmp_path)), nprocs=2, join=True)
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    everything = [fp for batch in StreamingTrainLoader(ShardFolder(shards), batch_size=4, num_workers=0, seed=5,
+                                                       drop_last=False) for fp in _fingerprints(batch)]
+    assert len(set(everything)) == len(everything), "fingerprints identify the images"
+    assert ranks[0]["seen"] and ranks[1]["seen"]
+    assert not set(ranks[0]["seen"]) & set(ranks[1]["seen"]), "no image on both ranks"
+    assert sorted(ranks[0]["seen"] + ranks[1]["seen"]) == sorted(everything), "together: the epoch, once"
+    assert abs(len(ranks[0]["seen"]) - len(ranks[1]["seen"])) <= 4 * 2, "about even"
+
+
+@needs_imagenette
+def test_views_from_the_stream_match_views_from_memory_on_the_same_images(tmp_path):
+    """Same square photos, same random parameters: the streamed path (JPEG bytes kept by prepare, decoded by
+    torchvision in the workers) and the in-memory path (decoded by PIL into one tensor) give the same views,
+    up to the two JPEG decoders' rounding; so the crop/colour statistics are the same."""
+    src = photo_folder(tmp_path / "photos", per_class=8, classes=2, shapes=[(96, 96)])
+    out = prepare(src, tmp_path / "shards")
+    streamed = SSLDataModule("stream", data_dir=str(out), batch_size=16, num_workers=0, image_size=32)
+    memory = SSLDataModule("folder", data_dir=str(src), batch_size=16, num_workers=0, image_size=96,
+                           cache_dir=str(tmp_path / "cache"))
+    streamed.setup("fit"), memory.setup("fit")
+    images, labels, sizes = next(iter(streamed.train_dataloader()))
+    assert (sizes == 96).all()
+    twins = torch.stack([memory.train_data.images[int(torch.argmin(
+        (memory.train_data.images.float() - image.float()).abs().mean((1, 2, 3))))] for image in images])
+    assert (twins.float() - images.float()).abs().mean() < 2.0, "the same photos, decoded twice"
+    aug = ViewAugmentation(size=32, blur_prob=0.5, solarize_prob=0.2)
+    params = aug.sample_params(len(images), generator=torch.Generator().manual_seed(0))
+    from_stream = aug.apply_params(images, params, sizes=sizes)
+    from_memory = aug.apply_params(twins, params)
+    assert (from_stream - from_memory).abs().mean() < 0.05  # normalised units; decoders differ by ~1/255
+    for stat in (lambda x: x.mean((0, 2, 3)), lambda x: x.std((0, 2, 3))):
+        assert torch.allclose(stat(from_stream), stat(from_memory), atol=0.02)
+
+
+@needs_imagenette
+def test_decoding_on_the_device_gives_the_workers_batches(shards):
+    """decode="device" passes JPEG bytes through the loader and decodes after it (nvJPEG on CUDA; on this CPU
+    the same hook decodes with torchvision), giving the same padded batch as decoding in the workers."""
+    on_device = SSLDataModule("stream", data_dir=str(shards), batch_size=6, num_workers=0, image_size=32,
+                              decode="device")
+    in_workers = SSLDataModule("stream", data_dir=str(shards), batch_size=6, num_workers=0, image_size=32)
+    encoded, labels = next(iter(on_device.train_dataloader()))
+    assert isinstance(encoded, list) and encoded[0].dtype == torch.uint8 and encoded[0].dim() == 1
+    images, labels_after, sizes = on_device.on_before_batch_transfer((encoded, labels), 0)
+    expected = next(iter(in_workers.train_dataloader()))
+    assert torch.equal(labels_after, expected[1]) and torch.equal(sizes, expected[2])
+    assert torch.equal(images, expected[0])

@@ -364,7 +364,7 @@ class SSLDataModule(pl.LightningDataModule):
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """With ``decode="device"``: the training batch's JPEG bytes decoded on the GPU (nvJPEG) and padded."""
         if self.streamed and self.hparams.decode == "device" and isinstance(batch[0], list):
-            device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+            device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
             images, sizes = decode_on_device(batch[0], device)
             return images, batch[1], sizes
         return batch

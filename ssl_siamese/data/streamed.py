@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from litdata import StreamingDataLoader, StreamingDataset
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
@@ -146,34 +147,34 @@ def resize_centre_crop(image: Tensor, size: int) -> Tensor:
     return TF.center_crop(TF.resize(image, size, antialias=True), [size, size])
 
 
-def _shard_dataset_class() -> type:
-    from litdata import StreamingDataset
+class ShardImages(StreamingDataset):
+    """Samples of one split, decoded in the worker: ``(image, label)`` where image is uint8 ``(3, h, w)``
+    (``mode="train"``), uint8 ``(3, size, size)`` (``mode="eval"``) or the encoded bytes as a 1-D uint8 tensor
+    (``mode="encoded"``, for decoding on the GPU). Defined at module level so that workers started with
+    "spawn" or "forkserver" can unpickle it.
 
-    class ShardImages(StreamingDataset):
-        """Samples of one split, decoded in the worker: ``(image, label)`` where image is uint8
-        ``(3, h, w)`` (``mode="train"``), uint8 ``(3, size, size)`` (``mode="eval"``) or the encoded bytes
-        as a 1-D uint8 tensor (``mode="encoded"``, for decoding on the GPU)."""
+    Example:
+        >>> image, label = ShardImages("shards/train", mode="eval", size=64)[0]  # doctest: +SKIP
+    """
 
-        def __init__(self, input_dir: str, mode: str = "train", size: int = 224, **kwargs: Any) -> None:
-            super().__init__(input_dir, **kwargs)
-            self.mode, self.size = mode, size
+    def __init__(self, input_dir: str, mode: str = "train", size: int = 224, **kwargs: Any) -> None:
+        super().__init__(input_dir, **kwargs)
+        self.mode, self.size = mode, size
 
-        def __getitem__(self, index: Any) -> tuple[Tensor, int]:
-            sample = super().__getitem__(index)
-            encoded = encoded_tensor(sample["image"])
-            if self.mode == "encoded":
-                return encoded, int(sample["label"])
-            image = decode_image(encoded, mode=ImageReadMode.RGB)
-            if self.mode == "eval":
-                image = resize_centre_crop(image, self.size)
-            return image, int(sample["label"])
-
-    return ShardImages
+    def __getitem__(self, index: Any) -> tuple[Tensor, int]:
+        sample = super().__getitem__(index)
+        encoded = encoded_tensor(sample["image"])
+        if self.mode == "encoded":
+            return encoded, int(sample["label"])
+        image = decode_image(encoded, mode=ImageReadMode.RGB)
+        if self.mode == "eval":
+            image = resize_centre_crop(image, self.size)
+        return image, int(sample["label"])
 
 
-def shard_images(input_dir: str, mode: str = "train", size: int = 224, **kwargs: Any) -> Any:
-    """A litdata ``StreamingDataset`` of one split that decodes as ``mode`` says (see ``ShardImages``)."""
-    return _shard_dataset_class()(input_dir, mode=mode, size=size, **kwargs)
+def shard_images(input_dir: str, mode: str = "train", size: int = 224, **kwargs: Any) -> ShardImages:
+    """A litdata ``StreamingDataset`` of one split that decodes as ``mode`` says (see :class:`ShardImages`)."""
+    return ShardImages(input_dir, mode=mode, size=size, **kwargs)
 
 
 def collate_padded(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
@@ -209,8 +210,6 @@ class StreamingTrainLoader:
     def __init__(self, shards: ShardFolder, batch_size: int, num_workers: int, seed: int, drop_last: bool = True,
                  decode: str = "workers", pin_memory: bool = False, max_cache_size: str = "50GB",
                  batches_done: Callable[[], int] | None = None) -> None:
-        from litdata import StreamingDataLoader
-
         if decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, not {decode!r}.")
         extra = {"max_cache_size": max_cache_size} if is_remote(shards.root) else {}
