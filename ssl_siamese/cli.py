@@ -211,6 +211,8 @@ def main(model_class: type[pl.LightningModule], method_name: str,
     """
     # Lightning notes that the module's on_after_batch_transfer is used with a datamodule: that is the design.
     warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
+    # litdata's StreamingDataset computes its length per rank and worker, which this warning doubts in general.
+    warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
     try:
         cli = SSLCLI(model_class, method_name, args)
         trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
