@@ -134,7 +134,8 @@ def _warn_if_too_big_for_memory(root: Path, count: int, image_size: int) -> None
         return
     if needed > memory / 2:
         logger.warning("%d images of %s at %d px take %.1f GiB as uint8, more than half of this machine's %.1f GiB; "
-                       "use a smaller --data.image_size or a part of the folder", count, root, image_size,
+                       "stream it instead (python -m ssl_siamese.data.prepare FOLDER SHARDS, then --data.dataset stream "
+                       "--data.data_dir SHARDS: memory stays bounded), or use a smaller --data.image_size", count, root, image_size,
                        needed / 2**30, memory / 2**30)
 
 

@@ -145,7 +145,8 @@ class SSLDataModule(pl.LightningDataModule):
         self.bank_indices: list[int] | None = None
         self.query_indices: list[int] | None = None
         self._splits: dict[str, ImageTensors] = {}
-        self._announced = False
+        self._announced = False  # the held-out split was explained
+        self._told_storage = self._stream_ready = False
         self.train_data: ImageTensors | None = None
         self.bank_data: ImageTensors | None = None
         self.query_data: ImageTensors | None = None
@@ -234,6 +235,11 @@ class SSLDataModule(pl.LightningDataModule):
         if query_split is None and train.has_labels:  # a labelled folder without test/ or val/
             train, held_out = self._hold_out(train)
         self.train_data = random_subset(train, hp.train_subset, hp.seed)
+        if not self._told_storage:
+            self._told_storage = True
+            images = self.train_data.images
+            rank_zero_info(f"ssl_siamese: {len(images)} training images of {hp.dataset} held in memory as uint8 "
+                           f"{tuple(images.shape[1:])} ({images.numel() / 2**20:.0f} MiB); views made on the device")
         if hp.drop_last and hp.batch_size > len(self.train_data):
             raise ValueError(
                 f"batch_size {hp.batch_size} is larger than the {len(self.train_data)} training images, so "
@@ -269,8 +275,8 @@ class SSLDataModule(pl.LightningDataModule):
         if shards.classes and shards.has_split("val"):
             self.bank_indices = self._seeded_indices(n_train, hp.knn_bank_subset, hp.seed + 1)
             self.query_indices = self._seeded_indices(shards.num_images("val"), hp.val_subset, hp.seed + 2)
-        if not self._announced:
-            self._announced = True
+        if not self._stream_ready:
+            self._stream_ready = True
             where = "on the GPU (nvJPEG)" if hp.decode == "device" else f"in {hp.num_workers} DataLoader workers"
             evaluation = (f"kNN/probe: {len(self.bank_indices)} bank images vs {len(self.query_indices)} val images"
                           if self.bank_indices is not None and self.query_indices is not None
@@ -329,7 +335,7 @@ class SSLDataModule(pl.LightningDataModule):
             batches_done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed  # noqa: E731
         pin_memory = self.hparams.pin_memory and torch.cuda.is_available()
         if self.streamed:
-            if not self._announced:
+            if not self._stream_ready:
                 self.setup("fit")
             hp = self.hparams
             return StreamingTrainLoader(self._shard_folder(), hp.batch_size, hp.num_workers, hp.seed, hp.drop_last,
@@ -346,7 +352,7 @@ class SSLDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> list[DataLoader]:
         """``[bank_loader, query_loader]`` for kNN evaluation, or ``[]`` when the data has no labels."""
         if self.streamed:
-            if not self._announced:
+            if not self._stream_ready:
                 self.setup("validate")
             if self.bank_indices is None or self.query_indices is None:
                 return []
