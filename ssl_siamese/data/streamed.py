@@ -173,7 +173,14 @@ class ShardImages(StreamingDataset):
 
 
 def shard_images(input_dir: str, mode: str = "train", size: int = 224, **kwargs: Any) -> ShardImages:
-    """A litdata ``StreamingDataset`` of one split that decodes as ``mode`` says (see :class:`ShardImages`)."""
+    """A litdata ``StreamingDataset`` of one split that decodes as ``mode`` says (see :class:`ShardImages`).
+
+    For ``s3://`` splits the endpoint that ``dataset.json`` was read from (``AWS_ENDPOINT_URL`` or
+    ``S3_ENDPOINT_URL``) is passed to litdata as ``storage_options={"endpoint_url": ...}``, so the chunks come
+    from the same server (boto3 alone would ignore ``S3_ENDPOINT_URL``)."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
+    if input_dir.startswith("s3://") and endpoint and "storage_options" not in kwargs:
+        kwargs["storage_options"] = {"endpoint_url": endpoint}
     return ShardImages(input_dir, mode=mode, size=size, **kwargs)
 
 
