@@ -51,14 +51,18 @@ def is_remote(path: str | Path) -> bool:
     return str(path).startswith(REMOTE_PREFIXES)
 
 
+def s3_endpoint() -> str | None:
+    """The S3-compatible endpoint set for this process (``AWS_ENDPOINT_URL``, else ``S3_ENDPOINT_URL``), if any."""
+    return os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
+
+
 def _read_remote_json(url: str) -> dict[str, Any]:
     """``dataset.json`` of a bucket prefix, read with the client litdata itself uses for that scheme."""
     if url.startswith("s3://"):
         import boto3  # installed with litdata
 
         bucket, _, key = url[len("s3://"):].partition("/")
-        endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
-        body = boto3.client("s3", endpoint_url=endpoint).get_object(Bucket=bucket, Key=key)["Body"].read()
+        body = boto3.client("s3", endpoint_url=s3_endpoint()).get_object(Bucket=bucket, Key=key)["Body"].read()
         return json.loads(body)
     try:
         import fsspec
@@ -178,7 +182,7 @@ def shard_images(input_dir: str, mode: str = "train", size: int = 224, **kwargs:
     For ``s3://`` splits the endpoint that ``dataset.json`` was read from (``AWS_ENDPOINT_URL`` or
     ``S3_ENDPOINT_URL``) is passed to litdata as ``storage_options={"endpoint_url": ...}``, so the chunks come
     from the same server (boto3 alone would ignore ``S3_ENDPOINT_URL``)."""
-    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("S3_ENDPOINT_URL")
+    endpoint = s3_endpoint()
     if input_dir.startswith("s3://") and endpoint and "storage_options" not in kwargs:
         kwargs["storage_options"] = {"endpoint_url": endpoint}
     return ShardImages(input_dir, mode=mode, size=size, **kwargs)
