@@ -113,7 +113,7 @@ class ShardFolder:
             meta_file = path / "dataset.json"
             if not meta_file.is_file():
                 found = "it is empty" if not any(path.iterdir()) else "it holds no dataset.json"
-                if any(path.glob(".incomplete-*")):
+                if any(path.glob(".incomplete-*")) or (path / ".prepare.json").is_file():
                     found = "its preparation did not finish (rerun the same prepare command to complete it)"
                 raise DataNotFoundError(f"{path} is not a prepared shard folder: {found}; {how}.")
             self.meta = json.loads(meta_file.read_text())
