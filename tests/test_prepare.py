@@ -6,7 +6,6 @@ grayscale, large, truncated, not an image) and prepared once per module; the oth
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -24,6 +23,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from conftest import REPO, find_data_file, needs_data_file
 from ssl_siamese.data import prepare as prep
+from ssl_siamese.data.prepare import listing as prep_listing
 from ssl_siamese.images import list_image_files, read_image
 
 TAR = "imagenette-224/imagenette-224.tar"
@@ -199,7 +199,7 @@ def test_hash_split_is_a_function_of_the_path(tmp_path):
     jobs, classes, _, rule = prep.plan(tmp_path, 0.2)
     val = {j.relative for j in jobs["val"]}
     assert rule == "hash" and classes == [] and all(j.label == -1 for js in jobs.values() for j in js)
-    assert val == {f"{i:03d}.png" for i in range(200) if prep._hash_fraction(f"{i:03d}.png") < 0.2}
+    assert val == {f"{i:03d}.png" for i in range(200) if prep_listing._hash_fraction(f"{i:03d}.png") < 0.2}
     assert 20 < len(val) < 60
 
 
