@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -59,3 +61,13 @@ def test_weight_decay_groups_benchmark_quick(tmp_path):
     (row,) = report["rows"]
     assert 0.0 <= row["one_group_knn_top1"] <= 1.0 and 0.0 <= row["two_groups_knn_top1"] <= 1.0
     assert stdout.count("\n| ") == 3, stdout  # header, separator, one row per seed
+
+
+@pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "imagenette-224" / "imagenette-224.tar").is_file(),
+                    reason="needs ../shared/data/imagenette-224")
+def test_stream_learning_benchmark_quick(tmp_path):
+    """The learning check from shards (issue 13) runs end to end: prepare, stream, kNN before and after."""
+    stdout, report = _run_quick("benchmarks/stream_learning.py", tmp_path)
+    assert "kNN top-1 at init" in stdout
+    assert report["knn_history"][0][0] == -1 and report["epochs"] == 1
+    assert 0.0 <= report["knn_top1_at_init"] <= 1.0 and 0.0 <= report["knn_top1_after"] <= 1.0
