@@ -188,6 +188,24 @@ def shard_images(input_dir: str, mode: str = "train", size: int = 224, **kwargs:
     return ShardImages(input_dir, mode=mode, size=size, **kwargs)
 
 
+def bound_worker_heap(worker_id: int) -> None:
+    """DataLoader ``worker_init_fn``: keep glibc from growing a worker's heap with every decoded image.
+
+    glibc raises its mmap threshold after a large block is freed, so later ~150 KB decoded images come from
+    a heap that does not shrink: a worker's memory grew from about 165 to 580 MiB over one Imagenette epoch.
+    A fixed 128 KiB threshold kept workers at 150-200 MiB (benchmarks/stream_memory.py, BENCHMARKS.md).
+    No-op where the C library has no ``mallopt``.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
 def collate_padded(batch: list[tuple[Tensor, int]]) -> tuple[Tensor, Tensor, Tensor]:
     """Training collate: ``(padded uint8 images, int64 labels, int64 (h, w) sizes)``."""
     images, sizes = pad_images([image for image, _ in batch])
@@ -229,7 +247,7 @@ class StreamingTrainLoader:
         self.loader = StreamingDataLoader(
             self.dataset, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
             collate_fn=collate_encoded if decode == "device" else collate_padded, pin_memory=pin_memory,
-            persistent_workers=False,
+            persistent_workers=False, worker_init_fn=bound_worker_heap,
             # its own generator: starting the workers draws their base seed from it, not from the global RNG
             # that makes the views (else a resumed run's views would differ from the uninterrupted run's)
             generator=torch.Generator())
