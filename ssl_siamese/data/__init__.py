@@ -32,6 +32,7 @@ _EXPORTS = {
     **dict.fromkeys(["random_subset", "hold_out_split", "keep_classes", "align_classes"],
                     "ssl_siamese.data.splits"),
     **dict.fromkeys(["SSLDataModule", "UInt8ImageDataset"], "ssl_siamese.data.module"),
+    **dict.fromkeys(["IMAGE_EXTENSIONS"], "ssl_siamese.images"),  # where folder sources look
     **dict.fromkeys(["PKDataModule", "near_duplicate_report", "NEAR_DUPLICATE_MODES", "resolve_classes"],
                     "ssl_siamese.data.pk"),
 }
