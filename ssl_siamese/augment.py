@@ -20,7 +20,7 @@ Images of different sizes travel as one top-left zero-padded batch plus their tr
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,32 +35,47 @@ def to_float_rgb(images: Tensor) -> Tensor:
     """Check a ``(B, 1|3, H, W)`` batch, scale uint8 to [0, 1] float32 and expand gray to 3 channels."""
     if images.dim() != 4 or images.shape[1] not in (1, 3):
         raise ValueError(f"Expected images of shape (B, C, H, W) with C in {{1, 3}}, got {tuple(images.shape)}.")
-    images = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    images = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
     return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
 
 
 def grayscale(images: Tensor) -> Tensor:
     """Luma of a ``(B, 3, H, W)`` batch as ``(B, 1, H, W)``."""
     r, g, b = images.unbind(1)
-    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
+    return (r * GRAY_WEIGHTS[0]).add_(g, alpha=GRAY_WEIGHTS[1]).add_(b, alpha=GRAY_WEIGHTS[2]).unsqueeze(1)
 
 
 def shift_hue(images: Tensor, shift: Tensor) -> Tensor:
-    """Rotate the hue of each image by ``shift[i]`` (fraction of a turn) via RGB -> HSV -> RGB."""
+    """Rotate the hue of each image by ``shift[i]`` (fraction of a turn), as RGB -> HSV -> RGB does.
+
+    In HSV terms a pixel keeps its value ``V = max`` and its chroma ``delta = max - min``; only the hue
+    ``h`` moves, and channel ``n`` (5, 3, 1 for R, G, B) becomes ``V - delta * clamp(2 - |k - 2|, 0, 1)`` with
+    ``k = (n + 6h) mod 6`` (the closed-form HSV -> RGB), computed as
+    ``(V - 2 delta) + delta * clamp(|k - 2|, 1, 2)``. Written with few full-size passes, in place where
+    possible: on the CPU every new batch-sized tensor costs fresh pages.
+    """
     r, g, b = images.unbind(1)
     value, argmax = images.max(1)
     delta = value - images.min(1).values
-    sat = delta / torch.where(value > 0, value, torch.ones_like(value))
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    hue = torch.where(argmax == 0, (g - b) / safe,
-                      torch.where(argmax == 1, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-    hue = torch.where(delta > 0, hue / 6.0, torch.zeros_like(hue))
-    hue = torch.remainder(hue + shift.view(-1, 1, 1), 1.0)
-    # Closed-form HSV -> RGB: channel n uses k = (n + 6h) mod 6 with n = 5, 3, 1 for R, G, B.
-    n = torch.tensor([5.0, 3.0, 1.0], device=images.device).view(1, 3, 1, 1)
-    k = torch.remainder(n + 6.0 * hue.unsqueeze(1), 6.0)
-    ramp = torch.clamp(torch.minimum(k, 4.0 - k), 0.0, 1.0)
-    return value.unsqueeze(1) * (1.0 - sat.unsqueeze(1) * ramp)
+    # Hue in sixths of a turn, in [-1, 5): 2 * (index of the max) + (next - previous channel) / delta.
+    hue6 = torch.where(argmax == 0, g - b, torch.where(argmax == 1, b - r, r - g))
+    hue6 = hue6.div_(delta.clamp(min=1e-12)).add_(argmax, alpha=2.0).add_(6.0 * shift.view(-1, 1, 1))
+    n = torch.tensor([5.0, 3.0, 1.0], device=images.device, dtype=images.dtype).view(1, 3, 1, 1)
+    ramp = (hue6.unsqueeze(1) + n).remainder_(6.0).sub_(2.0).abs_().clamp_(1.0, 2.0)
+    base = value.sub_(delta, alpha=2.0).unsqueeze(1)
+    return torch.addcmul(base, ramp, delta.unsqueeze(1), out=ramp)
+
+
+def on_selected(images: Tensor, selected: Tensor, op: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+    """``images[selected] = op(images[selected], index)`` in place, ``op`` computed on the selected images only.
+
+    ``selected`` is a ``(B,)`` bool mask and ``index`` the selected positions (for per-image parameters).
+    Cheaper than ``torch.where(selected, op(images), images)`` whenever not every image is selected.
+    """
+    index = selected.nonzero().squeeze(1)
+    if index.numel():
+        images.index_copy_(0, index, op(images.index_select(0, index), index))
+    return images
 
 
 def _check_prob(name: str, p: float) -> None:
@@ -183,13 +198,15 @@ class ViewAugmentation(nn.Module):
         """Apply given ``sample_params`` to a batch (``sizes`` as in ``forward``); deterministic (useful for tests)."""
         images = to_float_rgb(images)
         x = self._crop_flip(images, params, None if sizes is None else _check_sizes(sizes, images))
-        x = self._color_jitter(x, params)
-        x = torch.where(params["grayscale"].view(-1, 1, 1, 1), grayscale(x).expand_as(x), x)
-        if self.blur_prob > 0:
-            x = self._blur(x, params)
-        x = x.clamp(0.0, 1.0)  # luma weights and blur kernels sum to 1 only up to rounding
-        x = torch.where(params["solarize"].view(-1, 1, 1, 1) & (x >= 0.5), 1.0 - x, x)
-        return (x - self.mean) / self.std
+        # x is new: the steps below change it in place, each only on the images it selects.
+        jittered = ((params["brightness"] != 1) | (params["contrast"] != 1) | (params["saturation"] != 1)
+                    | (params["hue"] != 0))  # the images whose factors change them
+        on_selected(x, jittered, lambda v, i: self._color_jitter(v, {k: p[i] for k, p in params.items()}))
+        on_selected(x, params["grayscale"], lambda v, i: grayscale(v).expand_as(v))
+        on_selected(x, params["blur"], lambda v, i: self._blur(v, params["sigma"][i]))
+        x.clamp_(0.0, 1.0)  # luma weights and blur kernels sum to 1 only up to rounding
+        on_selected(x, params["solarize"], lambda v, i: torch.where(v >= 0.5, 1.0 - v, v))
+        return x.sub_(self.mean).div_(self.std)
 
     def normalize(self, images: Tensor, sizes: Tensor | None = None) -> Tensor:
         """Evaluation path without randomness: to float RGB, resize (bilinear, antialias), normalise.
@@ -227,20 +244,23 @@ class ViewAugmentation(nn.Module):
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
     def _color_jitter(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
-        x = (x * p["brightness"].view(-1, 1, 1, 1)).clamp(0.0, 1.0)
+        """Brightness, contrast, saturation, hue with the factors in ``p``, each clamped to [0, 1]; in place
+        on ``x`` (except the hue, which returns a new tensor)."""
+        x.mul_(p["brightness"].view(-1, 1, 1, 1)).clamp_(0.0, 1.0)
         c = p["contrast"].view(-1, 1, 1, 1)
-        x = (c * x + (1.0 - c) * grayscale(x).mean((1, 2, 3), keepdim=True)).clamp(0.0, 1.0)
+        mean = grayscale(x).mean((1, 2, 3), keepdim=True)  # before x changes in place
+        x.mul_(c).add_(mean.mul_(1.0 - c)).clamp_(0.0, 1.0)
         s = p["saturation"].view(-1, 1, 1, 1)
-        x = (s * x + (1.0 - s) * grayscale(x)).clamp(0.0, 1.0)
-        return shift_hue(x, p["hue"]).clamp(0.0, 1.0) if self.hue > 0 else x
+        gray = grayscale(x)
+        x.mul_(s).add_(gray.mul_(1.0 - s)).clamp_(0.0, 1.0)
+        return shift_hue(x, p["hue"]).clamp_(0.0, 1.0) if self.hue > 0 else x
 
-    def _blur(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
+    def _blur(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """Gaussian blur of each image with its own ``sigma`` (``(B,)``), separable, reflect padding."""
         batch, channels, height, width = x.shape
         offsets = torch.arange(self.blur_kernel, device=x.device, dtype=x.dtype) - self.blur_kernel // 2
-        kernel = torch.exp(-offsets.pow(2) / (2.0 * p["sigma"].view(-1, 1) ** 2))
-        kernel = kernel / kernel.sum(1, keepdim=True)
-        delta = (offsets == 0).to(x.dtype).expand_as(kernel)
-        kernel = torch.where(p["blur"].view(-1, 1), kernel, delta).repeat_interleave(channels, 0)
+        kernel = torch.exp(-offsets.pow(2) / (2.0 * sigma.view(-1, 1) ** 2))
+        kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(channels, 0)
         pad = self.blur_kernel // 2
         y = x.reshape(1, batch * channels, height, width)
         y = F.conv2d(F.pad(y, (pad, pad, 0, 0), mode="reflect"), kernel.view(-1, 1, 1, self.blur_kernel),

@@ -68,7 +68,9 @@ def test_each_view_equals_its_image_augmented_alone():
     params = aug.sample_params(3, generator=torch.Generator().manual_seed(2), aspect=aspect.float())
     out = aug.apply_params(padded, params, sizes)
     for i, image in enumerate(images):  # sizes=None: w, h, cx, cy are relative to the image itself
-        torch.testing.assert_close(out[i:i + 1], aug.apply_params(image[None], row(params, i)), atol=1e-4, rtol=0)
+        # 2e-4 in normalised units (5e-5 of the pixel range): the blur's batched convolution rounds differently
+        # with the batch's make-up
+        torch.testing.assert_close(out[i:i + 1], aug.apply_params(image[None], row(params, i)), atol=2e-4, rtol=0)
 
 
 @pytest.mark.parametrize("shrink", [1, 5])  # 5: 48 x 32 to 40 x 40 in 48 x 48, crops enlarged to 64 px views
