@@ -21,6 +21,9 @@ _EXPORTS = {
     "SimCLR": "ssl_siamese.methods.simclr",
     "MoCo": "ssl_siamese.methods.moco",
     "SimSiam": "ssl_siamese.methods.simsiam",
+    "BYOL": "ssl_siamese.methods.byol",
+    "BarlowTwins": "ssl_siamese.methods.barlow_twins",
+    "VICReg": "ssl_siamese.methods.vicreg",
     "SiameseModule": "ssl_siamese.methods.base",
     "SupervisedSiamese": "ssl_siamese.methods.siamese",
     "SSLDataModule": "ssl_siamese.data",
@@ -60,7 +63,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     )
     from ssl_siamese.export import LoadedBackbone, export_backbone, load_backbone
     from ssl_siamese.images import read_image, read_images
-    from ssl_siamese.methods import MoCo, SiameseModule, SimCLR, SimSiam
+    from ssl_siamese.methods import BYOL, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam, VICReg
     from ssl_siamese.methods.siamese import SupervisedSiamese
     from ssl_siamese.oneshot import OneShotClassifier
 

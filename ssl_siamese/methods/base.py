@@ -1,7 +1,8 @@
 """The small base class every Siamese method shares.
 
 It owns what is common and nothing else: the backbone, the two augmented views made on the device
-after transfer, the optimizer with warm-up + cosine schedule and batch-size scaling, and the features
+after transfer (one augmentation for both views, or one per view), the optimizer with warm-up + cosine
+schedule and batch-size scaling, the step position for per-step schedules (EMA momentum), and the features
 used for evaluation. A method implements ``shared_step(view0, view1) -> (loss, embeddings)``.
 
 Example (a complete method):
@@ -25,11 +26,12 @@ from lightly.utils.scheduler import CosineWarmupScheduler
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from ssl_siamese.augment import ViewAugmentation, augmentation_preset
+from ssl_siamese.augment import ViewAugmentation
 from ssl_siamese.backbones import build_backbone
 from ssl_siamese.loader import estimated_stepping_batches, finish_epoch_boundary_restart
+from ssl_siamese.methods.views import method_augmentations
 
-OPTIMIZERS = ("sgd", "lars")
+OPTIMIZERS = ("sgd", "lars", "adamw")
 
 
 class SiameseModule(pl.LightningModule):
@@ -39,7 +41,8 @@ class SiameseModule(pl.LightningModule):
         backbone: a name for ``build_backbone`` (``resnet18``, ``tiny_cnn``, ``timm/...``) or an nn.Module.
         cifar_stem: 3x3 stem without max-pool for torchvision ResNets (small images).
         feature_dim: the backbone's output size, needed only for a module without ``feature_dim``.
-        optimizer: ``sgd`` or ``lars``.
+        optimizer: ``sgd``, ``lars`` or ``adamw`` (``torch.optim.AdamW``, betas (0.9, 0.999); ``momentum``
+            is then unused). All three use the same parameter groups (no weight decay on biases and norms).
         lr: learning rate per 256 images; the optimizer uses ``lr * global_batch / 256`` where the global
             batch is per-device batch x devices x nodes x gradient-accumulation steps.
         weight_decay: the optimizer's weight decay.
@@ -50,7 +53,10 @@ class SiameseModule(pl.LightningModule):
         view_size: side length of the augmented views (linked from ``data.image_size`` in recipes).
         mean: per-channel normalisation mean of the views (linked from the data in recipes).
         std: per-channel normalisation standard deviation of the views (linked from the data in recipes).
-        augmentation: a ``ViewAugmentation``; ``None`` uses the method's preset for ``view_size``.
+        augmentation: a ``ViewAugmentation`` (of view 0 and, unless ``augmentation_view1`` is given, of
+            view 1 too; its ``normalize`` makes the evaluation images); ``None`` uses the method's preset.
+        augmentation_view1: the second view's own ``ViewAugmentation`` (asymmetric views, as BYOL's);
+            ``None``: ``augmentation`` when that is given, else the method's preset for view 1.
         channels_last: use the channels-last memory format (faster convolutions on recent GPUs).
         sync_batchnorm_heads: under DDP, BatchNorm in the heads (SimCLR's projector, SimSiam's projector
             and predictor; MoCo v2's head has none) normalises with the statistics of the global batch
@@ -79,6 +85,7 @@ class SiameseModule(pl.LightningModule):
         mean: tuple[float, float, float] = (0.4914, 0.4822, 0.4465),
         std: tuple[float, float, float] = (0.2470, 0.2435, 0.2616),
         augmentation: ViewAugmentation | None = None,
+        augmentation_view1: ViewAugmentation | None = None,
         channels_last: bool = False,
         sync_batchnorm_heads: bool = False,
         compile: bool = False,
@@ -86,20 +93,29 @@ class SiameseModule(pl.LightningModule):
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"Unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}.")
-        ignore = ["augmentation"] + (["backbone"] if isinstance(backbone, nn.Module) else [])
+        ignore = ["augmentation", "augmentation_view1"] + (["backbone"] if isinstance(backbone, nn.Module) else [])
         self.hparams_ignore = ignore  # methods save their own arguments with the same exclusions
         self.save_hyperparameters(ignore=ignore)
         self.backbone, self.feature_dim = build_backbone(backbone, cifar_stem, feature_dim)
-        self.augmentation = augmentation or augmentation_preset(
-            self.augmentation_preset_name, view_size, mean, std
-        )
+        preset0, preset1 = self.preset_augmentations(view_size, mean, std) if augmentation is None else (None, None)
+        self.augmentation = augmentation or preset0
+        self.augmentation_view1 = augmentation_view1 or preset1  # None: view 1 uses ``augmentation`` too
 
     # ---- what a method implements -------------------------------------------------------------
     def shared_step(self, view0: Tensor, view1: Tensor) -> tuple[Tensor, Tensor]:
         """Return ``(loss, embeddings of view0)``; the embeddings feed the collapse monitor."""
         raise NotImplementedError
 
+    def preset_augmentations(self, view_size: int, mean: tuple[float, float, float], std: tuple[float, float, float]
+                             ) -> tuple[ViewAugmentation, ViewAugmentation | None]:
+        """The method's default ``(view 0, view 1)`` augmentations; view 1 ``None``: the same as view 0."""
+        return method_augmentations(self.augmentation_preset_name, view_size, mean, std)
+
     # ---- shared machinery ---------------------------------------------------------------------
+    def view_augmentations(self) -> list[ViewAugmentation]:
+        """The augmentation of each training view, applied in this order (each draws its own randomness)."""
+        return [self.augmentation, self.augmentation_view1 or self.augmentation]
+
     def forward(self, images: Tensor) -> Tensor:
         """Backbone features ``(B, D)`` of normalised images."""
         return self.backbone(images).flatten(1)
@@ -116,7 +132,8 @@ class SiameseModule(pl.LightningModule):
         sizes = batch[2] if len(batch) > 2 else None  # streamed images of varying size, padded (data/streamed.py)
         memory_format = torch.channels_last if self.hparams.channels_last else torch.contiguous_format
         if self._trainer is not None and self.trainer.training:
-            views = [self.augmentation(images, sizes=sizes).contiguous(memory_format=memory_format) for _ in range(2)]
+            views = [augment(images, sizes=sizes).contiguous(memory_format=memory_format)
+                     for augment in self.view_augmentations()]
             return views, labels
         return self.augmentation.normalize(images, sizes=sizes).contiguous(memory_format=memory_format), labels
 
@@ -181,6 +198,8 @@ class SiameseModule(pl.LightningModule):
         groups = self.parameter_groups()
         if self.hparams.optimizer == "lars":  # lightly's LARS leaves groups with weight_decay 0 unscaled
             optimizer = LARS(groups, lr=lr, momentum=self.hparams.momentum)
+        elif self.hparams.optimizer == "adamw":
+            optimizer = torch.optim.AdamW(groups, lr=lr)
         else:
             optimizer = torch.optim.SGD(groups, lr=lr, momentum=self.hparams.momentum)
         total_steps = max(1, int(estimated_stepping_batches(self.trainer)))  # keeps a resumed loader state
@@ -190,6 +209,15 @@ class SiameseModule(pl.LightningModule):
         scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup_steps,
                                           max_epochs=total_steps, end_value=0.0)
         return [optimizer], [{"scheduler": scheduler, "interval": "step"}]
+
+    def schedule_position(self) -> tuple[int, int]:
+        """``(optimizer steps done, total optimizer steps of this fit)`` for per-step schedules such as an
+        EMA momentum; both restored on resume, so a schedule of them resumes exactly. ``(0, 1)`` without a
+        Trainer. A run extended on resume (larger ``max_epochs``) re-derives it over the new total, as the
+        learning rate (``rederive_schedule``)."""
+        if self._trainer is None:
+            return 0, 1
+        return self.global_step, max(1, int(self.trainer.estimated_stepping_batches))
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """Optimizer groups: ``decay`` (weights of convolutions and linear layers: weight decay and LARS's

@@ -1,0 +1,46 @@
+"""The methods' default view augmentations: one per view, from a preset name.
+
+Symmetric presets (``simclr``, ``moco_v2``, ``simsiam``) come from ``ssl_siamese.augment`` and give both
+views the same augmentation; ``byol`` gives BYOL's asymmetric pair (also the setting of the Barlow Twins
+and VICReg papers), built here from ``ViewAugmentation``'s arguments.
+
+Example:
+    >>> view0, view1 = method_augmentations("byol", 32, (0.5,) * 3, (0.25,) * 3)
+    >>> view0.solarize_prob, view1.solarize_prob
+    (0.0, 0.2)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ssl_siamese.augment import PRESETS, ViewAugmentation, augmentation_preset
+
+ASYMMETRIC_PRESETS = ("byol",)
+
+
+def byol_augmentations(size: int, mean: Sequence[float], std: Sequence[float]
+                       ) -> tuple[ViewAugmentation, ViewAugmentation]:
+    """BYOL's asymmetric views (paper, table 6): crop (0.08, 1), flip, jitter 0.4/0.4/0.2/0.1 p=0.8, gray 0.2;
+    view 0 blurred always and never solarized, view 1 blurred with p=0.1 and solarized with p=0.2.
+
+    Blur only at ``size >= 64``, as in the symmetric presets (and solo-learn's CIFAR setting for BYOL):
+    on 32-pixel images a Gaussian blur wipes out the little detail there is. The solarization asymmetry
+    holds at every size.
+    """
+    blur = size >= 64
+    common = dict(size=size, crop_scale=(0.08, 1.0), jitter_prob=0.8, brightness=0.4, contrast=0.4,
+                  saturation=0.2, hue=0.1, grayscale_prob=0.2, mean=mean, std=std)
+    return (ViewAugmentation(**common, blur_prob=1.0 if blur else 0.0, solarize_prob=0.0),
+            ViewAugmentation(**common, blur_prob=0.1 if blur else 0.0, solarize_prob=0.2))
+
+
+def method_augmentations(name: str, size: int, mean: Sequence[float], std: Sequence[float]
+                         ) -> tuple[ViewAugmentation, ViewAugmentation | None]:
+    """``(view 0, view 1)`` of the preset ``name``; view 1 is ``None`` for a symmetric preset (same as view 0)."""
+    if name == "byol":
+        return byol_augmentations(size, mean, std)
+    if name not in PRESETS:
+        raise ValueError(f"Unknown augmentation preset {name!r}; valid names: "
+                         f"{', '.join(PRESETS + ASYMMETRIC_PRESETS)}.")
+    return augmentation_preset(name, size, mean, std), None

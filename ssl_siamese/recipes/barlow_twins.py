@@ -1,0 +1,10 @@
+"""Pretrain with BarlowTwins: `python -m ssl_siamese.recipes.barlow_twins [--config recipes/<file>.yaml] [--help]`.
+
+With no arguments: ResNet-18 with CIFAR stem on CIFAR-10 (downloaded into ./data), batch 512, 200 epochs.
+"""
+
+from ssl_siamese.cli import main
+from ssl_siamese.methods.barlow_twins import BarlowTwins
+
+if __name__ == "__main__":
+    main(BarlowTwins, "barlow_twins")

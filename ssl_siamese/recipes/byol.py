@@ -1,0 +1,10 @@
+"""Pretrain with BYOL: `python -m ssl_siamese.recipes.byol [--config recipes/<file>.yaml] [--help]`.
+
+With no arguments: ResNet-18 with CIFAR stem on CIFAR-10 (downloaded into ./data), batch 512, 200 epochs.
+"""
+
+from ssl_siamese.cli import main
+from ssl_siamese.methods.byol import BYOL
+
+if __name__ == "__main__":
+    main(BYOL, "byol")
