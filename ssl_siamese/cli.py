@@ -2,7 +2,9 @@
 
 ``python -m ssl_siamese.recipes.simclr [--config recipes/X.yaml] [--model.temperature 0.2] ...``:
 builds the method, the data and the trainer from flags and YAML; measures kNN accuracy at
-initialisation; trains; and exports the backbone to ``<out>/exported_models/backbone.pt``.
+initialisation; trains; and exports the backbone to ``<out>/exported_models/backbone.pt`` and, for other
+tools (timm, torchvision, the Hugging Face Hub), to the folder ``<out>/exported_models/backbone/``
+(``model.safetensors``, ``config.json``, model card ``README.md`` with the final kNN and probe accuracy).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ssl_siamese.data import SSLDataModule
 from ssl_siamese.evaluation.knn import KNNEvaluation
 from ssl_siamese.evaluation.online_probe import OnlineLinearProbe
 from ssl_siamese.evaluation.pictures import EmbeddingPictures
-from ssl_siamese.export import export_backbone
+from ssl_siamese.export import export_backbone, export_pretrained
 from ssl_siamese.loggers import LOGGERS, WANDB_MODES, WandbRunId, make_logger, stored_wandb_run_id
 from ssl_siamese.methods.base import SiameseModule
 
@@ -201,6 +203,19 @@ class SSLCLI(LightningCLI):
         return trainer
 
 
+def final_metrics(knn_history: list[tuple[int, float, float]], trainer: pl.Trainer) -> dict[str, float]:
+    """The accuracies an export records: kNN top-1/top-5 at the end and at the start, the online probe's."""
+    metrics = {}
+    if knn_history:
+        metrics.update(knn_top1=knn_history[-1][1], knn_top5=knn_history[-1][2])
+        if knn_history[0][0] == -1:  # epoch -1: measured at initialisation
+            metrics["knn_top1_at_start"] = knn_history[0][1]
+    probe = trainer.callback_metrics.get("probe/val_top1")
+    if probe is not None:
+        metrics["probe_top1"] = float(probe)
+    return metrics
+
+
 def main(model_class: type[pl.LightningModule], method_name: str,
          args: list[str] | None = None) -> dict[str, Any]:
     """Parse, check the data, measure kNN at init, train, export. User errors exit with a message.
@@ -242,16 +257,19 @@ def main(model_class: type[pl.LightningModule], method_name: str,
     knn = next((c for c in trainer.callbacks if isinstance(c, KNNEvaluation)), None)
     history = list(knn.history) if knn is not None else []
     if trainer.is_global_zero:
-        export_backbone(model, path, data=datamodule.hparams.get("dataset"),  # linear_probe's default data
-                        data_dir=str(Path(datamodule.hparams.get("data_dir", ".")).expanduser().resolve()),
-                        epochs=trainer.current_epoch, steps=trainer.global_step)
+        recorded = {"data": datamodule.hparams.get("dataset"),  # linear_probe's default data
+                    "data_dir": str(Path(datamodule.hparams.get("data_dir", ".")).expanduser().resolve()),
+                    "epochs": trainer.current_epoch, "steps": trainer.global_step}
+        export_backbone(model, path, **recorded)
+        export_pretrained(model, path.with_suffix(""), metrics=final_metrics(history, trainer), **recorded)
         if history:
             print(f"kNN top-1: {history[0][1]:.4f} at start -> {history[-1][1]:.4f} "
                   f"after {trainer.current_epoch} epochs")
-        print(f"Exported backbone: {path}")
+        print(f"Exported backbone: {path} and {path.with_suffix('')}/ (safetensors, config.json, model card)")
         for logger in trainer.loggers:  # flush and close the W&B run so its files are complete now
             if isinstance(logger, WandbLogger):
                 logger.experiment.finish()
     img_per_s = trainer.callback_metrics.get("train/img_per_s")
-    return {"knn_history": history, "backbone": path, "out": out, "epochs": trainer.current_epoch,
+    return {"knn_history": history, "backbone": path, "backbone_folder": path.with_suffix(""), "out": out,
+            "epochs": trainer.current_epoch,
             "fit_seconds": fit_seconds, "img_per_s": float(img_per_s) if img_per_s is not None else None}

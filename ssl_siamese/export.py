@@ -6,9 +6,15 @@ opening a file never runs code from it. For torchvision ResNets the weights load
 3x3 stem) with ``strict=True``. ``load_backbone`` also reads a Lightning checkpoint of SimCLR, MoCo,
 SimSiam or SupervisedSiamese (weights-only as well) and returns the backbone inside it.
 
+``export_pretrained`` writes the same weights and metadata as a folder other tools load
+(``ssl_siamese.pretrained_folder``): ``model.safetensors`` (metadata in its header; plain torchvision and
+timm load it), ``config.json`` and a model card ``README.md``. ``load_backbone`` reads that folder or its
+``model.safetensors`` as well.
+
 Example:
     >>> export_backbone(model, "out/simclr/exported_models/backbone.pt", data="cifar10", epochs=200)
-    >>> backbone, transform, metadata = load_backbone("out/simclr/exported_models/backbone.pt")
+    >>> export_pretrained(model, "out/simclr/exported_models/backbone", data="cifar10", metrics={"knn_top1": 0.83})
+    >>> backbone, transform, metadata = load_backbone("out/simclr/exported_models/backbone")  # or the .pt
     >>> features = backbone(transform(images_uint8))          # (B, 512), eval mode
 """
 
@@ -26,6 +32,7 @@ from torch import nn
 from ssl_siamese.backbones import BACKBONE_NAMES, TORCHVISION_RESNETS, build_backbone
 from ssl_siamese.checkpoints import EXPORT_FORMAT, bare_state_dict, read_checkpoint
 from ssl_siamese.embeddings import Preprocess, preprocessing
+from ssl_siamese.pretrained_folder import looks_like_safetensors, read_pretrained
 
 FORMAT = EXPORT_FORMAT
 
@@ -53,20 +60,7 @@ def export_backbone(model: nn.Module, path: str | Path, head: nn.Module | None =
     backbone given as a user module has ``architecture`` None and its class name in ``module_class``:
     ``load_backbone`` cannot rebuild it, the user loads the ``state_dict`` into their own module.
     """
-    hparams = dict(getattr(model, "hparams", {}))
-    arch = hparams.get("backbone")
-    info = {
-        "format": FORMAT,
-        "architecture": arch if isinstance(arch, str) else None,  # None: a user module, not rebuildable
-        "module_class": type(model.backbone).__name__,
-        "cifar_stem": bool(hparams.get("cifar_stem", False)) and arch in TORCHVISION_RESNETS,  # only ResNets have one
-        "feature_dim": int(model.feature_dim),
-        "image_size": int(hparams.get("view_size", 0)),
-        "mean": [float(v) for v in hparams.get("mean", ())],
-        "std": [float(v) for v in hparams.get("std", ())],
-        "method": type(model).__name__,
-        **{key: value for key, value in metadata.items() if value is not None},
-    }
+    info = backbone_metadata(model, **metadata)
     state_dict = {key: value.detach().cpu().clone() for key, value in model.backbone.state_dict().items()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,8 +73,62 @@ def export_backbone(model: nn.Module, path: str | Path, head: nn.Module | None =
     return path
 
 
+def export_pretrained(model: nn.Module, folder: str | Path, metrics: dict[str, float] | None = None,
+                      **metadata: Any) -> Path:
+    """Write ``model.backbone`` as ``folder/model.safetensors`` + ``config.json`` + ``README.md``; return ``folder``.
+
+    The metadata is ``export_backbone``'s (the same keywords), plus ``metrics`` (e.g. ``{"knn_top1": 0.83}``,
+    shown in the model card). The weights' keys are those of the architecture's own library, so
+    ``torchvision.models.resnet18()`` (``fc = Identity``) loads them with ``strict=True`` and ``timm`` with
+    ``pretrained_cfg_overlay=dict(file=folder / "model.safetensors")``.
+
+    Example:
+        >>> export_pretrained(model, "out/simclr/exported_models/backbone", data="cifar10", epochs=200)
+        >>> timm.create_model("local-dir:out/simclr/exported_models/backbone", pretrained=True)  # timm backbones
+    """
+    from ssl_siamese.pretrained_folder import write_pretrained_folder
+
+    clean = {key: float(value) for key, value in (metrics or {}).items() if value is not None}
+    return write_pretrained_folder(model.backbone, backbone_metadata(model, metrics=clean or None, **metadata), folder)
+
+
+def backbone_metadata(model: nn.Module, **metadata: Any) -> dict[str, Any]:
+    """The metadata an export records for ``model`` (a method): see ``export_backbone``."""
+    hparams = dict(getattr(model, "hparams", {}))
+    arch = hparams.get("backbone")
+    info = {
+        "format": FORMAT,
+        "architecture": arch if isinstance(arch, str) else None,  # None: a user module, not rebuildable
+        "module_class": type(model.backbone).__name__,
+        "cifar_stem": bool(hparams.get("cifar_stem", False)) and arch in TORCHVISION_RESNETS,  # only ResNets have one
+        "feature_dim": int(model.feature_dim),
+        "image_size": int(hparams.get("view_size", 0)),
+        "mean": [float(v) for v in hparams.get("mean", ())],
+        "std": [float(v) for v in hparams.get("std", ())],
+        "method": type(model).__name__,
+        **export_versions(arch),
+        **{key: value for key, value in metadata.items() if value is not None},
+    }
+    return info
+
+
+def export_versions(arch: Any) -> dict[str, str]:
+    """The library, torch and (for a timm architecture) timm versions that wrote an export."""
+    from ssl_siamese import __version__
+
+    versions = {"library": "ssl_siamese", "library_version": __version__, "torch_version": str(torch.__version__)}
+    if isinstance(arch, str) and arch.startswith("timm/"):
+        import timm
+
+        versions["timm_version"] = str(timm.__version__)
+    return versions
+
+
 def load_backbone(path: str | Path, trainable: bool = False) -> LoadedBackbone:
-    """``(backbone in eval mode, transform, metadata)`` from an exported backbone or a Lightning checkpoint.
+    """``(backbone in eval mode, transform, metadata)`` from an export or a Lightning checkpoint.
+
+    ``path``: an ``export_backbone`` file (``.pt``), an ``export_pretrained`` folder or its
+    ``model.safetensors``, or a Lightning checkpoint (``.ckpt``).
 
     The backbone is a frozen feature extractor: eval mode and ``requires_grad=False`` on its parameters, so
     ``backbone(transform(images))`` gives plain features (``.numpy()`` works, no graph is kept). To fine-tune
@@ -101,9 +149,13 @@ def load_backbone(path: str | Path, trainable: bool = False) -> LoadedBackbone:
             weights of a user module (rebuild that module yourself and load its ``state_dict``).
     """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir() or looks_like_safetensors(path):
+        state_dict, metadata = read_pretrained(path)
+        payload = {"state_dict": state_dict, "metadata": metadata}
+    elif not path.is_file():
         raise FileNotFoundError(f"No exported backbone or checkpoint at {path.resolve()}")
-    payload = read_checkpoint(path)
+    else:
+        payload = read_checkpoint(path)
     if isinstance(payload, dict) and isinstance(payload.get("metadata"), dict) \
             and payload["metadata"].get("format") == FORMAT:
         backbone, metadata = _from_export(payload, path)
@@ -134,10 +186,12 @@ def _from_export(payload: dict[str, Any], path: Path) -> tuple[nn.Module, dict[s
     arch = metadata.get("architecture")
     if not isinstance(arch, str) or not (arch in BACKBONE_NAMES or arch.startswith("timm/")):
         module = metadata.get("module_class") or arch or "unknown"
+        weights = f"torch.load({str(path)!r}, weights_only=True)['state_dict']"
+        if path.is_dir() or looks_like_safetensors(path):
+            weights = f"safetensors.torch.load_file({str(path / 'model.safetensors' if path.is_dir() else path)!r})"
         raise ValueError(
             f"{path} holds the weights of a user module ({module}), which ssl_siamese cannot rebuild. "
-            f"Build the module yourself and load the weights: module.load_state_dict(torch.load({str(path)!r}, "
-            "weights_only=True)['state_dict'])."
+            f"Build the module yourself and load the weights: module.load_state_dict({weights})."
         )
     backbone, _ = build_backbone(arch, metadata.get("cifar_stem", False))
     try:
