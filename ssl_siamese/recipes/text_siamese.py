@@ -1,0 +1,158 @@
+"""Train a text Siamese (bi-encoder) on pairs, then evaluate retrieval on held-out pairs beside BM25.
+
+    python -m ssl_siamese.recipes.text_siamese --config recipes/text_siamese_debian.yaml
+    python -m ssl_siamese.recipes.text_siamese --data.source pairs.jsonl --model.encoder ./my-bert-folder
+
+Data (``--data.*``): Debian's package descriptions (``debian``: short description -> long description,
+grouped by source package) or a JSONL/CSV/TSV pair file; split so that no group and no duplicate text
+crosses it (the report is printed). Model (``--model.*``): the built-in encoder trained from scratch
+(tokenizer trained on the training texts), any Hugging Face encoder, or a sentence-transformers folder.
+The evaluation searches the held-out documents (positives and negatives of the test pairs) with each
+held-out query: BM25 (``bm25s``), the dense encoder before training, after training, and the hybrid of
+BM25 and the trained encoder by reciprocal-rank fusion; Recall@1/10, MRR@10 and nDCG@10 are printed as
+one table, logged (``eval/<method>/<metric>``; W&B also gets the table) and written to ``results.json``.
+The encoder is exported to ``<out>/exported_models/text_encoder`` (a sentence-transformers folder for
+Hugging Face encoders, ``builtin_encoder.pt`` for the built-in one).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.callbacks import LearningRateMonitor
+from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.loggers import WandbLogger
+
+from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
+from ssl_siamese.checkpoints import check_resume_checkpoint
+from ssl_siamese.cli import SSLCLI, ShortHelpFormatter, default_precision
+from ssl_siamese.evaluation.ranking import ranking_metrics
+from ssl_siamese.loggers import LOGGERS, WANDB_MODES, WandbRunId
+from ssl_siamese.text.builtin_encoder import BuiltinTextEncoder
+from ssl_siamese.text.datamodule import TextPairDataModule
+from ssl_siamese.text.export import export_text_encoder
+from ssl_siamese.text.module import TextSiamese
+from ssl_siamese.text.pairs import TextPair
+from ssl_siamese.text.retrieval import bm25_search, dense_search, reciprocal_rank_fusion
+
+DEPTH = 100  # documents ranked per query before fusion and metrics
+METRICS = ("recall@1", "recall@10", "mrr@10", "ndcg@10")
+
+
+class TextSiameseCLI(SSLCLI):
+    """LightningCLI for :class:`TextSiamese` and :class:`TextPairDataModule`, with the recipes' output options."""
+
+    def __init__(self, args: list[str] | None = None) -> None:
+        self.method_name = "text_siamese"
+        module = "ssl_siamese.recipes.text_siamese"
+        LightningCLI.__init__(
+            self, TextSiamese, TextPairDataModule, run=False, args=args, seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={"prog": f"python -m {module}",
+                           "usage": f"python -m {module} [--config FILE.yaml] [--GROUP.OPTION VALUE ...]",
+                           "description": __doc__.split("\n\n")[0], "formatter_class": ShortHelpFormatter},
+            auto_configure_optimizers=False,
+            trainer_defaults={"max_epochs": 3, "precision": default_precision(), "log_every_n_steps": 10,
+                              "callbacks": [LearningRateMonitor("step"), NonFiniteLossGuard(), WandbRunId()]})
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--out", default="out/text_siamese", help="Output folder: checkpoints/, exported_models/, "
+                                                                      "results.json, logs.")
+        parser.add_argument("--log_to", default="wandb", choices=LOGGERS,
+                            help="Experiment logger used when trainer.logger is not set.")
+        parser.add_argument("--wandb_mode", default=None, choices=WANDB_MODES,
+                            help="W&B: offline (under <out>/wandb, `wandb sync` it later) or online; unset: "
+                                 "$WANDB_MODE if set, else offline.")
+        parser.add_argument("--ckpt_path", default=None, help="Resume from this Lightning checkpoint.")
+
+
+def evaluation_set(pairs: list[TextPair]) -> tuple[list[str], list[str], list[set[int]]]:
+    """Queries, the corpus (unique positives and negatives of ``pairs``) and each query's relevant documents."""
+    documents = list(dict.fromkeys([p.positive for p in pairs] + [p.negative for p in pairs if p.negative]))
+    index = {text: i for i, text in enumerate(documents)}
+    relevant: dict[str, set[int]] = {}
+    for pair in pairs:  # a query text that occurs twice is relevant to both its positives
+        relevant.setdefault(pair.query, set()).add(index[pair.positive])
+    queries = list(relevant)
+    return queries, documents, [relevant[q] for q in queries]
+
+
+def format_table(rows: dict[str, dict[str, float]], title: str) -> str:
+    """One row per method, one column per metric."""
+    lines = [title, f"{'method':<16}" + "".join(f"{name:>11}" for name in METRICS)]
+    lines += [f"{method:<16}" + "".join(f"{values[name]:>11.4f}" for name in METRICS) for method, values in rows.items()]
+    return "\n".join(lines)
+
+
+def log_results(trainer: Any, rows: dict[str, dict[str, float]]) -> None:
+    """``eval/<method>/<metric>`` to every logger of ``trainer``; on W&B also the table ``eval/retrieval``."""
+    metrics = {f"eval/{method}/{name}": value for method, values in rows.items()
+               for name, value in values.items()}
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+        if isinstance(logger, WandbLogger):
+            logger.log_table("eval/retrieval", columns=["method", *METRICS],
+                             data=[[method, *(values[m] for m in METRICS)] for method, values in rows.items()],
+                             step=trainer.global_step)
+        logger.save()
+
+
+def main(args: list[str] | None = None) -> dict[str, Any]:
+    """Parse, split, evaluate at init, train, evaluate, export; returns the results (also in results.json)."""
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    try:
+        cli = TextSiameseCLI(args)
+        trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+        dm.setup("fit")
+        if cli.config_init["ckpt_path"]:
+            check_resume_checkpoint(model, cli.config_init["ckpt_path"])
+    except (FileNotFoundError, ValueError) as error:  # DebianDescriptionsMissing among them
+        sys.exit(f"ssl_siamese.recipes.text_siamese: error: {error}")
+    print(dm.split.report)
+    encoder = model.encoder
+    if isinstance(encoder, BuiltinTextEncoder) and not encoder.has_tokenizer:
+        started = time.perf_counter()
+        encoder.fit_tokenizer(dm.training_texts())
+        print(f"built-in tokenizer: {encoder._tokenizer.get_vocab_size()} WordPiece tokens trained on the training "
+              f"texts in {time.perf_counter() - started:.1f} s")
+    dm.tokenizer = encoder.tokenizer
+    queries, documents, relevant = evaluation_set(dm.test_pairs)
+    print(f"evaluation: {len(queries)} held-out queries against {len(documents)} held-out documents")
+
+    def dense() -> Any:
+        return dense_search(encoder.encode(queries), encoder.encode(documents), k=DEPTH)
+
+    bm25 = bm25_search(queries, documents, k=DEPTH)
+    rows = {"bm25": ranking_metrics(bm25, relevant), "dense_at_init": ranking_metrics(dense(), relevant)}
+    started = time.perf_counter()
+    trainer.fit(model, datamodule=dm, ckpt_path=cli.config_init["ckpt_path"])
+    fit_seconds = time.perf_counter() - started
+    trained = dense()
+    rows["dense"] = ranking_metrics(trained, relevant)
+    rows["hybrid_rrf"] = ranking_metrics(reciprocal_rank_fusion([trained, bm25], k=DEPTH), relevant)
+    out = Path(cli.config_init["out"])
+    results: dict[str, Any] = {"metrics": rows, "fit_seconds": fit_seconds, "steps": trainer.global_step,
+                               "epochs": trainer.current_epoch, "train_pairs": len(dm.train_pairs),
+                               "test_pairs": len(dm.test_pairs), "queries": len(queries),
+                               "documents": len(documents), "split": dm.split.report}
+    if trainer.is_global_zero:
+        print(format_table(rows, f"retrieval of {len(documents)} held-out documents by {len(queries)} held-out "
+                                 f"queries ({trainer.global_step} steps, {fit_seconds:.0f} s)"))
+        log_results(trainer, rows)
+        results["encoder_path"] = str(export_text_encoder(encoder, out / "exported_models" / "text_encoder"))
+        print(f"Exported encoder: {results['encoder_path']}")
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        for logger in trainer.loggers:  # flush and close the W&B run so its files are complete now
+            if isinstance(logger, WandbLogger):
+                logger.experiment.finish()
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""Losses for text Siamese encoders: in-batch negatives (InfoNCE) and cosine-similarity regression.
+
+``InBatchNegativesLoss`` is the "multiple negatives ranking" loss of Sentence-BERT / InfoNCE: each query
+must pick its own positive among every positive of the batch (and every explicit hard negative), by a
+softmax over cosine similarities divided by a temperature. ``symmetric=True`` adds the other direction
+(each positive picks its query), as CLIP does. Under DDP the candidates of every rank are gathered with
+gradients (``lightly.utils.dist.gather``), so a run on W ranks of batch B sees the same W*B candidates as one
+process on the whole batch. Margin losses (contrastive, triplet) live in :mod:`ssl_siamese.metric_losses`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from lightly.utils import dist
+from torch import Tensor, nn
+
+
+def _gathered(x: Tensor, enabled: bool) -> Tensor:
+    """``x`` from every rank concatenated (with gradients) when DDP runs and ``enabled``, else ``x``."""
+    if not enabled or dist.world_size() == 1:
+        return x
+    return torch.cat(dist.gather(x.contiguous()), dim=0)
+
+
+class InBatchNegativesLoss(nn.Module):
+    """InfoNCE with in-batch negatives, one-way or symmetric, optionally with explicit hard negatives.
+
+    ``loss = mean_i -log softmax_j(cos(q_i, c_j) / temperature)[i]`` over the candidates ``c`` = all
+    positives of the (gathered) batch followed by all hard negatives. ``symmetric=True`` averages it with
+    the positives-to-queries direction (``cos(p_i, q_j)``; hard negatives play no part there). Computed
+    in float32 whatever the input precision.
+
+    Example:
+        >>> loss_fn = InBatchNegativesLoss(temperature=0.05, symmetric=True)
+        >>> loss = loss_fn(torch.randn(8, 32), torch.randn(8, 32), negatives=torch.randn(8, 32))
+    """
+
+    def __init__(self, temperature: float = 0.05, symmetric: bool = False, gather_distributed: bool = True) -> None:
+        super().__init__()
+        if temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.temperature = temperature
+        self.symmetric = symmetric
+        self.gather_distributed = gather_distributed
+
+    def forward(self, queries: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
+        if queries.shape != positives.shape or queries.dim() != 2:
+            raise ValueError(f"queries {tuple(queries.shape)} and positives {tuple(positives.shape)} must both "
+                             "be (B, D)")
+        q = F.normalize(queries.float(), dim=1)
+        p = F.normalize(positives.float(), dim=1)
+        labels = torch.arange(len(q), device=q.device) + dist.rank() * len(q) * int(self.gather_distributed)
+        candidates = [_gathered(p, self.gather_distributed)]
+        if negatives is not None:
+            if negatives.dim() != 2 or negatives.shape[1] != q.shape[1]:
+                raise ValueError(f"negatives must be (N, {q.shape[1]}), got {tuple(negatives.shape)}")
+            candidates.append(_gathered(F.normalize(negatives.float(), dim=1), self.gather_distributed))
+        loss = F.cross_entropy(q @ torch.cat(candidates).T / self.temperature, labels)
+        if self.symmetric:
+            backward = p @ _gathered(q, self.gather_distributed).T / self.temperature
+            loss = (loss + F.cross_entropy(backward, labels)) / 2
+        return loss
+
+
+class CosineSimilarityLoss(nn.Module):
+    """Regression of the cosine similarity of each pair onto its score: ``mean((cos(a_i, b_i) - s_i)^2)``.
+
+    For scored pairs (e.g. STS scores scaled to [0, 1] or [-1, 1]).
+
+    Example:
+        >>> loss = CosineSimilarityLoss()(torch.randn(8, 32), torch.randn(8, 32), torch.rand(8))
+    """
+
+    def forward(self, a: Tensor, b: Tensor, scores: Tensor) -> Tensor:
+        cosine = F.cosine_similarity(a.float(), b.float(), dim=1)
+        return F.mse_loss(cosine, scores.to(cosine))
