@@ -54,6 +54,8 @@ def test_exported_backbone_is_well_above_chance(tmp_path):
     assert Path(result["confusion_png"]).is_file()
     assert json.loads((tmp_path / "out" / "results.json").read_text())["top1"] == result["top1"]
     assert list((tmp_path / "out").glob("wandb/offline-run-*"))
+    interactive = "wandb/offline-run-*/files/media/table/linear_probe/confusion_matrix_interactive_table_*.table.json"
+    assert list((tmp_path / "out").glob(interactive))  # W&B's own confusion matrix beside the PNG
 
 
 @pytest.mark.parametrize("method, kwargs", [(SimCLR, {}), (MoCo, {"queue_size": 64})])

@@ -55,7 +55,7 @@ def test_recipe_logs_metrics_to_offline_wandb(name, tmp_path):
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "6", "--trainer.log_every_n_steps", "1",
         "--data.val_subset", "64", "--data.knn_bank_subset", "256", "--out", str(tmp_path)])
     metrics = (b"train/loss", b"knn/top1", b"knn/top5", b"train/embedding_std", b"train/img_per_s",
-               b"probe/val_top1", b"pictures/embedding_pca", b"pictures/neighbours")
+               b"probe/val_top1", b"pictures/embedding_pca", b"pictures/neighbours", b"pictures/embeddings")
     records = wandb_records(tmp_path, expected=metrics)
     for metric in metrics:
         assert metric in records, f"{metric!r} missing from the W&B run"

@@ -167,9 +167,12 @@ def test_recipe_logs_training_loss_and_before_after_metrics(tmp_path, monkeypatc
                     for metric in ("fewshot_1shot", "auc", "eer", "recall@1")]
         expected += [json.dumps(float(result[column][metric])).encode() for column in ("before", "after")
                      for metric in ("fewshot_1shot", "auc")]
+        expected += [b"eval/roc", b"eval/roc_interactive"]  # the ROC as an image and as W&B's line chart
         records = wandb_records(tmp_path, (b"train/loss", b"eval/metrics", *expected))
         missing = [name for name in (b"train/loss", b"eval/metrics", *expected) if name not in records]
         assert not missing, missing  # the loss, the metrics table and each metric with its value
+        assert list(tmp_path.glob("wandb/offline-run-*/files/media/table/eval/roc_interactive_table_*.table.json"))
+    assert Path(result["roc_png"]).is_file()
 
 
 @pytest.mark.skipif(not (DATA / "train-images-idx3-ubyte.gz").is_file(), reason=f"no Fashion-MNIST IDX files at {DATA}")

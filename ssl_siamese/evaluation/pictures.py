@@ -9,6 +9,8 @@ PNGs in ``<trainer.default_root_dir>/pictures``, one file per drawing: ``embeddi
 ``neighbours_epoch003.png`` after 3 training epochs, ``..._epoch000.png`` before training). The grid needs the raw images, taken from
 ``trainer.datamodule.query_data.images`` / ``bank_data.images`` by position, so it is drawn only when
 the datamodule has them and on a single process (a distributed sampler reorders the positions).
+With W&B it also logs ``pictures/embeddings``, a Table of the first ``table_rows`` queries (thumbnail, label,
+PCA, nearest neighbours, the embedding as columns for W&B's 2D Projection panel; see ``wandb_media``).
 
 Example:
     >>> trainer = pl.Trainer(callbacks=[KNNEvaluation(), EmbeddingPictures(every_n_epochs=10)])
@@ -30,6 +32,7 @@ from ssl_siamese.evaluation.plots import (
     log_figure,
     neighbour_grid_figure,
 )
+from ssl_siamese.evaluation.wandb_media import embedding_table, log_table, wandb_loggers
 
 
 class EmbeddingPictures(pl.Callback):
@@ -39,11 +42,12 @@ class EmbeddingPictures(pl.Callback):
         every_n_epochs: draw after every n-th validation (and at the end of fit).
         max_queries, max_bank: how many query / bank features to keep (the first ones, in loader order).
         grid_queries, neighbours: rows and neighbours per row of the grid.
+        table_rows: queries in the W&B embeddings Table (0: no table).
     """
 
     def __init__(self, every_n_epochs: int = 10, max_queries: int = 2000, max_bank: int = 10000,
-                 grid_queries: int = 8, neighbours: int = 8) -> None:
-        self.every_n_epochs = every_n_epochs
+                 grid_queries: int = 8, neighbours: int = 8, table_rows: int = 500) -> None:
+        self.every_n_epochs, self.table_rows = every_n_epochs, table_rows
         self.grid_queries, self.neighbours = grid_queries, neighbours
         self.saved: list[Path] = []
         self.features = ValidationFeatures({BANK: max_bank, QUERIES: max_queries}, cpu=True)
@@ -97,6 +101,11 @@ class EmbeddingPictures(pl.Callback):
             self.saved.append(log_figure(trainer, "pictures/neighbours",
                                          self._grid(data, query_data, bank_data, class_names), out_dir,
                                          filename=f"neighbours_epoch{epoch:03d}.png"))
+        if self.table_rows > 0 and wandb_loggers(trainer):
+            rows = min(self.table_rows, len(data["query"]))
+            images = query_data.images[:rows] if can_grid else None  # positions hold on one process only
+            log_table(trainer, "pictures/embeddings", embedding_table(
+                data["query"][:rows], data["query_labels"][:rows], images, class_names))
 
     def _grid(self, data: dict[str, Tensor], query_data: Any, bank_data: Any,
               class_names: list[str] | None) -> Any:

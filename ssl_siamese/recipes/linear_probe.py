@@ -35,6 +35,7 @@ from ssl_siamese.data import DataNotFoundError, load_split
 from ssl_siamese.embeddings import embed_images
 from ssl_siamese.evaluation.linear import fit_linear_probe, weight_decay_sweep
 from ssl_siamese.evaluation.plots import confusion_matrix_figure, log_figure
+from ssl_siamese.evaluation.wandb_media import log_confusion_matrix, pairs_from_confusion
 from ssl_siamese.export import load_backbone
 from ssl_siamese.loggers import LOGGERS, make_logger
 from ssl_siamese.recipes.finetune import (
@@ -110,6 +111,8 @@ def run_linear_probe(ckpt: str | Path, dataset: str | None = None, data_dir: str
     figure = confusion_matrix_figure(probe.confusion.cpu(), train.classes or None,
                                      title=f"linear probe on {dataset}: top-1 {probe.top1:.4f}")
     result["confusion_png"] = str(log_figure(loggers, "linear_probe/confusion_matrix", figure, out))
+    log_confusion_matrix(loggers, "linear_probe/confusion_matrix_interactive",
+                         *pairs_from_confusion(probe.confusion.cpu()), train.classes or None)
     (out / "results.json").write_text(json.dumps(result, indent=2))
     for each in loggers:
         each.finalize("success")

@@ -51,7 +51,9 @@ from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint, r
 from ssl_siamese.cli_args import parse_args as parse_checked
 from ssl_siamese.data.pk import NEAR_DUPLICATE_MODES, PKDataModule
 from ssl_siamese.evaluation.fewshot import fewshot_episodes, max_queries
-from ssl_siamese.evaluation.retrieval import pair_scores, recall_at_k, verification_roc
+from ssl_siamese.evaluation.plots import log_figure, roc_figure
+from ssl_siamese.evaluation.retrieval import VerificationResult, pair_scores, recall_at_k, verification_roc
+from ssl_siamese.evaluation.wandb_media import log_roc_curve
 from ssl_siamese.export import export_backbone
 from ssl_siamese.loggers import LOGGERS, WANDB_MODES, WandbRunId, make_logger, stored_wandb_run_id
 from ssl_siamese.methods.siamese import SupervisedSiamese
@@ -126,11 +128,24 @@ def evaluate_unseen(features: Tensor, labels: Tensor, episodes: int = 600, n_que
     n_way = len(labels.unique())
     fewshot = fewshot_episodes(features, labels, n_way=n_way, k_shot=1, n_query=n_query, episodes=episodes,
                                seed=seed)
-    i, j, same = balanced_pairs(labels, num_pairs=num_pairs, seed=seed)
-    roc = verification_roc(pair_scores(features[i], features[j]), same)
+    roc = verification_curve(features, labels, num_pairs, seed)
     recall = recall_at_k(features, labels, ks=(1, 5, 10))
     return {"n_way": n_way, "n_query": n_query, "fewshot_1shot": fewshot.mean, "fewshot_ci95": fewshot.ci95,
             "auc": roc.auc, "eer": roc.eer, "recall@1": recall[1], "recall@5": recall[5], "recall@10": recall[10]}
+
+
+def verification_curve(features: Tensor, labels: Tensor, num_pairs: int = 4000, seed: int = 0) -> VerificationResult:
+    """Verification ROC on ``num_pairs`` seeded pairs, half same-class and half different-class."""
+    i, j, same = balanced_pairs(labels, num_pairs=num_pairs, seed=seed)
+    return verification_roc(pair_scores(features[i], features[j]), same)
+
+
+def log_roc(loggers: list[Logger], roc: VerificationResult, out: Path, title: str, step: int) -> Path | None:
+    """The ROC curve as ``<out>/eval_roc.png`` and, on W&B, as that image and an interactive chart."""
+    path = log_figure(loggers, "eval/roc", roc_figure(roc.fpr, roc.tpr, roc.auc, roc.eer, title=title), out,
+                      step=step)
+    log_roc_curve(loggers, "eval/roc_interactive", roc.fpr, roc.tpr, auc=roc.auc, step=step)
+    return path
 
 
 def format_table(columns: dict[str, dict[str, float]]) -> str:
@@ -219,8 +234,8 @@ def run_siamese(dataset: str = "fashion_mnist", data_dir: str = "./data",
     logger = make_logger(log_to, out, "siamese", mode=wandb_mode, run_id=run_id)
     loggers = [logger] if logger else []
     evaluate = {"episodes": episodes, "n_query": n_query, "seed": seed}
-    results: dict[str, Any] = {"before": evaluate_unseen(backbone_features(model, dm.eval_data.images), labels,
-                                                          **evaluate)}
+    features = backbone_features(model, dm.eval_data.images)
+    results: dict[str, Any] = {"before": evaluate_unseen(features, labels, **evaluate)}
     started = time.perf_counter()
     if epochs > 0:
         checkpoint = checkpoint_callback(out / "checkpoints", ckpt_every_n_steps)
@@ -230,11 +245,15 @@ def run_siamese(dataset: str = "fashion_mnist", data_dir: str = "./data",
                              log_every_n_steps=min(10, len(dm.train_dataloader())),
                              enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0)
         trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
-        results["after"] = evaluate_unseen(backbone_features(model, dm.eval_data.images), labels, **evaluate)
+        features = backbone_features(model, dm.eval_data.images)
+        results["after"] = evaluate_unseen(features, labels, **evaluate)
     results["train_seconds"] = time.perf_counter() - started
     columns = {"before": results["before"]} | ({"after": results["after"]} if "after" in results else {})
     print(format_table(columns))
     log_results(loggers, results, step=int(model.global_step))
+    roc = verification_curve(features, labels, seed=seed)  # the same pairs and curve as the table's last column
+    results["roc_png"] = str(log_roc(loggers, roc, out, f"verification ROC on unseen classes after {epochs} epochs",
+                                     step=int(model.global_step)))
     names = dm.class_names
     results["backbone_path"] = str(export_backbone(
         model, out / "exported_models" / "backbone.pt", data=dataset, epochs=epochs, loss=loss,
