@@ -25,7 +25,8 @@ class SentenceTransformerEncoder(TextEncoder):
         if not (Path(path).expanduser() / "modules.json").is_file():
             raise FileNotFoundError(f"{path} is not a sentence-transformers folder (it has no modules.json)")
         self.model = SentenceTransformer(str(Path(path).expanduser()), device="cpu", local_files_only=True)
-        self.dim = self.model.get_sentence_embedding_dimension()
+        dimension = getattr(self.model, "get_embedding_dimension", None)  # renamed in sentence-transformers 6
+        self.dim = (dimension or self.model.get_sentence_embedding_dimension)()
 
     @property
     def tokenizer(self) -> HFTokenizer:

@@ -1,0 +1,104 @@
+"""The text losses against float64 formulas written out term by term, and gathered negatives over 2 gloo ranks."""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from ssl_siamese.text.losses import CosineSimilarityLoss, InBatchNegativesLoss
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(a @ b / (a.norm() * b.norm()))
+
+
+def reference_infonce(q, p, n=None, t=0.05, symmetric=False) -> float:
+    """-log softmax, one query at a time, in float64 Python loops."""
+    q, p = q.double(), p.double()
+    candidates = list(p) + (list(n.double()) if n is not None else [])
+    forward = []
+    for i in range(len(q)):
+        logits = [_cos(q[i], c) / t for c in candidates]
+        forward.append(-(logits[i] - math.log(sum(math.exp(x) for x in logits))))
+    loss = sum(forward) / len(forward)
+    if symmetric:
+        backward = []
+        for i in range(len(p)):
+            logits = [_cos(p[i], c) / t for c in q]
+            backward.append(-(logits[i] - math.log(sum(math.exp(x) for x in logits))))
+        loss = (loss + sum(backward) / len(backward)) / 2
+    return loss
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("hard_negatives", [False, True])
+def test_infonce_matches_float64_reference(symmetric, hard_negatives):
+    g = torch.Generator().manual_seed(0)
+    q, p = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    n = torch.randn(6, 5, generator=g) if hard_negatives else None
+    loss = InBatchNegativesLoss(temperature=0.1, symmetric=symmetric)(q, p, n)
+    assert loss.item() == pytest.approx(reference_infonce(q, p, n, t=0.1, symmetric=symmetric), rel=1e-5)
+
+
+def test_infonce_low_precision_input_is_computed_in_float32():
+    q, p = torch.randn(8, 16), torch.randn(8, 16)
+    loss = InBatchNegativesLoss(0.05)(q.bfloat16(), p.bfloat16())
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(reference_infonce(q.bfloat16().float(), p.bfloat16().float()), rel=1e-4)
+
+
+def test_infonce_rejects_bad_shapes_and_temperature():
+    with pytest.raises(ValueError, match="temperature"):
+        InBatchNegativesLoss(temperature=0)
+    with pytest.raises(ValueError, match="must both be"):
+        InBatchNegativesLoss()(torch.randn(4, 8), torch.randn(3, 8))
+    with pytest.raises(ValueError, match="negatives must be"):
+        InBatchNegativesLoss()(torch.randn(4, 8), torch.randn(4, 8), torch.randn(4, 7))
+
+
+def test_cosine_similarity_loss_matches_formula():
+    a, b, s = torch.randn(7, 4), torch.randn(7, 4), torch.rand(7)
+    expected = sum((_cos(a[i].double(), b[i].double()) - float(s[i])) ** 2 for i in range(7)) / 7
+    assert CosineSimilarityLoss()(a, b, s).item() == pytest.approx(expected, rel=1e-5)
+
+
+def _rank(rank: int, world: int, port: int, q, p, n, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+    part = slice(rank * len(q) // world, (rank + 1) * len(q) // world)
+    tensors = [x[part].clone().requires_grad_() for x in (q, p, n)]
+    loss = InBatchNegativesLoss(0.1, symmetric=True)(*tensors)
+    loss.backward()
+    queue.put((rank, loss.item(), [x.grad for x in tensors]))
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
+
+
+def test_gathered_negatives_on_two_gloo_ranks_equal_one_process_on_the_whole_batch():
+    g = torch.Generator().manual_seed(1)
+    q, p, n = (torch.randn(8, 6, generator=g) for _ in range(3))
+    whole = [x.clone().requires_grad_() for x in (q, p, n)]
+    expected = InBatchNegativesLoss(0.1, symmetric=True)(*whole)
+    expected.backward()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_rank, args=(r, 2, port, q, p, n, queue)) for r in range(2)]
+    for proc in procs:
+        proc.start()
+    results = dict((r, (loss, grads)) for r, loss, grads in (queue.get(timeout=120) for _ in procs))
+    for proc in procs:
+        proc.join(timeout=60)
+        assert proc.exitcode == 0
+    # DDP averages the ranks' gradients: the mean loss and the averaged gradients are the whole batch's
+    assert (results[0][0] + results[1][0]) / 2 == pytest.approx(expected.item(), rel=1e-5)
+    for i, x in enumerate(whole):
+        gathered = torch.cat([results[0][1][i], results[1][1][i]]) / 2
+        torch.testing.assert_close(gathered, x.grad, rtol=1e-4, atol=1e-6)
