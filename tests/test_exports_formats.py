@@ -22,6 +22,7 @@ import timm
 import torch
 import torchvision
 from conftest import fashion_mnist_dir, needs_fashion_mnist
+from test_export import UserNet
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -124,17 +125,6 @@ def test_load_backbone_reads_the_folder_its_file_and_the_pt_alike(tmp_path):
         torch.testing.assert_close(backbone(transform(images)), expected, rtol=0, atol=0)
     assert loaded[0].metadata["metrics"] == {"knn_top1": 0.71}  # unknown metrics are left out
     assert {k: v for k, v in loaded[0].metadata.items() if k != "metrics"} == loaded[2].metadata
-
-
-class UserNet(nn.Module):
-    feature_dim = 4
-
-    def __init__(self):
-        super().__init__()
-        self.layer = nn.Conv2d(3, 4, 3)
-
-    def forward(self, x):
-        return self.layer(x).mean((2, 3))
 
 
 def test_wrong_files_are_clear_errors(tmp_path):
