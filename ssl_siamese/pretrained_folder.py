@@ -52,8 +52,9 @@ def header_metadata(metadata: dict[str, Any]) -> dict[str, str]:
     """The metadata as safetensors header strings: strings as they are, other values as JSON.
 
     Example:
-        >>> header_metadata({"format": "ssl_siamese.backbone/1", "feature_dim": 128})
-        {'export_format': 'ssl_siamese.backbone/1', 'feature_dim': '128', 'json_keys': '["feature_dim"]', 'format': 'pt'}
+        >>> header_metadata({"format": "ssl_siamese.backbone/1", "feature_dim": 128, "data": "cifar10"})
+        {'export_format': 'ssl_siamese.backbone/1', 'feature_dim': '128', 'data': 'cifar10', \
+'json_keys': '["feature_dim"]', 'format': 'pt'}
     """
     header, encoded = {}, []
     for key, value in metadata.items():

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import fashion_mnist_dir, needs_fashion_mnist
+from conftest import REPO, fashion_mnist_dir, needs_fashion_mnist
 from test_export import UserNet
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
@@ -34,6 +35,7 @@ from ssl_siamese.hub import hub_files, push_to_hub
 from ssl_siamese.pretrained_folder import header_metadata, metadata_from_header
 from ssl_siamese.recipes import export as export_recipe
 
+README = REPO / "README.md"
 ONNX_TOLERANCE = 1e-4  # float32 graphs: measured differences are 1e-7 to 1e-6
 
 
@@ -84,8 +86,8 @@ def test_torchvision_loads_the_safetensors_strictly(tmp_path, monkeypatch):
     plain.load_state_dict(load_file(folder / "model.safetensors"), strict=True)
     images = torch.randn(3, 3, 32, 32)
     torch.testing.assert_close(plain.eval()(images), model(images), rtol=0, atol=0)
-    torchvision_block = next(code for code in python_blocks((folder / "README.md").read_text()) if "torchvision" in code)
-    namespace = run_block(torchvision_block, folder, monkeypatch)  # the model card's snippet, as written
+    card = (folder / "README.md").read_text()
+    namespace = run_block(next(code for code in python_blocks(card) if "torchvision" in code), folder, monkeypatch)  # the model card's snippet, as written
     torch.testing.assert_close(namespace["features"], model(namespace["images"]), rtol=0, atol=0)
 
 
@@ -244,8 +246,9 @@ def test_push_to_hub_uploads_the_folder_it_built(tmp_path, monkeypatch):
 
 @needs_fashion_mnist
 def test_simclr_recipe_export_loads_in_timm_torchvision_and_onnxruntime(tmp_path, monkeypatch):
-    """The real entry points: pretrain a timm ResNet-18 a few steps on Fashion-MNIST, then load its export."""
-    out = tmp_path / "run"
+    """The real entry points: pretrain a timm ResNet-18 a few steps on Fashion-MNIST, export it to ONNX with the
+    README's command, then load it in timm, torchvision and onnxruntime: the README's and the model card's snippets."""
+    out = tmp_path / "out" / "simclr"  # where the README's Exports section looks
     env = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
     pretrain = subprocess.run(
         [sys.executable, "-m", "ssl_siamese.recipes.simclr", "--model.backbone", "timm/resnet18",
@@ -276,16 +279,28 @@ def test_simclr_recipe_export_loads_in_timm_torchvision_and_onnxruntime(tmp_path
         for other in (by_timm, plain.eval()):
             torch.testing.assert_close(other(images), expected, rtol=1e-5, atol=1e-5)
 
-    export = subprocess.run([sys.executable, "-m", "ssl_siamese.recipes.export", "--ckpt", str(folder),
-                             "--format", "onnx", "--out", str(folder)], capture_output=True, text=True, timeout=300)
+    section = README.read_text().split("\n## Exports\n", 1)[1].split("\n## ", 1)[0]
+    command = re.search(r"```bash\n(python -m ssl_siamese.recipes.export [^\n]*)\n```", section).group(1)
+    export = subprocess.run([sys.executable, *command.split()[1:]], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)  # the README's command as written
     assert export.returncode == 0, export.stderr[-3000:]
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(folder / "backbone.onnx"), providers=["CPUExecutionProvider"])
+    session = onnxruntime.InferenceSession(str(tmp_path / "onnx" / "backbone.onnx"),
+                                           providers=["CPUExecutionProvider"])
     difference = float(np.abs(session.run(None, {"images": images.numpy()})[0] - expected.numpy()).max())
     print(f"onnxruntime vs PyTorch, ResNet-18 on 10 Fashion-MNIST test images: max abs difference {difference:.2e}")
     assert difference < ONNX_TOLERANCE  # measured 2.0e-7
 
+    (readme_block,) = python_blocks(section)  # the README's snippet as written, from the folder above out/
+    namespace = run_block(readme_block, tmp_path, monkeypatch)
+    reference = backbone(namespace["images"])
+    with torch.no_grad():
+        for loaded in (namespace["plain"].eval(), namespace["model"].eval()):
+            torch.testing.assert_close(loaded(namespace["images"]), reference, rtol=1e-5, atol=1e-5)
+    assert float(np.abs(namespace["features"] - reference.numpy()).max()) < ONNX_TOLERANCE
+
+    shutil.copy(tmp_path / "onnx" / "backbone.onnx", folder)  # where the model card's ONNX command puts it
     blocks = python_blocks(card)  # ssl_siamese, timm, onnxruntime: each runs as written, from the folder
     assert len(blocks) == 3
     for code in blocks:
