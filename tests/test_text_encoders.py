@@ -101,3 +101,14 @@ def test_unknown_options_are_refused_clearly(tmp_path):
         BuiltinTextEncoder(kind="lstm")
     with pytest.raises(FileNotFoundError, match="cannot load the Hugging Face model"):
         HFTextEncoder(str(tmp_path / "absent"), local_files_only=True)
+
+
+def test_builtin_tokenizer_numbers_its_tokens_by_their_text():
+    """The trainer numbers equally frequent tokens in a varying order; below the size limit (the same token set
+    each run) the renumbered tokenizer is the same every time."""
+    from ssl_siamese.text.tokenizer import train_tokenizer
+
+    texts = [f"{word} package number {i} for {word}s" for i in range(50) for word in ("alpha", "beta", "gamma")]
+    vocab = train_tokenizer(texts, vocab_size=1000).get_vocab()
+    assert vocab == train_tokenizer(texts, vocab_size=1000).get_vocab()
+    assert sorted(vocab, key=vocab.get)[2:] == sorted(set(vocab) - {"[PAD]", "[UNK]"})

@@ -29,7 +29,7 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import WandbLogger
 
 from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
-from ssl_siamese.checkpoints import check_resume_checkpoint
+from ssl_siamese.checkpoints import check_resume_checkpoint, read_checkpoint
 from ssl_siamese.cli import SSLCLI, ShortHelpFormatter, default_precision
 from ssl_siamese.evaluation.ranking import ranking_metrics
 from ssl_siamese.loggers import LOGGERS, WANDB_MODES, WandbRunId
@@ -115,6 +115,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         sys.exit(f"ssl_siamese.recipes.text_siamese: error: {error}")
     print(dm.split.report)
     encoder = model.encoder
+    if isinstance(encoder, BuiltinTextEncoder) and cli.config_init["ckpt_path"]:  # the tokenizer it trained with
+        encoder.set_extra_state(read_checkpoint(cli.config_init["ckpt_path"])["state_dict"].get("encoder._extra_state"))
     if isinstance(encoder, BuiltinTextEncoder) and not encoder.has_tokenizer:
         started = time.perf_counter()
         encoder.fit_tokenizer(dm.training_texts())

@@ -20,13 +20,18 @@ PAD, UNK = "[PAD]", "[UNK]"  # ids 0 and 1
 def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, lowercase: bool = True) -> Tokenizer:
     """A WordPiece tokenizer (BERT's normalisation and word splitting) with at most ``vocab_size`` tokens.
 
-    ``[PAD]`` is id 0 and ``[UNK]`` id 1. Deterministic for the same texts in the same order.
+    ``[PAD]`` is id 0 and ``[UNK]`` id 1; the other ids follow the tokens' text. A checkpoint keeps its
+    tokenizer (the built-in encoder's state dict), so a resumed run does not depend on retraining it.
     """
     tokenizer = Tokenizer(models.WordPiece(unk_token=UNK))
     tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK], show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
+    # The trainer numbers tokens of equal frequency in a varying order: renumber them by their text, so the
+    # same token set always gets the same ids (ties at the size limit can still change the set itself).
+    learned = sorted(set(tokenizer.get_vocab()) - {PAD, UNK})
+    tokenizer.model = models.WordPiece({token: i for i, token in enumerate([PAD, UNK, *learned])}, unk_token=UNK)
     return tokenizer
 
 
