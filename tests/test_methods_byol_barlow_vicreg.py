@@ -23,7 +23,6 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from ssl_siamese.methods import BYOL, BarlowTwins, SimCLR, VICReg
@@ -371,22 +370,27 @@ def test_byol_target_identical_on_both_ranks(ddp_runs):
 
 
 # ---- learning on real data through the recipe command --------------------------------------------------
+# the quickstart's views for 28-pixel gray images (recipes/quickstart.yaml): BYOL's 0.08 crops are too harsh here
+QUICKSTART_VIEWS = ["--model.augmentation", "ssl_siamese.augment.ViewAugmentation", "--model.augmentation.size", "28",
+                    "--model.augmentation.crop_scale", "[0.2, 1.0]", "--model.augmentation.mean", "[0.286, 0.286, 0.286]",
+                    "--model.augmentation.std", "[0.353, 0.353, 0.353]"]
+
+
 @needs_fashion_mnist
-@pytest.mark.parametrize("method", ["byol"])
-def test_recipe_learns_on_fashion_mnist(method, tmp_path):
-    args = [sys.executable, "-m", f"ssl_siamese.recipes.{method}", "--model.backbone", "tiny_cnn",
+def test_vicreg_recipe_learns_on_fashion_mnist(tmp_path):
+    """``python -m ssl_siamese.recipes.vicreg``, tiny_cnn, 8192 images, 2 epochs (about 25 s of training)."""
+    args = [sys.executable, "-m", "ssl_siamese.recipes.vicreg", "--model.backbone", "tiny_cnn",
             "--data.dataset", "fashion_mnist", "--data.data_dir", str(fashion_mnist_dir()), "--data.download", "false",
-            "--data.batch_size", "128", "--data.train_subset", "2048", "--data.knn_bank_subset", "2000",
+            "--data.batch_size", "128", "--data.train_subset", "8192", "--data.knn_bank_subset", "2000",
             "--data.val_subset", "1000", "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
-            "--model.hidden_dim", "256", "--model.projection_dim", "64", "--model.lr", "0.5",
-            "--model.base_momentum", "0.9", "--online_probe", "false", "--pictures_every_n_epochs", "0",
-            "--log_to", "csv", "--out", str(tmp_path)]
+            "--model.hidden_dim", "512", "--model.projection_dim", "512", "--model.lr", "0.2",
+            "--model.warmup_epochs", "0.5", "--online_probe", "false", "--pictures_every_n_epochs", "0",
+            "--log_to", "none", "--out", str(tmp_path), *QUICKSTART_VIEWS]
     env = {**os.environ, "OMP_NUM_THREADS": "2", "WANDB_MODE": "offline", "PYTHONPATH": str(REPO)}
     result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("kNN top-1:"))
-    at_init, trained = (float(word) for word in line.split() if word.replace(".", "", 1).isdigit()
-                        and "." in word)
-    print(f"\n{method} on Fashion-MNIST (tiny_cnn, 2048 images, 2 epochs): {line}")
-    assert trained > at_init + 0.03, line
+    at_init, trained = (float(word) for word in line.split() if "." in word and word.replace(".", "", 1).isdigit())
+    print(f"\nVICReg on Fashion-MNIST (tiny_cnn, 8192 images, 2 epochs): {line}")
+    assert trained > at_init + 0.05, line
