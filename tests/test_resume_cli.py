@@ -40,7 +40,12 @@ BATCH, TRAIN_IMAGES, EPOCHS = 16, 64, 3  # 4 steps per epoch, 12 in all
 STEPS_PER_EPOCH = TRAIN_IMAGES // BATCH
 METHOD_ARGS = {"simclr": ["--model.hidden_dim", "32", "--model.projection_dim", "16"],
                "moco": ["--model.hidden_dim", "32", "--model.projection_dim", "16", "--model.queue_size", "32"],
-               "simsiam": ["--model.projection_dim", "32"]}
+               "simsiam": ["--model.projection_dim", "32"],
+               # BYOL also resumes AdamW and runs with Lightning's gradient clipping
+               "byol": ["--model.hidden_dim", "32", "--model.projection_dim", "16", "--model.optimizer", "adamw",
+                        "--model.lr", "0.002", "--trainer.gradient_clip_val", "1.0"],
+               "barlow_twins": ["--model.hidden_dim", "32", "--model.projection_dim", "32"],
+               "vicreg": ["--model.hidden_dim", "32", "--model.projection_dim", "32"]}
 STEP_CHECKPOINTS = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", "1",
                     "--trainer.callbacks.save_last", "true"]
 
@@ -95,6 +100,9 @@ CHAINS = {
     "simclr": (STEP_CHECKPOINTS, [2, STEPS_PER_EPOCH + 1]),  # mid-epoch 0; right after epoch 0's validation
     "moco": ([], [STEPS_PER_EPOCH + 2, 2 * STEPS_PER_EPOCH + 1]),  # Lightning's epoch-end checkpoints only
     "simsiam": (STEP_CHECKPOINTS, [STEPS_PER_EPOCH, 2 * STEPS_PER_EPOCH + 3]),  # at the boundary; mid-epoch 2
+    "byol": (STEP_CHECKPOINTS, [3, 2 * STEPS_PER_EPOCH + 2]),  # mid-epochs: the EMA target and its momentum
+    "barlow_twins": ([], [2 * STEPS_PER_EPOCH + 1]),  # no state beyond the weights: one kill
+    "vicreg": (STEP_CHECKPOINTS, [STEPS_PER_EPOCH + 2]),
 }
 
 
