@@ -1,4 +1,4 @@
-"""Train SimCLR, MoCo and SimSiam through the real recipe path, evaluate them, and print one table.
+"""Train SimCLR, MoCo, SimSiam, BYOL, Barlow Twins and VICReg through the real recipe path, evaluate them, and print one table.
 
 Each method runs ``ssl_siamese.cli.main`` (LightningCLI, on-device augmentation, kNN callback) with the
 same data and budget. Its exported backbone, and the same architecture at random init (same seed), are
@@ -39,15 +39,23 @@ from ssl_siamese.cli import main
 from ssl_siamese.data import ImageTensors, load_split, random_subset
 from ssl_siamese.embeddings import default_device, preprocessing
 from ssl_siamese.evaluation import fewshot_episodes, fit_linear_probe, topk_accuracy, weighted_knn_scores
-from ssl_siamese.methods import MoCo, SiameseModule, SimCLR, SimSiam
+from ssl_siamese.methods import BYOL, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam, VICReg
 
-METHODS = {"simclr": SimCLR, "moco": MoCo, "simsiam": SimSiam}
+METHODS = {"simclr": SimCLR, "moco": MoCo, "simsiam": SimSiam, "byol": BYOL, "barlow_twins": BarlowTwins,
+           "vicreg": VICReg}
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 # defaults per mode; train_subset, eval_train, eval_test None: the whole split
 # --cpu learning rates per 256 images that differ from the quickstart's 1.0: at 1.0 MoCo's EMA key encoder
 # (momentum 0.99) cannot follow the query encoder and MoCo falls below its random init (BENCHMARKS.md);
 # 0.12 is the recipes' MoCo default
 CPU_LR = {"moco": 0.12}
+# --cpu and --quick: heads sized for tiny_cnn (the papers' 8192-wide projectors would dominate a CPU step);
+# Barlow Twins and VICReg with a short warm-up and a lower rate (at 0.5 VICReg's loss diverges on the CPU run)
+SMALL_HEADS = {"byol": ["--model.hidden_dim", "512", "--model.projection_dim", "128", "--model.base_momentum", "0.96"],
+               "barlow_twins": ["--model.hidden_dim", "512", "--model.projection_dim", "512",
+                                "--model.warmup_epochs", "0.5"],
+               "vicreg": ["--model.hidden_dim", "512", "--model.projection_dim", "512", "--model.warmup_epochs", "0.5"]}
+CPU_LR.update({"byol": 0.5, "barlow_twins": 0.1, "vicreg": 0.2})
 MODES = {
     "gpu": {"epochs": 10, "train_subset": None, "eval_train": None, "eval_test": None, "probe_epochs": 100,
             "episodes": 600},
@@ -66,6 +74,7 @@ def training_args(name: str, args: argparse.Namespace, out: str) -> list[str]:
                "--trainer.accelerator", "cpu", "--data.knn_bank_subset", "512", "--data.val_subset", "128"]
         if name == "moco":
             cli += ["--model.queue_size", "512"]
+        cli += SMALL_HEADS.get(name, [])
     elif args.mode == "cpu":  # quickstart.yaml, less the options this method does not have (SimSiam: temperature)
         config = yaml.safe_load(QUICKSTART.read_text())
         accepted = {*inspect.signature(METHODS[name]).parameters, *inspect.signature(SiameseModule).parameters}
@@ -79,6 +88,7 @@ def training_args(name: str, args: argparse.Namespace, out: str) -> list[str]:
             cli += ["--model.queue_size", "4096"]
         if name in CPU_LR:
             cli += ["--model.lr", str(CPU_LR[name])]
+        cli += SMALL_HEADS.get(name, [])
     else:
         cli = ["--config", f"recipes/fashion_mnist_{name}.yaml", "--data.data_dir", args.data_dir,
                "--data.download", "false", "--trainer.max_epochs", str(args.epochs),
