@@ -36,7 +36,15 @@ from ssl_siamese.evaluation.knn import KNNEvaluation
 from ssl_siamese.evaluation.online_probe import OnlineLinearProbe
 from ssl_siamese.evaluation.pictures import EmbeddingPictures
 from ssl_siamese.export import export_backbone, export_pretrained
-from ssl_siamese.loggers import LOGGERS, WANDB_MODES, WandbRunId, make_logger, stored_wandb_run_id
+from ssl_siamese.loggers import (
+    LOGGERS,
+    WANDB_MODES,
+    ConfigToLoggers,
+    WandbRunId,
+    log_model_artifact,
+    make_logger,
+    stored_wandb_run_id,
+)
 from ssl_siamese.methods.base import SiameseModule
 
 
@@ -130,7 +138,7 @@ class SSLCLI(LightningCLI):
         summary = (inspect.getdoc(model_class) or model_class.__name__).split("\n\n", 1)[0]
         super().__init__(
             model_class, SSLDataModule, run=False, args=args, seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
+            save_config_callback=ConfigToLoggers, save_config_kwargs={"overwrite": True},
             parser_class=SSLArgumentParser,
             parser_kwargs={
                 "prog": f"python -m {module}",
@@ -183,8 +191,10 @@ class SSLCLI(LightningCLI):
             run_id = None
             if config["log_to"] == "wandb" and config["ckpt_path"]:
                 run_id = stored_wandb_run_id(read_checkpoint(config["ckpt_path"]))
+            dataset, backbone = self.config.get("data.dataset"), self.config.get("model.backbone")
             kwargs["logger"] = make_logger(config["log_to"], out, self.method_name, mode=config["wandb_mode"],
-                                           run_id=run_id)
+                                           run_id=run_id, group=f"{self.method_name}-{dataset}",
+                                           tags=[self.method_name, dataset, backbone], job_type="pretrain")
         if config["trainer"].get("default_root_dir") is None:
             kwargs["default_root_dir"] = str(out)
         if not config["trainer"].get("plugins"):
@@ -261,7 +271,11 @@ def main(model_class: type[pl.LightningModule], method_name: str,
                     "data_dir": str(Path(datamodule.hparams.get("data_dir", ".")).expanduser().resolve()),
                     "epochs": trainer.current_epoch, "steps": trainer.global_step}
         export_backbone(model, path, **recorded)
-        export_pretrained(model, path.with_suffix(""), metrics=final_metrics(history, trainer), **recorded)
+        metrics = final_metrics(history, trainer)
+        export_pretrained(model, path.with_suffix(""), metrics=metrics, **recorded)
+        best = bool(history) and history[-1][1] >= max(top1 for _, top1, _ in history)
+        log_model_artifact(trainer.loggers, path.with_suffix(""), f"{method_name}-{recorded['data']}-backbone",
+                           {"method": method_name, **recorded, **metrics}, best=best)
         if history:
             print(f"kNN top-1: {history[0][1]:.4f} at start -> {history[-1][1]:.4f} "
                   f"after {trainer.current_epoch} epochs")

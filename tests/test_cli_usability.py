@@ -17,7 +17,7 @@ TINY = ["--model.backbone", "tiny_cnn", "--data.dataset", "synthetic", "--data.b
 SHORT_RUN = ["--trainer.limit_train_batches", "2", "--data.train_subset", "64", "--data.val_subset", "64",
              "--data.knn_bank_subset", "128", "--knn_at_start", "false", "--online_probe", "false",
              "--pictures_every_n_epochs", "0"]
-HELP_LINE_BUDGET = 360  # 1,365 lines before (730 of them the torch.nn classes); Lightning's Trainer takes ~130
+HELP_LINE_BUDGET = 380  # (360 until the base gained adamw and per-view augmentations) 1,365 lines before (730 of them the torch.nn classes); Lightning's Trainer takes ~130
 
 
 @pytest.fixture(autouse=True)
@@ -91,8 +91,10 @@ def modules_after(code: str) -> set[str]:
 def test_importing_the_package_and_a_recipe_skips_heavy_optional_modules():
     assert not {"wandb", "matplotlib", "sklearn", "torch"} & modules_after("import ssl_siamese")
     # `import pytorch_lightning` itself imports matplotlib (through torchmetrics), so a recipe cannot avoid it
-    assert not {"wandb", "sklearn"} & modules_after("import ssl_siamese.recipes.simclr")
-    assert not {"wandb", "sklearn"} & modules_after("from ssl_siamese import SimCLR, load_backbone, read_image")
+    # lightly's losses import its timm modules when timm is installed, and timm pulls in more: not ours to avoid
+    theirs = modules_after("import pytorch_lightning, lightly.loss, lightly.models.modules")
+    assert not ({"wandb", "sklearn"} - theirs) & modules_after("import ssl_siamese.recipes.simclr")
+    assert not ({"wandb", "sklearn"} - theirs) & modules_after("from ssl_siamese import SimCLR, load_backbone, read_image")
 
 
 def test_embedding_images_imports_no_lightning(tmp_path):

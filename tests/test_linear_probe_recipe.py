@@ -109,3 +109,31 @@ def test_finetune_from_the_command_line_runs_the_finetune_recipe(tmp_path, capsy
     assert result["top5"] >= result["top1"]
     assert "top-1" in capsys.readouterr().out
     assert json.loads((tmp_path / "out" / "results.json").read_text())["mode"] == "finetune"
+
+
+def test_backbone_from_a_wandb_model_artifact(tmp_path, monkeypatch):
+    """``--ckpt wandb:ENTITY/PROJECT/NAME:ALIAS`` downloads the artifact (a stand-in for W&B's API: no network
+    here) and probes the exported folder in it."""
+    import wandb
+
+    from ssl_siamese.export import export_pretrained
+
+    torch.manual_seed(0)
+    folder = export_pretrained(SimCLR(backbone="tiny_cnn", view_size=28), tmp_path / "artifact", data="fashion_mnist")
+    asked = []
+
+    class Artifact:
+        def download(self, root=None):
+            return str(folder)
+
+    class Api:
+        def artifact(self, name, type=None):
+            asked.append((name, type))
+            return Artifact()
+
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr(wandb, "Api", Api)
+    result = run_linear_probe("wandb:me/ssl_siamese/simclr-fashion_mnist-backbone:best", out=tmp_path / "out",
+                              log_to="none", **QUICK)
+    assert asked == [("me/ssl_siamese/simclr-fashion_mnist-backbone:best", "model")]
+    assert result["method"] == "SimCLR" and result["top1"] > 0.5

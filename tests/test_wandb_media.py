@@ -1,6 +1,7 @@
 """W&B media: the embeddings Table, the interactive ROC and confusion charts, read back from offline runs."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,3 +84,52 @@ def test_offline_run_holds_the_table_and_charts(tmp_path):
     roc = json.loads(next(run.glob("files/media/table/eval/roc_interactive_table_*.table.json")).read_text())
     assert roc["data"] == [[0.0, 0.0], [0.2, 0.8], [1.0, 1.0]]
     assert list(run.glob("files/media/table/probe/confusion_table_*.table.json"))
+
+
+def test_recipe_run_has_group_tags_config_and_model_artifact(tmp_path):
+    """The real pretraining entry point: the W&B run carries its group, tags, job type, the whole resolved config
+    (trainer and callbacks included) and the exported backbone folder as a model artifact."""
+    from ssl_siamese.cli import main
+    from ssl_siamese.methods.simclr import SimCLR
+    from test_recipes import TINY, wandb_records
+
+    result = main(SimCLR, "simclr", TINY + ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
+                                            "--data.val_subset", "64", "--data.knn_bank_subset", "128",
+                                            "--out", str(tmp_path)])
+    records = wandb_records(tmp_path, (b"simclr-synthetic", b"pretrain", b"simclr-synthetic-backbone"))
+    for expected in (b"simclr-synthetic", b"pretrain", b"tiny_cnn", b"simclr-synthetic-backbone",
+                     b"max_epochs", b"limit_train_batches", b"temperature", b"knn_bank_subset"):
+        assert expected in records, expected
+    assert b"model.safetensors" in records  # the artifact's manifest lists the exported folder's files
+    assert result["backbone_folder"].is_dir()
+
+
+def test_wandb_artifact_reference_errors_are_clear(monkeypatch):
+    from ssl_siamese.loggers import fetch_wandb_artifact
+
+    with pytest.raises(ValueError, match="wandb:ENTITY/PROJECT/NAME:ALIAS"):
+        fetch_wandb_artifact("wandb:just-a-name")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", "/nonexistent")
+    with pytest.raises(ValueError, match="wandb login"):
+        fetch_wandb_artifact("wandb:me/proj/simclr-cifar10-backbone:best")
+
+
+def test_sweep_example_parses_as_the_agent_runs_it(capsys):
+    """W&B's agent runs the sweep's command with ``${args}`` as ``--name=value``: the recipe must accept it."""
+    import yaml
+
+    from ssl_siamese.cli import main
+    from ssl_siamese.methods.simclr import SimCLR
+
+    sweep = yaml.safe_load((Path(__file__).parents[1] / "recipes" / "sweep_quickstart.yaml").read_text())
+    assert sweep["metric"] == {"name": "knn/top1", "goal": "maximize"}
+    command = sweep["command"]
+    assert command[:4] == ["${env}", "python", "-m", "ssl_siamese.recipes.simclr"] and command[-1] == "${args}"
+    args = command[4:-1] + ["--model.temperature=0.5", "--model.lr=0.3", "--print_config"]
+    with pytest.raises(SystemExit) as stop:
+        main(SimCLR, "simclr", args)
+    assert stop.value.code in (0, None)
+    config = yaml.safe_load(capsys.readouterr().out)
+    assert config["model"]["temperature"] == 0.5 and config["model"]["lr"] == 0.3
+    assert set(sweep["parameters"]) == {"model.temperature", "model.lr"}

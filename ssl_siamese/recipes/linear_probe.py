@@ -37,7 +37,7 @@ from ssl_siamese.evaluation.linear import fit_linear_probe, weight_decay_sweep
 from ssl_siamese.evaluation.plots import confusion_matrix_figure, log_figure
 from ssl_siamese.evaluation.wandb_media import log_confusion_matrix, pairs_from_confusion
 from ssl_siamese.export import load_backbone
-from ssl_siamese.loggers import LOGGERS, make_logger
+from ssl_siamese.loggers import LOGGERS, fetch_wandb_artifact, make_logger
 from ssl_siamese.recipes.finetune import (
     choose_dataset,
     fill_preprocessing,
@@ -66,6 +66,8 @@ def run_linear_probe(ckpt: str | Path, dataset: str | None = None, data_dir: str
     """
     if dataset is not None and dataset not in labelled_datasets():
         raise ValueError(f"Unknown or unlabelled dataset {dataset!r}; choose one of {', '.join(labelled_datasets())}.")
+    if str(ckpt).startswith("wandb:"):  # a model Artifact logged by a pretraining recipe
+        ckpt = fetch_wandb_artifact(str(ckpt))
     if finetune_backbone:
         result = run_finetune(ckpt, dataset, data_dir, epochs=epochs or 10, lr=lr or 0.05,
                               weight_decay=5e-4 if weight_decay is None else weight_decay, batch_size=batch_size,
@@ -104,7 +106,8 @@ def run_linear_probe(ckpt: str | Path, dataset: str | None = None, data_dir: str
         probe = fit_linear_probe(train_x, train_y, test_x, test_y, weight_decay=weight_decay, **options)
     result.update(top1=probe.top1, top5=probe.top5, confusion=probe.confusion.cpu().tolist())
     out = Path(out)
-    logger = make_logger(log_to, out, "linear_probe_linear")
+    logger = make_logger(log_to, out, "linear_probe_linear", job_type="linear_probe",
+                         tags=["linear_probe", metadata.get("method"), dataset])
     loggers = [logger] if logger else []
     for each in loggers:
         each.log_metrics({"linear_probe/top1": probe.top1, "linear_probe/top5": probe.top5})
@@ -126,7 +129,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m ssl_siamese.recipes.linear_probe",
                                      description="Linear probe or fine-tuning of a pretrained backbone.")
     parser.add_argument("--backbone", "--ckpt", dest="ckpt", required=True, metavar="PATH",
-                        help="Exported backbone (.pt) or Lightning checkpoint (.ckpt).")
+                        help="Exported backbone (folder or .pt), Lightning checkpoint (.ckpt), or a W&B model "
+                             "artifact: wandb:ENTITY/PROJECT/NAME:ALIAS (needs `wandb login`).")
     parser.add_argument("--data.dataset", dest="dataset", default=None, choices=labelled_datasets(),
                         help="Default: the dataset recorded in the backbone file (what it was trained on).")
     parser.add_argument("--data.data_dir", dest="data_dir", default=None,
