@@ -37,6 +37,7 @@ _EXPORTS = {
     "recall_at_k": "ssl_siamese.evaluation.retrieval",
     "verification_roc": "ssl_siamese.evaluation.retrieval",
     "export_backbone": "ssl_siamese.export",
+    "export_pretrained": "ssl_siamese.export",
     "load_backbone": "ssl_siamese.export",
     "LoadedBackbone": "ssl_siamese.export",
     "Preprocess": "ssl_siamese.embeddings",
@@ -61,7 +62,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         recall_at_k,
         verification_roc,
     )
-    from ssl_siamese.export import LoadedBackbone, export_backbone, load_backbone
+    from ssl_siamese.export import LoadedBackbone, export_backbone, export_pretrained, load_backbone
     from ssl_siamese.images import read_image, read_images
     from ssl_siamese.methods import BYOL, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam, VICReg
     from ssl_siamese.methods.siamese import SupervisedSiamese
