@@ -347,7 +347,9 @@ def test_two_ranks_equal_one_process_on_the_whole_batch(ddp_runs, name):
                                        rtol=1e-5, atol=1e-6)
             assert record[name]["grads"][step].keys() == ref_grads.keys()
             diff = max((record[name]["grads"][step][k] - ref_grads[k]).abs().max().item() for k in ref_grads)
-            assert diff <= 1e-5 * max(scale, 1.0), (name, step, diff, scale)
+            # float32 sums in another order on 2 ranks: up to 1.7e-5 of the largest gradient seen (Barlow Twins,
+            # clean-clone CI run); a per-rank instead of global-batch loss differs by the gradients' own size
+            assert diff <= 1e-4 * max(scale, 1.0), (name, step, diff, scale)
 
 
 def test_barlow_twins_rank_loss_is_the_global_batch_loss(ddp_runs):
