@@ -9,6 +9,7 @@ Test files take Fashion-MNIST from :func:`fashion_mnist_dir` and mark the tests 
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,10 @@ def offline_wandb_run_ids(out: Path) -> list[str]:
     folders ``offline-run-<time>-<id>`` and ``offline-run-<time>-<id>-1``.
     """
     return sorted(file.stem.removeprefix("run-") for file in out.glob("wandb/offline-run-*/run-*.wandb"))
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, for a gloo process group's ``tcp://`` rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

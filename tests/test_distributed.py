@@ -18,7 +18,6 @@ the mean of the per-rank losses, i.e. of the single-process loss. No factor of w
 
 from __future__ import annotations
 
-import socket
 
 import pytest
 import torch
@@ -28,6 +27,8 @@ import torch.multiprocessing as mp
 from ssl_siamese.evaluation.knn import KNNEvaluation
 from ssl_siamese.evaluation.online_probe import OnlineLinearProbe
 from ssl_siamese.methods import MoCo, SimCLR, SimSiam
+
+from conftest import free_port
 
 WORLD_SIZE = 2
 PER_RANK = 4
@@ -133,12 +134,6 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         torch.save(record, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

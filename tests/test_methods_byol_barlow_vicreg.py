@@ -12,7 +12,6 @@ from __future__ import annotations
 import inspect
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,7 +27,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ssl_siamese.methods import BYOL, BarlowTwins, SimCLR, VICReg
 from ssl_siamese.methods.ema import ema_copy, ema_momentum, update_ema
 
-from conftest import fashion_mnist_dir, needs_fashion_mnist
+from conftest import fashion_mnist_dir, free_port, needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"projection_dim": 16, "hidden_dim": 32}
@@ -319,12 +318,6 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         torch.save({name: run_steps(name, rank, WORLD_SIZE) for name in DDP_METHODS}, f"{out_dir}/rank{rank}.pt")
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
