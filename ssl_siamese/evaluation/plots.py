@@ -49,19 +49,25 @@ def _colours(num_classes: int) -> np.ndarray:
     return cmap(np.linspace(0, 1, num_classes) if num_classes > 20 else np.arange(num_classes))
 
 
-def pca_2d(features: Tensor) -> Tensor:
-    """Project ``(N, D)`` features on their first two principal components (``torch.pca_lowrank``).
+def pca_project(features: Tensor, components: int) -> Tensor:
+    """Project ``(N, D)`` features on their first ``min(components, N, D)`` principal components
+    (``torch.pca_lowrank``), on the CPU in float32.
 
     The randomised solver runs with a fixed seed in a forked RNG, so the result is reproducible and the
-    caller's random stream is untouched. Fewer than 2 dimensions or samples are padded with zeros.
+    caller's random stream is untouched.
     """
     features = features.detach().float().cpu()
-    q = min(2, *features.shape)
+    q = min(components, *features.shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         _, _, v = torch.pca_lowrank(features, q=q, center=True)
-    points = (features - features.mean(0)) @ v[:, :q]
-    return torch.nn.functional.pad(points, (0, 2 - q))
+    return (features - features.mean(0)) @ v[:, :q]
+
+
+def pca_2d(features: Tensor) -> Tensor:
+    """``pca_project`` on two components; fewer than 2 dimensions or samples are padded with zeros."""
+    points = pca_project(features, 2)
+    return torch.nn.functional.pad(points, (0, 2 - points.shape[1]))
 
 
 def embedding_projection_figure(features: Tensor, labels: Tensor, class_names: Sequence[str] | None = None,

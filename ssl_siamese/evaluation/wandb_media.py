@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from pytorch_lightning.loggers import WandbLogger
 from torch import Tensor
 
-from ssl_siamese.evaluation.plots import _as_hwc, _loggers, pca_2d
+from ssl_siamese.evaluation.plots import _as_hwc, _loggers, pca_2d, pca_project
 
 MAX_EMBEDDING_COLUMNS = 64  # wider embeddings go in as their first 64 principal components
 
@@ -53,15 +53,9 @@ def _log(trainer_or_loggers: Any, loggers: list[WandbLogger], key: str, value: A
 def embedding_columns(features: Tensor, max_columns: int = MAX_EMBEDDING_COLUMNS) -> np.ndarray:
     """``(N, D)`` features as at most ``max_columns`` numbers per row: the features themselves when
     ``D <= max_columns``, else their projection on the first ``max_columns`` principal components."""
-    features = features.detach().float().cpu()
     if features.shape[1] <= max_columns:
-        return features.numpy()
-    q = min(max_columns, *features.shape)
-    with torch.random.fork_rng(devices=[]):  # the randomised solver must not move the caller's RNG
-        torch.manual_seed(0)
-        centred = features - features.mean(0, keepdim=True)
-        _, _, v = torch.pca_lowrank(centred, q=q, center=False)
-    return (centred @ v[:, :q]).numpy()
+        return features.detach().float().cpu().numpy()
+    return pca_project(features, max_columns).numpy()
 
 
 def embedding_table(features: Tensor, labels: Tensor | None = None, images: Tensor | None = None,
