@@ -24,6 +24,7 @@ _EXPORTS = {
     "BYOL": "ssl_siamese.methods.byol",
     "BarlowTwins": "ssl_siamese.methods.barlow_twins",
     "VICReg": "ssl_siamese.methods.vicreg",
+    "DINO": "ssl_siamese.methods.dino",
     "SiameseModule": "ssl_siamese.methods.base",
     "SupervisedSiamese": "ssl_siamese.methods.siamese",
     "SSLDataModule": "ssl_siamese.data",
@@ -64,7 +65,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     )
     from ssl_siamese.export import LoadedBackbone, export_backbone, export_pretrained, load_backbone
     from ssl_siamese.images import read_image, read_images
-    from ssl_siamese.methods import BYOL, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam, VICReg
+    from ssl_siamese.methods import BYOL, DINO, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam, VICReg
     from ssl_siamese.methods.siamese import SupervisedSiamese
     from ssl_siamese.oneshot import OneShotClassifier
 

@@ -186,17 +186,40 @@ class ViewAugmentation(nn.Module):
         each crop then follows torchvision's rule for its own image and stays inside it.
         """
         images = to_float_rgb(images)
-        if sizes is None:
-            aspect: float | Tensor = images.shape[2] / images.shape[3]
-        else:
-            sizes = _check_sizes(sizes, images)
-            aspect = (sizes[:, :1].double() / sizes[:, 1:].double()).float()
-        params = self.sample_params(images.shape[0], images.device, generator, aspect)
+        params = self.sample_params(images.shape[0], images.device, generator, _aspect(images, sizes))
         return self.apply_params(images, params, sizes)
 
-    def apply_params(self, images: Tensor, params: dict[str, Tensor], sizes: Tensor | None = None) -> Tensor:
-        """Apply given ``sample_params`` to a batch (``sizes`` as in ``forward``); deterministic (useful for tests)."""
+    def views(self, images: Tensor, count: int, generator: torch.Generator | None = None,
+              sizes: Tensor | None = None) -> list[Tensor]:
+        """``count`` random views per image in one batched call (multi-crop's local views), each like ``forward``'s.
+
+        The parameters of all ``count * B`` views come from one ``torch.rand`` (view-major: view 0 of every
+        image, then view 1, ...), and the ``count`` crops of an image are sampled from it in one ``grid_sample``
+        without copying the image ``count`` times. ``count == 1`` is ``[forward(...)]``, the same random draws.
+
+        Example:
+            >>> local = ViewAugmentation(size=16, crop_scale=(0.05, 0.4))
+            >>> [v.shape for v in local.views(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), 6)][0]
+            torch.Size([4, 3, 16, 16])
+        """
+        if count < 1:
+            raise ValueError(f"count must be a positive number of views, got {count}.")
+        if count == 1:
+            return [self(images, generator, sizes)]
         images = to_float_rgb(images)
+        aspect = _aspect(images, sizes)
+        aspect = aspect.repeat(count, 1) if isinstance(aspect, Tensor) else aspect
+        params = self.sample_params(count * images.shape[0], images.device, generator, aspect)
+        return list(self.apply_params(images, params, sizes).chunk(count))
+
+    def apply_params(self, images: Tensor, params: dict[str, Tensor], sizes: Tensor | None = None) -> Tensor:
+        """Apply given ``sample_params`` to a batch (``sizes`` as in ``forward``); deterministic (useful for tests).
+
+        Parameters for ``count * B`` views of ``B`` images give the ``count`` views of each (``views``), view-major.
+        """
+        images = to_float_rgb(images)
+        if params["w"].shape[0] % images.shape[0]:
+            raise ValueError(f"params for {params['w'].shape[0]} views do not divide among {images.shape[0]} images.")
         x = self._crop_flip(images, params, None if sizes is None else _check_sizes(sizes, images))
         # x is new: the steps below change it in place, each only on the images it selects.
         jittered = ((params["brightness"] != 1) | (params["contrast"] != 1) | (params["saturation"] != 1)
@@ -233,15 +256,16 @@ class ViewAugmentation(nn.Module):
         if sizes is not None:
             # Image i fills [-1, -1 + 2 s) of the padded batch's [-1, 1) along each axis, s = its size / padded
             # size: image coordinate u lands on u s + (s - 1) (exactly u when s = 1). Scale the crop into it.
-            sx = sizes[:, 1].to(x.dtype) / x.shape[3]
-            sy = sizes[:, 0].to(x.dtype) / x.shape[2]
+            views = sizes.repeat(p["w"].shape[0] // sizes.shape[0], 1)  # each image's size for each of its views
+            sx = views[:, 1].to(x.dtype) / x.shape[3]
+            sy = views[:, 0].to(x.dtype) / x.shape[2]
             theta = torch.stack([torch.stack([p["w"] * sign * sx, zero, p["cx"] * sx + (sx - 1.0)], 1),
                                  torch.stack([zero, p["h"] * sy, p["cy"] * sy + (sy - 1.0)], 1)], 1)
             return _sample_regions(x, theta, sizes, self.size)
         theta = torch.stack([torch.stack([p["w"] * sign, zero, p["cx"]], 1),
                              torch.stack([zero, p["h"], p["cy"]], 1)], 1)
-        grid = F.affine_grid(theta, [x.shape[0], 3, self.size, self.size], align_corners=False)
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        grid = F.affine_grid(theta, [theta.shape[0], 3, self.size, self.size], align_corners=False)
+        return _grid_sample(x, grid)
 
     def _color_jitter(self, x: Tensor, p: dict[str, Tensor]) -> Tensor:
         """Brightness, contrast, saturation, hue with the factors in ``p``, each clamped to [0, 1]; in place
@@ -325,12 +349,37 @@ def _sample_regions(x: Tensor, theta: Tensor, sizes: Tensor, size: int) -> Tenso
     does for an unpadded image; padding gets weight 0 (up to float rounding of the grid, ~1e-6 of a pixel).
     """
     height, width = x.shape[-2:]
-    grid = F.affine_grid(theta.to(x.dtype), [x.shape[0], 3, size, size], align_corners=False)
+    grid = F.affine_grid(theta.to(x.dtype), [theta.shape[0], 3, size, size], align_corners=False)
     extent = torch.tensor([width, height], dtype=x.dtype, device=x.device)  # grid's last axis is (x, y)
     low = 1.0 / extent - 1.0
     high = (2.0 * sizes.flip(1).to(x.dtype) - 1.0) / extent - 1.0
+    high = high.repeat(theta.shape[0] // sizes.shape[0], 1)  # several views per image (``views``)
     grid = torch.maximum(torch.minimum(grid, high.view(-1, 1, 1, 2)), low)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return _grid_sample(x, grid)
+
+
+def _grid_sample(x: Tensor, grid: Tensor) -> Tensor:
+    """Bilinear ``grid_sample`` (border padding) of ``count * B`` view-major grids from the ``B`` images of ``x``.
+
+    The ``count`` grids of an image are stacked along the output height and sampled in one call, without
+    repeating ``x`` (grid_sample reads each output point on its own: the same values as ``count`` calls).
+    """
+    count = grid.shape[0] // x.shape[0]
+    if count == 1:
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    batch, height, width = x.shape[0], grid.shape[1], grid.shape[2]
+    grid = grid.view(count, batch, height, width, 2).transpose(0, 1).reshape(batch, count * height, width, 2)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return out.view(batch, x.shape[1], count, height, width).permute(2, 0, 1, 3, 4).reshape(-1, x.shape[1],
+                                                                                           height, width)
+
+
+def _aspect(images: Tensor, sizes: Tensor | None) -> float | Tensor:
+    """H / W of a batch (a float), or of each image of a padded batch with true ``sizes`` (a ``(B, 1)`` tensor)."""
+    if sizes is None:
+        return images.shape[2] / images.shape[3]
+    sizes = _check_sizes(sizes, images)
+    return (sizes[:, :1].double() / sizes[:, 1:].double()).float()
 
 
 def augmentation_preset(name: str, size: int, mean: Sequence[float], std: Sequence[float]) -> ViewAugmentation:

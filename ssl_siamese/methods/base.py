@@ -1,9 +1,11 @@
 """The small base class every Siamese method shares.
 
-It owns what is common and nothing else: the backbone, the two augmented views made on the device
-after transfer (one augmentation for both views, or one per view), the optimizer with warm-up + cosine
+It owns what is common and nothing else: the backbone, the augmented views made on the device
+after transfer (two by default, one augmentation for both or one per view; a method may ask for more in
+groups, ``view_groups``, as DINO's multi-crop), the optimizer with warm-up + cosine
 schedule and batch-size scaling, the step position for per-step schedules (EMA momentum), and the features
-used for evaluation. A method implements ``shared_step(view0, view1) -> (loss, embeddings)``.
+used for evaluation. A method implements ``shared_step(view0, view1) -> (loss, embeddings)`` (with more
+views: ``shared_step(*views)``).
 
 Example (a complete method):
     >>> class MyMethod(SiameseModule):
@@ -41,6 +43,8 @@ class SiameseModule(pl.LightningModule):
         backbone: a name for ``build_backbone`` (``resnet18``, ``tiny_cnn``, ``timm/...``) or an nn.Module.
         cifar_stem: 3x3 stem without max-pool for torchvision ResNets (small images).
         feature_dim: the backbone's output size, needed only for a module without ``feature_dim``.
+        backbone_kwargs: keyword arguments of the backbone's constructor (``build_backbone``), e.g.
+            ``{"img_size": 32, "patch_size": 4, "pooling": "mean"}`` for a timm ViT on CIFAR; recorded in exports.
         optimizer: ``sgd``, ``lars`` or ``adamw`` (``torch.optim.AdamW``, betas (0.9, 0.999); ``momentum``
             is then unused). All three use the same parameter groups (no weight decay on biases and norms).
         lr: learning rate per 256 images; the optimizer uses ``lr * global_batch / 256`` where the global
@@ -75,6 +79,7 @@ class SiameseModule(pl.LightningModule):
         backbone: str | nn.Module = "resnet18",
         cifar_stem: bool = True,
         feature_dim: int | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
         optimizer: str = "sgd",
         lr: float = 0.12,
         weight_decay: float = 5e-4,
@@ -96,7 +101,7 @@ class SiameseModule(pl.LightningModule):
         ignore = ["augmentation", "augmentation_view1"] + (["backbone"] if isinstance(backbone, nn.Module) else [])
         self.hparams_ignore = ignore  # methods save their own arguments with the same exclusions
         self.save_hyperparameters(ignore=ignore)
-        self.backbone, self.feature_dim = build_backbone(backbone, cifar_stem, feature_dim)
+        self.backbone, self.feature_dim = build_backbone(backbone, cifar_stem, feature_dim, **(backbone_kwargs or {}))
         preset0, preset1 = self.preset_augmentations(view_size, mean, std) if augmentation is None else (None, None)
         self.augmentation = augmentation or preset0
         self.augmentation_view1 = augmentation_view1 or preset1  # None: view 1 uses ``augmentation`` too
@@ -116,6 +121,12 @@ class SiameseModule(pl.LightningModule):
         """The augmentation of each training view, applied in this order (each draws its own randomness)."""
         return [self.augmentation, self.augmentation_view1 or self.augmentation]
 
+    def view_groups(self) -> list[tuple[ViewAugmentation, int]]:
+        """``(augmentation, count)`` per group of training views, in order: each group's ``count`` views come
+        from one batched ``ViewAugmentation.views`` call (a group of one: a plain call, as the default, each of
+        ``view_augmentations()`` once)."""
+        return [(augment, 1) for augment in self.view_augmentations()]
+
     def forward(self, images: Tensor) -> Tensor:
         """Backbone features ``(B, D)`` of normalised images."""
         return self.backbone(images).flatten(1)
@@ -126,20 +137,21 @@ class SiameseModule(pl.LightningModule):
         return encoder(torch.cat([view0, view1])).flatten(1)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """On the device: uint8 images (with their sizes when padded) -> two random views (training) or one
-        normalised view (eval)."""
+        """On the device: uint8 images (with their sizes when padded) -> the random views of ``view_groups``
+        (training; two by default) or one normalised view (eval)."""
         images, labels = batch[0], batch[1]
         sizes = batch[2] if len(batch) > 2 else None  # streamed images of varying size, padded (data/streamed.py)
         memory_format = torch.channels_last if self.hparams.channels_last else torch.contiguous_format
         if self._trainer is not None and self.trainer.training:
-            views = [augment(images, sizes=sizes).contiguous(memory_format=memory_format)
-                     for augment in self.view_augmentations()]
+            views = [view.contiguous(memory_format=memory_format) for augment, count in self.view_groups()
+                     for view in ([augment(images, sizes=sizes)] if count == 1 else augment.views(images, count,
+                                                                                                   sizes=sizes))]
             return views, labels
         return self.augmentation.normalize(images, sizes=sizes).contiguous(memory_format=memory_format), labels
 
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
-        (view0, view1), _ = batch
-        loss, embeddings = self.shared_step(view0, view1)
+        views, _ = batch
+        loss, embeddings = self.shared_step(*views)
         self.log("train/loss", loss, prog_bar=True, sync_dist=False)
         return {"loss": loss, "embeddings": embeddings.detach()}
 
@@ -204,7 +216,7 @@ class SiameseModule(pl.LightningModule):
             optimizer = torch.optim.SGD(groups, lr=lr, momentum=self.hparams.momentum)
         total_steps = max(1, int(estimated_stepping_batches(self.trainer)))  # keeps a resumed loader state
         max_epochs = max(1, self.trainer.max_epochs or 1)
-        warmup_steps = int(self.hparams.warmup_epochs * total_steps / max_epochs)
+        warmup_steps = min(total_steps, int(self.hparams.warmup_epochs * total_steps / max_epochs))  # short runs
         self._schedule_steps = (total_steps, warmup_steps)  # compared with a resumed scheduler's
         scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=warmup_steps,
                                           max_epochs=total_steps, end_value=0.0)

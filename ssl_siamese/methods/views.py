@@ -2,7 +2,8 @@
 
 Symmetric presets (``simclr``, ``moco_v2``, ``simsiam``) come from ``ssl_siamese.augment`` and give both
 views the same augmentation; ``byol`` gives BYOL's asymmetric pair (also the setting of the Barlow Twins
-and VICReg papers), built here from ``ViewAugmentation``'s arguments.
+and VICReg papers), built here from ``ViewAugmentation``'s arguments; ``dino`` adds DINO's multi-crop
+(two global views and a local augmentation for the smaller views, ``dino_augmentations``).
 
 Example:
     >>> view0, view1 = method_augmentations("byol", 32, (0.5,) * 3, (0.25,) * 3)
@@ -33,6 +34,36 @@ def byol_augmentations(size: int, mean: Sequence[float], std: Sequence[float]
                   saturation=0.2, hue=0.1, grayscale_prob=0.2, mean=mean, std=std)
     return (ViewAugmentation(**common, blur_prob=1.0 if blur else 0.0, solarize_prob=0.0),
             ViewAugmentation(**common, blur_prob=0.1 if blur else 0.0, solarize_prob=0.2))
+
+
+def default_local_size(global_size: int) -> int:
+    """DINO's local view side for a global one: 96/224 of it, to a multiple of 8 (224 -> 96, 32 -> 16, 128 -> 56)."""
+    return max(8, 8 * round(global_size * 96 / 224 / 8))
+
+
+def dino_augmentations(global_size: int, local_size: int, mean: Sequence[float], std: Sequence[float],
+                       global_crop_scale: tuple[float, float] = (0.4, 1.0),
+                       local_crop_scale: tuple[float, float] = (0.05, 0.4)
+                       ) -> tuple[ViewAugmentation, ViewAugmentation, ViewAugmentation]:
+    """DINO's multi-crop views (paper, appendix; lightly's ``DINOTransform``): ``(global 0, global 1, local)``.
+
+    All: flip 0.5, jitter 0.4/0.4/0.2/0.1 p=0.8, gray 0.2; global crops ``global_crop_scale`` (0.4, 1) at
+    ``global_size``, blurred always (view 0) or with p=0.1 and solarized with p=0.2 (view 1); local crops
+    ``local_crop_scale`` (0.05, 0.4) at ``local_size``, blurred with p=0.5. Blur only when ``global_size >= 64``,
+    as in the other presets (lightly's CIFAR-10 benchmark turns DINO's blur off too).
+
+    Example:
+        >>> g0, g1, local = dino_augmentations(224, 96, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        >>> local.size, local.crop_scale, g1.solarize_prob
+        (96, (0.05, 0.4), 0.2)
+    """
+    blur = global_size >= 64
+    common = dict(crop_ratio=(3 / 4, 4 / 3), hflip_prob=0.5, jitter_prob=0.8, brightness=0.4, contrast=0.4,
+                  saturation=0.2, hue=0.1, grayscale_prob=0.2, mean=mean, std=std)
+    return (ViewAugmentation(global_size, global_crop_scale, blur_prob=1.0 if blur else 0.0, **common),
+            ViewAugmentation(global_size, global_crop_scale, blur_prob=0.1 if blur else 0.0, solarize_prob=0.2,
+                             **common),
+            ViewAugmentation(local_size, local_crop_scale, blur_prob=0.5 if blur else 0.0, **common))
 
 
 def method_augmentations(name: str, size: int, mean: Sequence[float], std: Sequence[float]
