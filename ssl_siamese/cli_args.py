@@ -1,4 +1,12 @@
-"""A misspelt command-line option gets the closest valid one as a suggestion, for any argparse-style parser.
+"""The command line of the recipes that do not train with a Trainer, and the misspelling help of all of them.
+
+:func:`recipe_parser` is jsonargparse's ``ArgumentParser`` (what LightningCLI builds on) with ``--config FILE``
+(YAML), ``--print_config`` (the resolved options as YAML, ready for ``--config``) and default values in
+``--help``; options are declared as with argparse, and a dotted name such as ``--data.dataset`` is one key of
+a ``data:`` section in the YAML. So ``linear_probe``, ``embed``, ``finetune``, ``siamese`` and ``export`` take
+``--config``, ``--print_config`` and dotted overrides like the pretraining recipes.
+
+A misspelt command-line option gets the closest valid one as a suggestion, for any argparse-style parser.
 
 Python's argparse (3.11) answers ``--ckpt_pth x`` with "unrecognized arguments" and no hint, and when a
 required option is missing it reports that first, so the typo itself is never named. The recipes call
@@ -15,6 +23,10 @@ Example:
     >>> unknown_option_message(parser, ["--ckpt_pth", "b.pt", "--out", "e.npz"])
     'unknown option --ckpt_pth; did you mean --ckpt (same as --backbone)?'
     >>> args = parse_args(parser, ["--ckpt", "b.pt"])  # a known option: parsed as usual
+    >>> parser = recipe_parser("python -m ssl_siamese.recipes.embed", "Embed images.")
+    >>> _ = parser.add_argument("--data.dataset", default="cifar10")
+    >>> parse_args(parser, ["--data.dataset", "stl10"]).data.dataset
+    'stl10'
 """
 
 from __future__ import annotations
@@ -24,6 +36,8 @@ import difflib
 import sys
 from collections.abc import Iterable, Sequence
 from typing import Any
+
+from jsonargparse import ActionConfigFile, ArgumentParser, DefaultHelpFormatter
 
 
 def _options(parser: Any) -> dict[str, Any]:
@@ -73,6 +87,18 @@ def unknown_option_message(parser: Any, argv: Sequence[str]) -> str | None:
     canonical = known[close].option_strings[0]
     same = f" (same as {canonical})" if canonical != close else ""
     return f"unknown option {name}; did you mean {close}{same}?"
+
+
+def recipe_parser(prog: str, description: str) -> ArgumentParser:
+    """An argparse-compatible parser with ``--config FILE`` and ``--print_config`` (jsonargparse's).
+
+    Declare options with ``add_argument`` as for argparse (``type=bool`` takes true/false); options given
+    after ``--config`` override the file's values, as in LightningCLI.
+    """
+    parser = ArgumentParser(prog=prog, description=description, formatter_class=DefaultHelpFormatter)
+    parser.add_argument("--config", action=ActionConfigFile,
+                        help="A YAML file of options (write one with --print_config).")
+    return parser
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:

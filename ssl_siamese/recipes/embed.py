@@ -23,7 +23,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import glob
 import os
 import sys
@@ -33,8 +32,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from jsonargparse import Namespace
 
 from ssl_siamese.cli_args import parse_args as parse_checked
+from ssl_siamese.cli_args import recipe_parser
 from ssl_siamese.embeddings import embed_images
 from ssl_siamese.export import load_backbone
 from ssl_siamese.images import IMAGE_EXTENSIONS, decode_files, list_image_files
@@ -140,9 +141,9 @@ def run_embed(backbone: str | Path, data: str | Path | Sequence[str | Path], out
             "skipped": len(skipped), "skipped_paths": skipped_names, "root": str(root), "classes": classes}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ssl_siamese.recipes.embed",
-                                     description="Embed images (folders, files, glob patterns) with a backbone.")
+def parse_args(argv: list[str] | None = None) -> Namespace:
+    parser = recipe_parser("python -m ssl_siamese.recipes.embed",
+                           "Embed images (folders, files, glob patterns) with a backbone.")
     parser.add_argument("--backbone", "--ckpt", dest="backbone", required=True, metavar="PATH",
                         help="Exported backbone (.pt) from export_backbone, or a Lightning checkpoint (.ckpt).")
     parser.add_argument("--data", required=True, nargs="+",

@@ -21,13 +21,15 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 from pathlib import Path
 from typing import Any
 
+from jsonargparse import Namespace
+
 from ssl_siamese.cli_args import parse_args as parse_checked
+from ssl_siamese.cli_args import recipe_parser
 
 FORMATS = ("safetensors", "onnx", "torchscript", "torch_export")
 
@@ -86,10 +88,10 @@ def run_export(ckpt: str | Path, fmt: str = "safetensors", out: str | Path = "ex
     return result
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ssl_siamese.recipes.export",
-                                     description="Export a backbone as safetensors (+ config and model card), "
-                                                 "ONNX, TorchScript or a torch.export program.")
+def parse_args(argv: list[str] | None = None) -> Namespace:
+    parser = recipe_parser("python -m ssl_siamese.recipes.export",
+                           "Export a backbone as safetensors (+ config and model card), "
+                           "ONNX, TorchScript or a torch.export program.")
     parser.add_argument("--ckpt", "--backbone", dest="ckpt", required=True, metavar="PATH",
                         help="Lightning checkpoint (.ckpt), exported backbone (.pt), or exported folder / "
                              "model.safetensors.")

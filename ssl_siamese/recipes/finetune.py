@@ -25,7 +25,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 import torchvision
+from jsonargparse import Namespace
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -52,6 +52,7 @@ from ssl_siamese.data import (
 )
 from ssl_siamese.checkpoints import read_checkpoint
 from ssl_siamese.cli_args import parse_args as parse_checked
+from ssl_siamese.cli_args import recipe_parser
 from ssl_siamese.embeddings import Preprocess
 from ssl_siamese.export import export_backbone, load_backbone
 from ssl_siamese.loggers import LOGGERS, make_logger
@@ -291,22 +292,22 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
     return LoadedClassifier(model, transform, classes, metadata)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ssl_siamese.recipes.finetune",
-                                     description="Fine-tune a backbone with a new linear head; report test top-1.")
+def parse_args(argv: list[str] | None = None) -> Namespace:
+    parser = recipe_parser("python -m ssl_siamese.recipes.finetune",
+                           "Fine-tune a backbone with a new linear head; report test top-1.")
     parser.add_argument("--backbone", "--ckpt", dest="backbone", required=True, metavar="PATH",
                         help="Exported backbone (.pt), Lightning checkpoint (.ckpt), 'random' or 'imagenet'.")
     parser.add_argument("--arch", default="resnet18", help="Architecture for random/imagenet (e.g. tiny_cnn).")
-    parser.add_argument("--cifar_stem", default=True, type=lambda s: s.lower() == "true",
-                        help="3x3 stem for a random torchvision ResNet (true/false).")
-    parser.add_argument("--data.dataset", dest="dataset", default=None, choices=labelled_datasets(),
+    parser.add_argument("--cifar_stem", default=True, type=bool,
+                        help="3x3 stem for a random torchvision ResNet.")
+    parser.add_argument("--data.dataset", default=None, choices=[*labelled_datasets(), None],
                         help="Default: the dataset recorded in the backbone file (what it was trained on).")
-    parser.add_argument("--data.data_dir", dest="data_dir", default=None,
+    parser.add_argument("--data.data_dir", default=None,
                         help="Default: the folder recorded with that dataset, else ./data.")
-    parser.add_argument("--data.download", dest="download", default=True, type=lambda s: s.lower() == "true")
-    parser.add_argument("--data.train_subset", dest="train_subset", type=int, default=None)
-    parser.add_argument("--data.test_subset", dest="test_subset", type=int, default=None)
-    parser.add_argument("--data.image_size", dest="image_size", type=int, default=None)
+    parser.add_argument("--data.download", default=True, type=bool, help="Download the dataset if missing.")
+    parser.add_argument("--data.train_subset", type=int, default=None)
+    parser.add_argument("--data.test_subset", type=int, default=None)
+    parser.add_argument("--data.image_size", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--weight_decay", type=float, default=5e-4)
@@ -321,9 +322,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point; user errors exit with a one-line message."""
     args = parse_args(argv)
     try:
-        result = run_finetune(args.backbone, args.dataset, args.data_dir, args.arch, args.cifar_stem, args.epochs,
-                              args.lr, args.weight_decay, args.batch_size, args.train_subset, args.test_subset,
-                              args.image_size, args.out, args.log_to, args.seed, args.download)
+        data = args.data
+        result = run_finetune(args.backbone, data.dataset, data.data_dir, args.arch, args.cifar_stem, args.epochs,
+                              args.lr, args.weight_decay, args.batch_size, data.train_subset, data.test_subset,
+                              data.image_size, args.out, args.log_to, args.seed, data.download)
     except (FileNotFoundError, ValueError, DataNotFoundError) as error:
         sys.exit(f"ssl_siamese.recipes.finetune: error: {error}")
     print(f"Fine-tuned {result['init']} ({result['architecture']}) on {result['dataset']} for {result['epochs']} "

@@ -22,15 +22,16 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from jsonargparse import Namespace
 
 from ssl_siamese.cli_args import parse_args as parse_checked
+from ssl_siamese.cli_args import recipe_parser
 from ssl_siamese.data import DataNotFoundError, load_split
 from ssl_siamese.embeddings import embed_images
 from ssl_siamese.evaluation.linear import fit_linear_probe, weight_decay_sweep
@@ -125,18 +126,17 @@ def run_linear_probe(ckpt: str | Path, dataset: str | None = None, data_dir: str
     return result
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ssl_siamese.recipes.linear_probe",
-                                     description="Linear probe or fine-tuning of a pretrained backbone.")
+def parse_args(argv: list[str] | None = None) -> Namespace:
+    parser = recipe_parser("python -m ssl_siamese.recipes.linear_probe",
+                           "Linear probe or fine-tuning of a pretrained backbone.")
     parser.add_argument("--backbone", "--ckpt", dest="ckpt", required=True, metavar="PATH",
                         help="Exported backbone (folder or .pt), Lightning checkpoint (.ckpt), or a W&B model "
                              "artifact: wandb:ENTITY/PROJECT/NAME:ALIAS (needs `wandb login`).")
-    parser.add_argument("--data.dataset", dest="dataset", default=None, choices=labelled_datasets(),
+    parser.add_argument("--data.dataset", default=None, choices=[*labelled_datasets(), None],
                         help="Default: the dataset recorded in the backbone file (what it was trained on).")
-    parser.add_argument("--data.data_dir", dest="data_dir", default=None,
+    parser.add_argument("--data.data_dir", default=None,
                         help="Default: the folder recorded with that dataset, else ./data.")
-    parser.add_argument("--data.download", dest="download", default=True, type=lambda s: s.lower() == "true",
-                        help="Download the dataset if missing (true/false).")
+    parser.add_argument("--data.download", type=bool, default=True, help="Download the dataset if missing.")
     parser.add_argument("--finetune", action="store_true",
                         help="Train the backbone too: runs the fine-tuning recipe (ssl_siamese.recipes.finetune).")
     parser.add_argument("--epochs", type=int, default=None, help="Default 100 (linear) or 10 (--finetune).")
@@ -156,9 +156,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point: parse, run, print; user errors exit with a one-line message."""
     args = parse_args(argv)
     try:
-        result = run_linear_probe(args.ckpt, args.dataset, args.data_dir, args.finetune, args.epochs, args.lr,
-                                  args.weight_decay, args.wd_sweep, args.subset, args.batch_size, args.out,
-                                  args.log_to, args.device, args.seed, args.download)
+        result = run_linear_probe(args.ckpt, args.data.dataset, args.data.data_dir, args.finetune, args.epochs,
+                                  args.lr, args.weight_decay, args.wd_sweep, args.subset, args.batch_size, args.out,
+                                  args.log_to, args.device, args.seed, args.data.download)
     except (FileNotFoundError, ValueError, DataNotFoundError) as error:
         sys.exit(f"ssl_siamese.recipes.linear_probe: error: {error}")
     print(f"{result['mode']} probe of {result['method']} on {result['dataset']} "

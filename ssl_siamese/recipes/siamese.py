@@ -31,7 +31,6 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -49,6 +48,7 @@ from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
 from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
 from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint, read_checkpoint
 from ssl_siamese.cli_args import parse_args as parse_checked
+from ssl_siamese.cli_args import recipe_parser
 from ssl_siamese.data.pk import NEAR_DUPLICATE_MODES, PKDataModule
 from ssl_siamese.evaluation.fewshot import fewshot_episodes, max_queries
 from ssl_siamese.evaluation.plots import log_figure, roc_figure
@@ -60,13 +60,6 @@ from ssl_siamese.methods.siamese import SupervisedSiamese
 from ssl_siamese.samplers import balanced_pairs
 
 
-def parse_bool(text: str) -> bool:
-    """``"true"`` / ``"false"`` (any case) -> bool; anything else is an error."""
-    if text.lower() not in ("true", "false"):
-        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-    return text.lower() == "true"
-
-
 def parse_classes(spec: str) -> list[int | str]:
     """``"0-6"`` -> ``[0, ..., 6]``; ``"0,2,5-7"`` -> ``[0, 2, 5, 6, 7]``; other items are class names.
 
@@ -76,7 +69,7 @@ def parse_classes(spec: str) -> list[int | str]:
     classes: list[int | str] = []
     for part in (part.strip() for part in spec.split(",")):
         if not part:
-            raise argparse.ArgumentTypeError(f"empty class in {spec!r}")
+            raise ValueError(f"empty class in {spec!r}: give indices, ranges or names such as 0-6, 0,2,4 or Sneaker,Bag")
         low, dash, high = part.partition("-")
         if low.strip().isdigit() and (not dash or high.strip().isdigit()):
             classes += list(range(int(low), int(high or low) + 1))
@@ -271,18 +264,15 @@ def run_siamese(dataset: str = "fashion_mnist", data_dir: str = "./data",
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """The command line: parse, run, and turn a wrong input (``ValueError``, missing file) into a one-line exit."""
-    parser = argparse.ArgumentParser(prog="python -m ssl_siamese.recipes.siamese",
-                                     description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--data.dataset", dest="dataset", default="fashion_mnist",
+    parser = recipe_parser("python -m ssl_siamese.recipes.siamese", __doc__.split("\n\n")[0])
+    parser.add_argument("--data.dataset", default="fashion_mnist",
                         help="a labelled dataset: fashion_mnist, cifar10, cifar100, folder (one sub-folder per "
                              "class, optionally in train/ and test/), synthetic")
-    parser.add_argument("--data.data_dir", dest="data_dir", default="./data", help="where the dataset lies")
-    parser.add_argument("--data.download", dest="download", type=parse_bool, default=True,
-                        help="download a missing torchvision dataset (true/false)")
-    parser.add_argument("--train_classes", type=parse_classes, default="0-6",
+    parser.add_argument("--data.data_dir", default="./data", help="where the dataset lies")
+    parser.add_argument("--data.download", type=bool, default=True, help="download a missing torchvision dataset")
+    parser.add_argument("--train_classes", default="0-6",
                         help="indices, ranges or names, e.g. 0-6, 0,2,4 or Sneaker,Bag (the run prints them all)")
-    parser.add_argument("--eval_classes", type=parse_classes, default="7-9",
+    parser.add_argument("--eval_classes", default="7-9",
                         help="as --train_classes, disjoint from them")
     parser.add_argument("--backbone", default=None, help="default: the pretrained file's, else tiny_cnn")
     parser.add_argument("--pretrained", default=None, help="an exported backbone (export_backbone) to start from")
@@ -299,7 +289,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--lr", type=float, default=0.5, help="per 256 images")
     parser.add_argument("--train_subset", type=int, default=None, help="at most this many training images (seeded)")
     parser.add_argument("--eval_subset", type=int, default=None, help="at most this many eval images (seeded)")
-    parser.add_argument("--class_balanced", type=parse_bool, default=True,
+    parser.add_argument("--class_balanced", type=bool, default=True,
                         help="true: classes drawn uniformly into batches; false: in proportion to their size")
     parser.add_argument("--near_duplicates", default="drop", choices=NEAR_DUPLICATE_MODES,
                         help="training images that are near-copies of eval images: report, drop, or fail")
@@ -318,9 +308,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="resume from this checkpoint (e.g. <out>/checkpoints/last.ckpt)")
     parser.add_argument("--ckpt_every_n_steps", type=int, default=0,
                         help="write <out>/checkpoints/last.ckpt every N training steps; 0: at each epoch end")
-    args = parse_checked(parser, argv)  # a misspelt option gets the closest valid one
+    args = parse_checked(parser, argv).as_dict()  # a misspelt option gets the closest valid one
+    args.pop("config", None)
+    data = args.pop("data")
+    args.update(dataset=data["dataset"], data_dir=data["data_dir"], download=data["download"])
     try:
-        return run_siamese(**vars(args))
+        args.update(train_classes=parse_classes(str(args["train_classes"])),
+                    eval_classes=parse_classes(str(args["eval_classes"])))
+        return run_siamese(**args)
     except (FileNotFoundError, ValueError) as error:  # DataNotFoundError and CheckpointError among them
         sys.exit(f"{parser.prog}: error: {error}")
 
