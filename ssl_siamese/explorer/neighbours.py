@@ -1,0 +1,83 @@
+"""Each embedding's nearest other embeddings, and the near-duplicate pairs, by cosine similarity.
+
+Both come from one exact search of the set against itself with :class:`ssl_siamese.embeddings.EmbeddingIndex`
+(a chunked matrix product, or faiss's exact ``IndexFlatIP`` on large sets when faiss is installed). The
+near-duplicate pairs are read off the neighbour lists; only the rows whose whole list lies above the
+threshold (they may have more such partners than ``k``) are compared with every row again, so the pairs are
+exact, not an approximation bounded by ``k``.
+
+Example:
+    >>> indices, similarities = nearest_neighbours(torch.randn(500, 64), k=10)   # (500, 10) each, self excluded
+    >>> pairs = near_duplicate_pairs(features, indices, similarities, threshold=0.98)
+    >>> pairs.first, pairs.second, pairs.similarity   # i < j, most similar first
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ssl_siamese.embeddings import EmbeddingIndex
+
+SEARCH_CHUNK = 1024  # query rows per matrix product: 1024 x N float32 similarities (200 MB for N = 50,000)
+
+
+class DuplicatePairs(NamedTuple):
+    """Pairs ``(first[i], second[i])`` with ``first < second`` and their cosine ``similarity``, most similar first."""
+
+    first: np.ndarray
+    second: np.ndarray
+    similarity: np.ndarray
+
+
+def nearest_neighbours(features: Tensor | np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most cosine-similar *other* rows of each row: ``(indices int64, similarities float32)``, ``(N, k)``.
+
+    ``k`` is capped at ``N - 1``. A row is left out of its own list even when exact copies of it tie with it.
+    """
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}.")
+    index = EmbeddingIndex(features, chunk_size=SEARCH_CHUNK)
+    count = len(index)
+    k = min(k, count - 1)
+    if k < 1:
+        return np.zeros((count, 0), dtype=np.int64), np.zeros((count, 0), dtype=np.float32)
+    scores, indices = index.search(index.features, k + 1)
+    is_self = indices == torch.arange(count).unsqueeze(1)
+    drop = is_self.clone()
+    drop[~is_self.any(1), -1] = True  # self tied out of the list by copies: drop the last instead
+    keep = ~drop
+    return indices[keep].view(count, k).numpy(), scores[keep].view(count, k).numpy()
+
+
+def near_duplicate_pairs(features: Tensor | np.ndarray, indices: np.ndarray, similarities: np.ndarray,
+                         threshold: float, max_pairs: int | None = None) -> tuple[DuplicatePairs, int]:
+    """Every pair of rows with cosine similarity ``>= threshold``: ``(pairs, total)``.
+
+    ``indices``/``similarities`` are :func:`nearest_neighbours` of ``features``. ``pairs`` holds the
+    ``max_pairs`` most similar (all when None); ``total`` counts them all.
+    """
+    if not -1.0 <= threshold <= 1.0:
+        raise ValueError(f"A cosine-similarity threshold lies in [-1, 1], got {threshold}.")
+    count = len(indices)
+    rows = np.repeat(np.arange(count), indices.shape[1])
+    found = {(min(i, j), max(i, j)): s for i, j, s in zip(rows.tolist(), indices.ravel().tolist(),
+                                                          similarities.ravel().tolist()) if s >= threshold}
+    full = np.flatnonzero(similarities[:, -1] >= threshold) if indices.shape[1] else np.zeros(0, dtype=np.int64)
+    if len(full):  # these rows may have more partners above the threshold than their k neighbours
+        normalised = F.normalize(torch.as_tensor(features).float(), dim=1)
+        for chunk in torch.as_tensor(full).split(SEARCH_CHUNK):
+            similarity = normalised[chunk] @ normalised.T
+            similarity[torch.arange(len(chunk)), chunk] = -2.0  # not a pair with itself
+            for a, b in (similarity >= threshold).nonzero().tolist():
+                i, j = int(chunk[a]), b
+                found.setdefault((min(i, j), max(i, j)), float(similarity[a, b]))
+    ordered = sorted(found.items(), key=lambda item: (-item[1], item[0]))
+    kept = ordered if max_pairs is None else ordered[:max_pairs]
+    first = np.asarray([pair[0] for pair, _ in kept], dtype=np.int64)
+    second = np.asarray([pair[1] for pair, _ in kept], dtype=np.int64)
+    return DuplicatePairs(first, second, np.asarray([s for _, s in kept], dtype=np.float32)), len(ordered)

@@ -1,0 +1,180 @@
+"""The explorer page's data against independent references: float64 brute-force neighbours and duplicate pairs,
+decoded thumbnails, the JSON inside the HTML, the packaged template, and the recipe's command-line checks.
+
+The page itself runs in a real browser in ``test_explorer_browser.py``.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import io
+import re
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ssl_siamese.evaluation.plots import pca_2d
+from ssl_siamese.explorer import (Embeddings, explorer_data, load_embeddings, read_page_data, render_page,
+                                  write_explorer)
+from ssl_siamese.explorer.neighbours import near_duplicate_pairs, nearest_neighbours
+from ssl_siamese.explorer.page import thumbnail_size
+from ssl_siamese.explorer.projection import map_2d
+from ssl_siamese.explorer.thumbnails import thumbnail_sheets
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cosine64(features: np.ndarray) -> np.ndarray:
+    unit = features.astype(np.float64) / np.linalg.norm(features.astype(np.float64), axis=1, keepdims=True)
+    return unit @ unit.T
+
+
+def features_with_copies(seed: int = 0) -> np.ndarray:
+    """Random 16-d rows, where rows 1-7 copy row 0 (8 identical rows) and row 9 copies row 8."""
+    features = np.random.default_rng(seed).normal(size=(120, 16)).astype(np.float32)
+    features[1:8] = features[0]
+    features[9] = features[8]
+    return features
+
+
+def decoded(text: str, dtype: str) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype=np.dtype(dtype).newbyteorder("<"))
+
+
+def test_neighbours_are_the_brute_force_ones_without_the_row_itself_even_among_copies():
+    features = features_with_copies()
+    indices, similarities = nearest_neighbours(features, k=5)
+    cosine = cosine64(features)
+    assert indices.shape == similarities.shape == (120, 5)
+    for i in range(120):
+        assert i not in indices[i]
+        assert len(set(indices[i].tolist())) == 5
+        others = np.delete(np.arange(120), i)
+        best = np.sort(cosine[i, others])[::-1][:5]
+        np.testing.assert_allclose(similarities[i], best, atol=1e-5)  # the k largest, best first
+        np.testing.assert_allclose(cosine[i, indices[i]], similarities[i], atol=1e-5)  # each is what it says
+    assert set(indices[0].tolist()) <= set(range(1, 8))  # copies of row 0 are its nearest
+    assert indices[8, 0] == 9 and indices[9, 0] == 8
+
+
+def test_neighbours_cap_k_at_the_other_rows():
+    indices, similarities = nearest_neighbours(np.eye(3, dtype=np.float32), k=10)
+    assert indices.shape == (3, 2) and sorted(indices[0].tolist()) == [1, 2]
+    assert nearest_neighbours(np.ones((1, 4), dtype=np.float32), k=3)[0].shape == (1, 0)
+
+
+@pytest.mark.parametrize("k", [2, 5])
+def test_duplicate_pairs_are_every_pair_above_the_threshold_even_beyond_k(k):
+    features = features_with_copies()
+    features[20] = features[21] + 0.05  # a near copy (cosine ~0.999)
+    indices, similarities = nearest_neighbours(features, k=k)
+    pairs, total = near_duplicate_pairs(features, indices, similarities, threshold=0.99)
+    cosine = cosine64(features)
+    expected = {(i, j) for i in range(120) for j in range(i + 1, 120) if cosine[i, j] >= 0.99}
+    assert len(expected) == 28 + 1 + 1 and total == len(expected)  # 8 copies: 28 pairs, more than k each
+    assert set(zip(pairs.first.tolist(), pairs.second.tolist())) == expected
+    assert np.all(pairs.first < pairs.second) and np.all(np.diff(pairs.similarity) <= 0)
+    np.testing.assert_allclose(pairs.similarity, cosine[pairs.first, pairs.second], atol=1e-5)
+    top, total = near_duplicate_pairs(features, indices, similarities, threshold=0.99, max_pairs=3)
+    assert total == 30 and len(top.first) == 3 and tuple(top.first) == tuple(pairs.first[:3])
+
+
+def test_thumbnail_sheets_hold_each_image_in_its_tile_and_grey_for_unreadable_files(tmp_path):
+    rng = np.random.default_rng(0)
+    files, images = [], []
+    for i in range(6):
+        image = np.kron(rng.integers(0, 256, size=(2, 2, 3)), np.ones((16, 16, 1))).astype(np.uint8)  # 4 blocks
+        images.append(image)
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(image).save(files[-1])
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    files.insert(3, tmp_path / "broken.png")
+    sheets, missing = thumbnail_sheets(files, size=32, quality=95, columns=2)  # 4 tiles a sheet: 2 sheets
+    assert missing == [3] and len(sheets) == 2
+    tiles = []
+    for uri in sheets:
+        assert uri.startswith("data:image/jpeg;base64,")
+        sheet = np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))))
+        tiles += [sheet[r * 32:(r + 1) * 32, c * 32:(c + 1) * 32] for r in range(sheet.shape[0] // 32) for c in range(2)]
+    expected = images[:3] + [None] + images[3:]
+    for tile, image in zip(tiles, expected):
+        if image is None:
+            assert abs(float(tile.mean()) - 200) < 3
+        else:
+            errors = [np.abs(tile.astype(int) - other).mean() for other in images]
+            assert np.abs(tile.astype(int) - image).mean() == min(errors) < 8  # JPEG at quality 95
+    assert thumbnail_size(5_000) == 64 and thumbnail_size(15_000) == 48 and thumbnail_size(50_000) == 32
+
+
+def test_pca_map_is_the_shared_pca_of_unit_vectors_and_tsne_runs():
+    features = torch.randn(30, 12)
+    np.testing.assert_allclose(map_2d(features), pca_2d(torch.nn.functional.normalize(features, dim=1)).numpy())
+    points = map_2d(features, "tsne")
+    assert points.shape == (30, 2) and np.isfinite(points).all()
+    with pytest.raises(ValueError, match="pca, tsne"):
+        map_2d(features, "umap")
+
+
+def test_page_holds_the_data_it_was_given_and_nothing_from_the_network(tmp_path):
+    features = features_with_copies()
+    paths = [f"class{i % 3}/img{i}.png" for i in range(120)]
+    paths[5] = "odd/</script><b>name</b>.png"  # must not end the data block or become markup
+    labels = np.arange(120) % 3
+    summary = write_explorer(Embeddings(features, paths, labels, ["a", "b", "c"]), tmp_path / "page.html", k=4,
+                             duplicate_threshold=0.999, title="<Test>")
+    page = (tmp_path / "page.html").read_text()
+    data = read_page_data(tmp_path / "page.html")
+    assert summary["points"] == data["count"] == 120 and summary["duplicate_pairs"] == 29
+    assert data["paths"] == paths and data["classes"] == ["a", "b", "c"] and data["k"] == 4
+    assert decoded(data["labels"], "int32").tolist() == labels.tolist()
+    indices, similarities = nearest_neighbours(features, k=4)
+    assert decoded(data["neighbours"], "int32").reshape(120, 4).tolist() == indices.tolist()
+    np.testing.assert_array_equal(decoded(data["similarities"], "float32").reshape(120, 4), similarities)
+    np.testing.assert_array_equal(decoded(data["xy"], "float32").reshape(120, 2), map_2d(features))
+    assert data["thumbnails"] is None  # no image folder given
+    assert "<title>&lt;Test&gt;</title>" in page and page.count("</script>") == 2
+    assert not re.search(r"(src|href)\s*=\s*[\"']?(https?:)?//", page) and "@import" not in page
+    assert not re.search(r"https?://", render_page({**data, "paths": [], "title": ""}))  # the template itself
+
+
+def test_embed_recipe_file_loads_with_its_labels_and_classes(tmp_path):
+    path = tmp_path / "e.npz"
+    np.savez(path, embeddings=np.ones((2, 3), np.float32), paths=np.asarray(["cat/a.png", "dog/b.png"]),
+             labels=np.asarray([0, 1]), classes=np.asarray(["cat", "dog"]))
+    loaded = load_embeddings(path)
+    assert loaded.paths == ["cat/a.png", "dog/b.png"] and loaded.classes == ["cat", "dog"]
+    assert loaded.labels.tolist() == [0, 1] and loaded.features.shape == (2, 3)
+    data = explorer_data(loaded, k=1, duplicate_threshold=None)
+    assert data["duplicates"] is None and data["k"] == 1
+    with pytest.raises(FileNotFoundError, match="recipes.embed"):
+        load_embeddings(tmp_path / "absent.npz")
+    np.savez(tmp_path / "other.npz", weights=np.ones(3))
+    with pytest.raises(ValueError, match="no 'embeddings'"):
+        load_embeddings(tmp_path / "other.npz")
+
+
+def test_the_template_is_package_data_in_pyproject():
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["ssl_siamese.explorer"]
+    assert any(fnmatch.fnmatch("explorer.html", pattern) for pattern in patterns)
+    assert (REPO / "ssl_siamese" / "explorer" / "explorer.html").is_file()
+
+
+def test_recipe_refuses_unclear_sources(tmp_path, capsys):
+    from ssl_siamese.recipes.explore import main
+
+    for argv, message in ((["--out", "x.html"], "one of the two"),
+                          (["--embeddings", "e.npz", "--backbone", "b.pt"], "one of the two"),
+                          (["--backbone", "b.pt"], "--backbone needs --data"),
+                          (["--embeddings", "e.npz", "--duplicates", "1.5"], "lies in"),
+                          (["--embedings", "e.npz"], "did you mean --embeddings")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="No embeddings file"):
+        main(["--embeddings", str(tmp_path / "absent.npz"), "--out", str(tmp_path / "x.html")])
