@@ -178,3 +178,15 @@ def test_recipe_refuses_unclear_sources(tmp_path, capsys):
         assert message in capsys.readouterr().err
     with pytest.raises(SystemExit, match="No embeddings file"):
         main(["--embeddings", str(tmp_path / "absent.npz"), "--out", str(tmp_path / "x.html")])
+
+
+def test_recipe_options_round_trip_through_print_config(tmp_path, capsys):
+    from ssl_siamese.recipes.explore import parse_args
+
+    argv = ["--embeddings", "e.npz", "--images", "photos", "--k", "5", "--duplicates", "off", "--thumbnail", "0"]
+    with pytest.raises(SystemExit):
+        parse_args([*argv, "--print_config"])
+    (tmp_path / "explore.yaml").write_text(capsys.readouterr().out)
+    args = parse_args(["--config", str(tmp_path / "explore.yaml")])
+    assert (args.embeddings, args.images, args.k, args.duplicates, args.thumbnail) == ("e.npz", "photos", 5, None, 0)
+    assert parse_args(["--embeddings", "e.npz"]).duplicates == 0.98

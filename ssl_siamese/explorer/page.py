@@ -5,9 +5,11 @@ The page (``explorer.html``, shipped beside this module) draws the 2-D map of :m
 view; it pans (drag) and zooms (wheel, buttons). Clicking a point shows its image and its ``k`` nearest
 neighbours with their cosine similarity and distance (``1 - similarity``), computed here by
 :mod:`.neighbours` and stored in the page; a box searches file names; a list holds the near-duplicate pairs
-above a similarity threshold. The numbers travel as base64 little-endian typed arrays in one JSON block, so
-50,000 points load in about a second (see BENCHMARKS.md); with the default thumbnail sizes
-(:func:`thumbnail_size`) a page of 50,000 32 px thumbnails is about 20 MB.
+above a similarity threshold. The numbers travel as base64 little-endian typed arrays in one JSON block;
+50,000 points are drawn 0.8-2.8 s after opening on 2 busy cores (``benchmarks/explorer_page.py``,
+BENCHMARKS.md). A page of 50,000 images is about 27 MB: 19.5 MB of 32 px thumbnails (:func:`thumbnail_size`;
+about 390 bytes each in base64, sprite sheets of JPEG quality 75), 5.3 MB of neighbours (10 indices and
+similarities each), 1.2 MB of names, 0.8 MB of coordinates and labels.
 
 Example:
     >>> embeddings = load_embeddings("embeddings.npz")          # written by ssl_siamese.recipes.embed

@@ -17,14 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssl_siamese.evaluation.plots import pca_2d, pca_project
-
 PROJECTIONS = ("pca", "tsne")
 TSNE_INPUT_COMPONENTS = 50
 
 
 def map_2d(features: Tensor | np.ndarray, method: str = "pca") -> np.ndarray:
     """``(N, 2)`` float32 coordinates of ``(N, D)`` embeddings by ``method`` (``"pca"`` or ``"tsne"``)."""
+    from ssl_siamese.evaluation.plots import pca_2d, pca_project  # imports Lightning: only when a map is made
+
     normalised = F.normalize(torch.as_tensor(features).float(), dim=1)
     if method == "pca":
         return pca_2d(normalised).numpy().astype(np.float32)

@@ -19,13 +19,14 @@ Example:
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
+from argparse import Namespace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from ssl_siamese.cli_args import parse_args as parse_checked
+from ssl_siamese.cli_args import recipe_parser
 from ssl_siamese.explorer.page import load_embeddings, write_explorer
 from ssl_siamese.explorer.projection import PROJECTIONS
 
@@ -33,19 +34,20 @@ PROG = "python -m ssl_siamese.recipes.explore"
 
 
 def _threshold(text: str) -> float | None:
-    if text.lower() in ("off", "none", "no"):
+    """``--duplicates``: a cosine similarity in [-1, 1], or None for 'off'."""
+    if str(text).lower() in ("off", "none", "no"):
         return None
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a cosine similarity in [-1, 1] or 'off', got {text!r}") from None
+        raise ValueError(f"--duplicates: expected a cosine similarity in [-1, 1] or 'off', got {text!r}") from None
     if not -1.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a cosine similarity lies in [-1, 1], got {value}")
+        raise ValueError(f"--duplicates: a cosine similarity lies in [-1, 1], got {value}")
     return value
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog=PROG, description="Write a self-contained HTML page to explore embeddings.")
+def parse_args(argv: list[str] | None = None) -> Namespace:
+    parser = recipe_parser(PROG, "Write a self-contained HTML page to explore embeddings.")
     source = parser.add_argument_group("what to show (--embeddings, or --backbone with --data)")
     source.add_argument("--embeddings", metavar="NPZ", help="The .npz written by ssl_siamese.recipes.embed.")
     source.add_argument("--images", metavar="FOLDER",
@@ -59,12 +61,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     page = parser.add_argument_group("the page")
     page.add_argument("--out", default="explore.html", help="The HTML file to write.")
     page.add_argument("--k", type=int, default=10, help="Nearest neighbours listed for each image.")
-    page.add_argument("--duplicates", type=_threshold, default=0.98, metavar="COSINE",
+    page.add_argument("--duplicates", default="0.98", metavar="COSINE",
                       help="List the pairs at least this cosine-similar ('off': none).")
     page.add_argument("--max_pairs", type=int, default=2000, help="At most this many duplicate pairs listed.")
     page.add_argument("--projection", choices=PROJECTIONS, default="pca",
                       help="The 2-D map: pca (fast) or tsne (scikit-learn; minutes for tens of thousands).")
-    page.add_argument("--thumbnail", type=int, default=None, metavar="PIXELS",
+    page.add_argument("--thumbnail", type=Optional[int], default=None, metavar="PIXELS",
                       help="Thumbnail side (default 64 up to 5,000 images, 48 up to 15,000, else 32; 0: none).")
     page.add_argument("--quality", type=int, default=75, help="JPEG quality of the thumbnails (1-95).")
     page.add_argument("--title", default=None, help="Page title (default: the embeddings' name).")
@@ -75,10 +77,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--backbone needs --data: the image folders, files or glob patterns to embed")
     if args.embeddings is not None and (args.data or args.save_embeddings):
         parser.error("--data and --save_embeddings go with --backbone; with --embeddings, --images names the folder")
+    try:
+        args.duplicates = _threshold(args.duplicates)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
-def run_explore(args: argparse.Namespace) -> dict[str, Any]:
+def run_explore(args: Namespace) -> dict[str, Any]:
     """Embed when asked (``--backbone``), then write the page; the summary of ``write_explorer``."""
     options = {"k": args.k, "duplicate_threshold": args.duplicates, "max_pairs": args.max_pairs,
                "projection": args.projection, "thumbnail": args.thumbnail, "quality": args.quality}
