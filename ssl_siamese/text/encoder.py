@@ -46,19 +46,21 @@ class TextEncoder(nn.Module):
 
 
 def build_text_encoder(name: str = "builtin", **options: Any) -> TextEncoder:
-    """``"builtin"`` (:class:`BuiltinTextEncoder`), a local sentence-transformers folder (it has
-    ``modules.json``: :class:`SentenceTransformerEncoder`) or any Hugging Face model name or folder
-    (:class:`HFTextEncoder`). ``options`` go to that class; those it does not take are ignored, so one
-    config can hold the options of all three.
+    """``"builtin"`` (:class:`BuiltinTextEncoder`), ``"hashed"`` (:class:`HashedBagEncoder`), a local
+    sentence-transformers folder (it has ``modules.json``: :class:`SentenceTransformerEncoder`) or any
+    Hugging Face model name or folder (:class:`HFTextEncoder`). ``options`` go to that class; those it does
+    not take are ignored, so one config can hold the options of all of them.
     """
     import inspect
 
     if name == "builtin":
         from ssl_siamese.text.builtin_encoder import BuiltinTextEncoder as cls
+    elif name == "hashed":
+        from ssl_siamese.text.hashed_bag import HashedBagEncoder as cls
     elif (Path(name).expanduser() / "modules.json").is_file():
         from ssl_siamese.text.st_encoder import SentenceTransformerEncoder as cls
     else:
         from ssl_siamese.text.hf_encoder import HFTextEncoder as cls
     accepted = inspect.signature(cls.__init__).parameters
     chosen = {key: value for key, value in options.items() if key in accepted}
-    return cls(**chosen) if name == "builtin" else cls(name, **chosen)
+    return cls(**chosen) if name in ("builtin", "hashed") else cls(name, **chosen)

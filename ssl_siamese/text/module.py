@@ -33,12 +33,15 @@ class TextSiamese(pl.LightningModule):
     ``encoder``: ``"builtin"``, a Hugging Face model name or folder, or a sentence-transformers folder
     (:func:`ssl_siamese.text.encoder.build_text_encoder`); ``pooling``, ``normalize`` and ``max_length``
     apply to the Hugging Face case, ``kind``, ``dim``, ``vocab_size``, ``bigram_buckets``, ``layers`` and
-    ``heads`` to the built-in one. ``lr`` is AdamW's peak learning rate.
+    ``heads`` to the built-in one, ``dim``, ``buckets``, ``word_ngrams`` and ``char_ngrams`` to ``"hashed"``
+    (:class:`~ssl_siamese.text.hashed_bag.HashedBagEncoder`). ``lr`` is the optimizer's peak learning rate:
+    AdamW's, or SparseAdam's (no weight decay) for an encoder with sparse gradients (``"hashed"``).
     """
 
     def __init__(self, encoder: str = "builtin", pooling: str = "mean", normalize: bool = False,
                  max_length: int = 128, kind: str = "bag", dim: int = 256, vocab_size: int = 8000,
                  bigram_buckets: int = 32768, layers: int = 2, heads: int = 4, local_files_only: bool = False,
+                 buckets: int = 2 ** 18, word_ngrams: int = 2, char_ngrams: int = 3,
                  loss: str = "symmetric", temperature: float = 0.05, margin: float = 0.5,
                  gather_distributed: bool = True, lr: float = 1e-3, weight_decay: float = 0.01,
                  warmup: float = 0.1) -> None:
@@ -48,7 +51,8 @@ class TextSiamese(pl.LightningModule):
         self.save_hyperparameters()
         self.encoder = build_text_encoder(encoder, pooling=pooling, normalize=normalize, max_length=max_length,
                                           kind=kind, dim=dim, vocab_size=vocab_size, bigram_buckets=bigram_buckets,
-                                          layers=layers, heads=heads, local_files_only=local_files_only)
+                                          layers=layers, heads=heads, local_files_only=local_files_only,
+                                          buckets=buckets, word_ngrams=word_ngrams, char_ngrams=char_ngrams)
         if loss in ("infonce", "symmetric"):
             self.loss_fn = InBatchNegativesLoss(temperature, symmetric=loss == "symmetric",
                                                 gather_distributed=gather_distributed)
@@ -84,14 +88,18 @@ class TextSiamese(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss = self.pair_loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["query"]["input_ids"]))
+        query = batch["query"]  # flat features with "offsets" (hashed bag), or padded "input_ids" (B, L)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(query.get("offsets", query["input_ids"])))
         return loss
 
     def configure_optimizers(self) -> Any:
         decay = [p for n, p in self.named_parameters() if p.ndim > 1 and "embedding" not in n]
         rest = [p for n, p in self.named_parameters() if not (p.ndim > 1 and "embedding" not in n)]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                                       {"params": rest, "weight_decay": 0.0}], lr=self.hparams.lr)
+        if getattr(self.encoder, "sparse_gradients", False):  # only the rows a batch uses are updated
+            optimizer = torch.optim.SparseAdam(list(self.parameters()), lr=self.hparams.lr)
+        else:
+            optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                                           {"params": rest, "weight_decay": 0.0}], lr=self.hparams.lr)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
         warmup = int(self.hparams.warmup * total)
 
