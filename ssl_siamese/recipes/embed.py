@@ -3,6 +3,8 @@
     python -m ssl_siamese.recipes.embed --backbone out/simclr/exported_models/backbone.pt \
         --data ~/photos --out embeddings.npz [--batch_size 256] [--device cuda]
     python -m ssl_siamese.recipes.embed --backbone backbone.pt --data one.png two.jpg 'more/*.webp'
+    python -m ssl_siamese.recipes.embed --backbone out/text_siamese/exported_models/text_encoder \
+        --data sentences.txt --out texts.npz          # texts: one per line, or --data x.jsonl --field text
 
 ``--backbone`` (alias ``--ckpt``) is an exported backbone or a Lightning checkpoint (``load_backbone``).
 ``--data`` takes folders (searched recursively, hidden files skipped), image files and glob patterns
@@ -14,6 +16,10 @@ counts them. The ``.npz`` holds ``paths`` (relative to the folder given, or to t
 POSIX), ``embeddings`` ``(N, D)`` float32 (not normalised) and, when every image lies in a class
 subfolder (ImageFolder layout), ``labels`` and ``classes``. Load it with ``np.load``, or as a search index
 with ``EmbeddingIndex.load("embeddings.npz")`` (the paths become the index's ids).
+
+Texts: ``--data`` one ``.txt`` file (a text per line) or ``.jsonl`` file (``--field``, optional
+``--id_field``) and ``--backbone`` a text model (the text_siamese recipe's exported folder or checkpoint):
+:func:`ssl_siamese.text.embed_texts.run_embed_text` writes ``embeddings``, ``ids`` (the texts) and ``lines``.
 
 Example:
     >>> summary = run_embed("backbone.pt", "photos/", "embeddings.npz")
@@ -39,6 +45,7 @@ from ssl_siamese.cli_args import recipe_parser
 from ssl_siamese.embeddings import embed_images
 from ssl_siamese.export import load_backbone
 from ssl_siamese.images import IMAGE_EXTENSIONS, decode_files, list_image_files
+from ssl_siamese.text.embed_texts import is_text_file, run_embed_text
 
 DEFAULT_IMAGE_SIZE = 64  # for exports that record no input size
 GLOB_CHARACTERS = frozenset("*?[")
@@ -145,12 +152,15 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser = recipe_parser("python -m ssl_siamese.recipes.embed",
                            "Embed images (folders, files, glob patterns) with a backbone.")
     parser.add_argument("--backbone", "--ckpt", dest="backbone", required=True, metavar="PATH",
-                        help="Exported backbone (.pt) from export_backbone, or a Lightning checkpoint (.ckpt).")
+                        help="Exported backbone (.pt) from export_backbone, or a Lightning checkpoint (.ckpt); for "
+                             "texts, the text_siamese recipe's exported folder or checkpoint.")
     parser.add_argument("--data", required=True, nargs="+",
                         help="Image folders (searched recursively), image files, or quoted glob patterns.")
     parser.add_argument("--out", default="embeddings.npz", help="Output .npz file.")
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
+    parser.add_argument("--field", default="text", help="Texts in a .jsonl --data file: the field holding the text.")
+    parser.add_argument("--id_field", default=None, help="Texts in .jsonl: a field to use as ids (default: the text).")
     return parse_checked(parser, argv)
 
 
@@ -158,6 +168,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point; user errors exit with a one-line message."""
     args = parse_args(argv)
     try:
+        if len(args.data) == 1 and is_text_file(args.data[0]):
+            summary = run_embed_text(args.backbone, args.data[0], args.out, args.field, args.id_field,
+                                     args.batch_size, args.device)
+            print(f"Embedded {summary['num_texts']} texts ({summary['feature_dim']}-d) -> {summary['out']}")
+            return summary
         summary = run_embed(args.backbone, args.data, args.out, args.batch_size, args.device)
     except (FileNotFoundError, ValueError) as error:
         sys.exit(f"ssl_siamese.recipes.embed: error: {error}")
