@@ -59,7 +59,9 @@ def near_duplicate_pairs(features: Tensor | np.ndarray, indices: np.ndarray, sim
     """Every pair of rows with cosine similarity ``>= threshold``: ``(pairs, total)``.
 
     ``indices``/``similarities`` are :func:`nearest_neighbours` of ``features``. ``pairs`` holds the
-    ``max_pairs`` most similar (all when None); ``total`` counts them all.
+    ``max_pairs`` most similar (all when None); ``total`` counts them all. A threshold that most rows pass
+    with more than ``k`` partners (0.5 on a random network's features) compares those rows with every row
+    and lists up to N^2/2 pairs: keep it near 1 for duplicates.
     """
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"A cosine-similarity threshold lies in [-1, 1], got {threshold}.")
