@@ -6,7 +6,7 @@ view; it pans (drag) and zooms (wheel, buttons). Clicking a point shows its imag
 neighbours with their cosine similarity and distance (``1 - similarity``), computed here by
 :mod:`.neighbours` and stored in the page; a box searches file names; a list holds the near-duplicate pairs
 above a similarity threshold. The numbers travel as base64 little-endian typed arrays in one JSON block;
-50,000 points are drawn 0.8-2.8 s after opening on 2 busy cores (``benchmarks/explorer_page.py``,
+50,000 points are drawn 0.7-2.8 s after opening on 2 busy cores (``benchmarks/explorer_page.py``,
 BENCHMARKS.md). A page of 50,000 images is about 27 MB: 19.5 MB of 32 px thumbnails (:func:`thumbnail_size`;
 about 390 bytes each in base64, sprite sheets of JPEG quality 75), 5.3 MB of neighbours (10 indices and
 similarities each), 1.2 MB of names, 0.8 MB of coordinates and labels.
