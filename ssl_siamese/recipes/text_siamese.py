@@ -11,6 +11,9 @@ The evaluation searches the held-out documents (positives and negatives of the t
 held-out query: BM25 (``bm25s``), the dense encoder before training, after training, and the hybrid of
 BM25 and the trained encoder by reciprocal-rank fusion; Recall@1/10, MRR@10 and nDCG@10 are printed as
 one table, logged (``eval/<method>/<metric>``; W&B also gets the table) and written to ``results.json``.
+Labelled pairs (a ``score``, same when above 0.5, or hard negatives) also get a verification ROC of the
+encoder's cosine similarity before and after training: AUC and EER (``eval/verification/...``, ``results.json``
+and ``<out>/eval_roc.png``, on W&B also an interactive curve).
 The encoder is exported to ``<out>/exported_models/text_encoder`` (a sentence-transformers folder for
 Hugging Face encoders, ``builtin_encoder.pt`` for the built-in one).
 """
@@ -39,6 +42,7 @@ from ssl_siamese.text.export import export_text_encoder
 from ssl_siamese.text.module import TextSiamese
 from ssl_siamese.text.pairs import TextPair
 from ssl_siamese.text.retrieval import bm25_search, dense_search, reciprocal_rank_fusion
+from ssl_siamese.text.verification import labelled_pairs, verify
 
 DEPTH = 100  # documents ranked per query before fusion and metrics
 METRICS = ("recall@1", "recall@10", "mrr@10", "ndcg@10")
@@ -102,6 +106,21 @@ def log_results(trainer: Any, rows: dict[str, dict[str, float]]) -> None:
         logger.save()
 
 
+def log_verification(trainer: Any, at_init: Any, trained: Any, out: Path) -> dict[str, dict[str, float]]:
+    """Print and log the verification AUC/EER before and after training, and the trained ROC curve."""
+    from ssl_siamese.recipes.siamese import log_roc
+
+    verification = {name: {"auc": roc.auc, "eer": roc.eer, "eer_threshold": roc.eer_threshold}
+                    for name, roc in (("dense_at_init", at_init), ("dense", trained))}
+    print("verification of the labelled held-out pairs (cosine): " + ", ".join(
+        f"{name} AUC {v['auc']:.4f} EER {v['eer']:.4f}" for name, v in verification.items()))
+    for logger in trainer.loggers:
+        logger.log_metrics({f"eval/verification/{name}/{key}": value for name, values in verification.items()
+                            for key, value in values.items()}, step=trainer.global_step)
+    log_roc(trainer.loggers, trained, out, "text pairs, held out", trainer.global_step)
+    return verification
+
+
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Parse, split, evaluate at init, train, evaluate, export; returns the results (also in results.json)."""
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
@@ -131,6 +150,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
 
     bm25 = bm25_search(queries, documents, k=DEPTH)
     rows = {"bm25": ranking_metrics(bm25, relevant), "dense_at_init": ranking_metrics(dense(), relevant)}
+    labelled = labelled_pairs(dm.test_pairs)
+    roc_at_init = verify(encoder, labelled) if labelled else None
     started, started_cpu = time.perf_counter(), time.process_time()
     trainer.fit(model, datamodule=dm, ckpt_path=cli.config_init["ckpt_path"])
     fit_seconds, fit_cpu_seconds = time.perf_counter() - started, time.process_time() - started_cpu
@@ -147,6 +168,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         print(format_table(rows, f"retrieval of {len(documents)} held-out documents by {len(queries)} held-out "
                                  f"queries ({trainer.global_step} steps, {fit_seconds:.0f} s)"))
         log_results(trainer, rows)
+        if labelled:
+            results["verification"] = log_verification(trainer, roc_at_init, verify(encoder, labelled), out)
         results["encoder_path"] = str(export_text_encoder(encoder, out / "exported_models" / "text_encoder"))
         print(f"Exported encoder: {results['encoder_path']}")
         out.mkdir(parents=True, exist_ok=True)
