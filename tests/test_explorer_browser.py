@@ -1,5 +1,6 @@
 """The explorer page in a real headless Chromium: real CIFAR-10 images embedded by a tiny random backbone through
-the ``embed`` and ``explore`` recipes, loaded offline, clicked, searched; neighbours checked against brute force.
+the ``explore`` recipe (``--backbone --data``, as ``python -m``) and the ``embed`` recipe, loaded offline, clicked,
+searched; neighbours checked against brute force.
 
 Chromium and chromedriver come from Debian's packages: a clean CI machine (root, a Debian mirror) installs them
 here with apt-get; a machine without apt-get skips these tests and says why. Selenium (the ``dev`` extra) drives
@@ -52,12 +53,6 @@ def chromium() -> None:
     assert all(find_chromium()), f"apt-get installed chromium but not both executables: {find_chromium()}"
 
 
-def run_recipe(*argv: str) -> str:
-    done = subprocess.run([sys.executable, "-m", *argv], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
-
-
 @pytest.fixture(scope="module")
 def explored(tmp_path_factory) -> SimpleNamespace:
     """300 CIFAR-10 test images (30 a class) and an exact copy of one, embedded and explored through the recipes."""
@@ -78,13 +73,14 @@ def explored(tmp_path_factory) -> SimpleNamespace:
     torch.manual_seed(0)
     backbone = export_backbone(SimCLR(backbone="tiny_cnn", view_size=32), folder / "backbone.pt", data="cifar10")
     npz, page = folder / "embeddings.npz", folder / "explore.html"
-    run_recipe("ssl_siamese.recipes.embed", "--backbone", str(backbone), "--data", str(root), "--out", str(npz),
-               "--device", "cpu")
-    stdout = run_recipe("ssl_siamese.recipes.explore", "--embeddings", str(npz), "--images", str(root), "--out",
-                        str(page), "--k", str(K), "--duplicates", "0.9999")
+    done = subprocess.run([sys.executable, "-m", "ssl_siamese.recipes.explore", "--backbone", str(backbone), "--data",
+                           str(root), "--save_embeddings", str(npz), "--out", str(page), "--k", str(K),
+                           "--duplicates", "0.9999", "--device", "cpu"],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
     with np.load(npz) as data:
         features, paths = data["embeddings"].astype(np.float64), data["paths"].tolist()
-    return SimpleNamespace(root=root, npz=npz, page=page, backbone=backbone, stdout=stdout, features=features,
+    return SimpleNamespace(root=root, npz=npz, page=page, backbone=backbone, stdout=done.stdout, features=features,
                            paths=paths, original=paths.index(f"cat/{original.name}"),
                            copy=paths.index("cat/copy_of_first.jpg"), folder=folder)
 
@@ -177,15 +173,18 @@ def test_page_in_chromium_shows_every_point_and_a_click_lists_the_brute_force_ne
           f"click handled in {click_seconds * 1000:.1f} ms")
 
 
-def test_page_from_a_backbone_and_a_folder_matches_the_page_from_its_embeddings(explored):
-    from ssl_siamese.recipes.explore import main
+def test_page_from_the_embed_recipe_file_matches_the_page_from_the_backbone(explored):
+    from ssl_siamese.recipes import embed, explore
 
-    out, kept = explored.folder / "from_backbone.html", explored.folder / "kept.npz"
-    summary = main(["--backbone", str(explored.backbone), "--data", str(explored.root), "--out", str(out), "--k",
-                    str(K), "--duplicates", "0.9999", "--save_embeddings", str(kept), "--device", "cpu"])
+    npz, out = explored.folder / "embed_recipe.npz", explored.folder / "from_npz.html"
+    embed.main(["--backbone", str(explored.backbone), "--data", str(explored.root), "--out", str(npz),
+                "--device", "cpu"])
+    summary = explore.main(["--embeddings", str(npz), "--images", str(explored.root), "--out", str(out), "--k", str(K),
+                            "--duplicates", "0.9999"])
     assert summary["points"] == 301 and summary["thumbnail"] == 64 and summary["missing_images"] == 0
     ours, theirs = read_page_data(out), read_page_data(explored.page)
-    assert ours["paths"] == theirs["paths"] and ours["classes"] == theirs["classes"]
+    assert ours["paths"] == theirs["paths"] == explored.paths and ours["classes"] == theirs["classes"]
     assert ours["duplicates"]["first"][0] == explored.original and ours["duplicates"]["second"][0] == explored.copy
-    with np.load(kept) as data:
+    assert ours["thumbnails"]["sheets"] == theirs["thumbnails"]["sheets"]
+    with np.load(npz) as data:
         np.testing.assert_allclose(data["embeddings"], explored.features, atol=1e-5)
