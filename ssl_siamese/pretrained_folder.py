@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssl_siamese.extras import require
+
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
@@ -94,6 +96,7 @@ def _write_atomically(path: Path, write: Any) -> None:
 
 def _timm_config(backbone: nn.Module, metadata: dict[str, Any]) -> dict[str, Any]:
     """timm's ``config.json`` for a timm backbone, with our preprocessing (plain resize, no crop)."""
+    require("timm", "The config.json of a timm backbone")
     from timm.models._hub import save_config_for_hf  # timm's writer: the format its loader reads
 
     size = int(metadata.get("image_size") or 0)

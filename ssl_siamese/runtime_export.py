@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ssl_siamese.extras import require
+
 FILE_NAMES = {"onnx": "backbone.onnx", "torchscript": "backbone.torchscript.pt", "torch_export": "backbone.pt2"}
 INPUT_NAME, OUTPUT_NAME = "images", "features"
 
@@ -43,9 +45,9 @@ def export_onnx(backbone: nn.Module, path: str | Path, image_size: int, metadata
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     if metadata:
-        import onnx
-
         from ssl_siamese.pretrained_folder import header_metadata
+
+        onnx = require("onnx", "ONNX export")
 
         model = onnx.load(str(path))
         onnx.helper.set_model_props(model, header_metadata(metadata))
@@ -79,8 +81,7 @@ def run_exported(path: str | Path, images: torch.Tensor) -> torch.Tensor:
     """Features from an exported file (by its extension): onnxruntime, ``torch.jit.load`` or ``torch.export.load``."""
     path = str(path)
     if path.endswith(".onnx"):
-        import onnxruntime
-
+        onnxruntime = require("onnxruntime", "Running an exported .onnx file")
         session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
         return torch.from_numpy(session.run(None, {INPUT_NAME: images.numpy()})[0])
     with torch.no_grad():

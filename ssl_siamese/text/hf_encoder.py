@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ssl_siamese.text.builtin_encoder import masked_mean
 from ssl_siamese.text.encoder import TextEncoder
+from ssl_siamese.extras import require
 
 POOLINGS = ("mean", "cls")
 
@@ -42,7 +43,8 @@ class HFTextEncoder(TextEncoder):
     def __init__(self, name_or_path: str, pooling: str = "mean", normalize: bool = False, max_length: int = 128,
                  local_files_only: bool = False) -> None:
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
+        transformers = require("transformers", "A Hugging Face text encoder (HFTextEncoder)")
+        AutoModel, AutoTokenizer = transformers.AutoModel, transformers.AutoTokenizer
 
         if pooling not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ssl_siamese.extras import require
+
 
 def _pad(ranked: Tensor, k: int) -> Tensor:
     if ranked.shape[1] >= k:
@@ -37,8 +39,7 @@ def dense_search(queries: Tensor, documents: Tensor, k: int = 100, chunk_size: i
 def bm25_search(queries: Sequence[str], documents: Sequence[str], k: int = 100, k1: float = 1.5,
                 b: float = 0.75) -> Tensor:
     """BM25 (Lucene's variant, ``bm25s``) with English stop words removed; documents with score 0 are not ranked."""
-    import bm25s
-
+    bm25s = require("bm25s", "The BM25 baseline")
     retriever = bm25s.BM25(k1=k1, b=b)
     retriever.index(bm25s.tokenize(list(documents), stopwords="en", show_progress=False), show_progress=False)
     depth = min(k, len(documents))

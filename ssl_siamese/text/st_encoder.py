@@ -13,6 +13,7 @@ from torch import Tensor
 
 from ssl_siamese.text.encoder import TextEncoder
 from ssl_siamese.text.hf_encoder import HFTokenizer
+from ssl_siamese.extras import require
 
 
 class SentenceTransformerEncoder(TextEncoder):
@@ -20,7 +21,7 @@ class SentenceTransformerEncoder(TextEncoder):
 
     def __init__(self, path: str) -> None:
         super().__init__()
-        from sentence_transformers import SentenceTransformer
+        SentenceTransformer = require("sentence_transformers", "A sentence-transformers encoder").SentenceTransformer
 
         if not (Path(path).expanduser() / "modules.json").is_file():
             raise FileNotFoundError(f"{path} is not a sentence-transformers folder (it has no modules.json)")

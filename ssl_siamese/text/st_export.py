@@ -14,6 +14,7 @@ from pathlib import Path
 from ssl_siamese.text.encoder import TextEncoder
 from ssl_siamese.text.hf_encoder import HFTextEncoder
 from ssl_siamese.text.st_encoder import SentenceTransformerEncoder
+from ssl_siamese.extras import require
 
 
 def export_sentence_transformer(encoder: TextEncoder, folder: str | Path) -> Path:
@@ -22,7 +23,8 @@ def export_sentence_transformer(encoder: TextEncoder, folder: str | Path) -> Pat
     The HF case becomes Transformer -> Pooling (mean or CLS, as trained) [-> Normalize]. The built-in
     encoder has no sentence-transformers equivalent: save its ``state_dict()`` (it holds the tokenizer).
     """
-    from sentence_transformers import SentenceTransformer, models
+    SentenceTransformer = require("sentence_transformers", "Saving a sentence-transformers folder").SentenceTransformer
+    models = require("sentence_transformers.models", "Saving a sentence-transformers folder")
 
     folder = Path(folder)
     if isinstance(encoder, SentenceTransformerEncoder):
