@@ -121,7 +121,8 @@ class SSLArgumentParser(LightningArgumentParser):
             return super().add_lightning_class_args(lightning_class, nested_key, subclass_mode, required)
         added = self.add_class_arguments(lightning_class, nested_key, fail_untyped=False, instantiate=True,
                                          sub_configs=True, skip={"backbone"})
-        default = inspect.signature(SiameseModule.__init__).parameters["backbone"].default
+        own = inspect.signature(lightning_class.__init__).parameters.get("backbone")  # MAE: a ViT by default
+        default = (own or inspect.signature(SiameseModule.__init__).parameters["backbone"]).default
         self.groups[nested_key].add_argument(
             f"--{nested_key}.backbone", type=str, default=default,
             help=f"Backbone name: {', '.join(BACKBONE_NAMES)} (a Python nn.Module through the Python API).")

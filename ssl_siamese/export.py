@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ssl_siamese.backbones import BACKBONE_NAMES, TORCHVISION_RESNETS, build_backbone
+from ssl_siamese.backbones import BACKBONE_NAMES, TORCHVISION_RESNETS, build_backbone, vit_pooling
 from ssl_siamese.checkpoints import EXPORT_FORMAT, bare_state_dict, read_checkpoint
 from ssl_siamese.embeddings import Preprocess, preprocessing
 from ssl_siamese.pretrained_folder import looks_like_safetensors, read_pretrained
@@ -58,7 +58,9 @@ def export_backbone(model: nn.Module, path: str | Path, head: nn.Module | None =
     the data it was trained on, which ``linear_probe`` and ``finetune`` evaluate on by default. ``head``
     (a fine-tuned classifier's linear layer) is saved beside the backbone under ``"head"``. A
     backbone given as a user module has ``architecture`` None and its class name in ``module_class``:
-    ``load_backbone`` cannot rebuild it, the user loads the ``state_dict`` into their own module.
+    ``load_backbone`` cannot rebuild it, the user loads the ``state_dict`` into their own module. The
+    backbone's constructor arguments (``backbone_kwargs``, e.g. a ViT's ``img_size`` and ``patch_size``) and a
+    ViT's ``pooling`` (``token`` or ``mean``) are recorded too, so that ``load_backbone`` rebuilds the same model.
     """
     info = backbone_metadata(model, **metadata)
     state_dict = {key: value.detach().cpu().clone() for key, value in model.backbone.state_dict().items()}
@@ -106,10 +108,27 @@ def backbone_metadata(model: nn.Module, **metadata: Any) -> dict[str, Any]:
         "mean": [float(v) for v in hparams.get("mean", ())],
         "std": [float(v) for v in hparams.get("std", ())],
         "method": type(model).__name__,
+        **backbone_options(model.backbone, hparams.get("backbone_kwargs")),
         **export_versions(arch),
         **{key: value for key, value in metadata.items() if value is not None},
     }
     return info
+
+
+def backbone_options(backbone: nn.Module, kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """``backbone_kwargs`` (when any were given) and a ViT's ``pooling``: what an export records of them."""
+    options: dict[str, Any] = {"backbone_kwargs": dict(kwargs)} if kwargs else {}
+    pooling = vit_pooling(backbone)
+    return {**options, "pooling": pooling} if pooling else options
+
+
+def rebuild_arguments(metadata: dict[str, Any]) -> dict[str, Any]:
+    """``build_backbone``'s keyword arguments from an export's metadata: its ``backbone_kwargs``, and its
+    recorded ``pooling`` unless those name one already (``pooling`` or timm's ``global_pool``)."""
+    kwargs = dict(metadata.get("backbone_kwargs") or {})
+    if metadata.get("pooling") in ("token", "mean") and not {"pooling", "global_pool"} & set(kwargs):
+        kwargs["pooling"] = metadata["pooling"]
+    return kwargs
 
 
 def export_versions(arch: Any) -> dict[str, str]:
@@ -193,13 +212,13 @@ def _from_export(payload: dict[str, Any], path: Path) -> tuple[nn.Module, dict[s
             f"{path} holds the weights of a user module ({module}), which ssl_siamese cannot rebuild. "
             f"Build the module yourself and load the weights: module.load_state_dict({weights})."
         )
-    backbone, _ = build_backbone(arch, metadata.get("cifar_stem", False))
+    backbone, _ = build_backbone(arch, metadata.get("cifar_stem", False), **rebuild_arguments(metadata))
     try:
         backbone.load_state_dict(payload["state_dict"], strict=True)
     except RuntimeError as error:
         raise ValueError(
             f"The weights in {path} do not fit architecture {arch!r} "
-            f"(cifar_stem={metadata.get('cifar_stem')}): {str(error)[:300]}"
+            f"(cifar_stem={metadata.get('cifar_stem')}, {rebuild_arguments(metadata)}): {str(error)[:300]}"
         ) from error
     return backbone, metadata
 
@@ -207,9 +226,10 @@ def _from_export(payload: dict[str, Any], path: Path) -> tuple[nn.Module, dict[s
 def _method_classes() -> tuple[type[nn.Module], ...]:
     # imported here: the methods import this module (SupervisedSiamese starts from an exported backbone)
     from ssl_siamese.methods import MoCo, SimCLR, SimSiam
+    from ssl_siamese.methods.mae import MAE
     from ssl_siamese.methods.siamese import SupervisedSiamese
 
-    return SimCLR, MoCo, SimSiam, SupervisedSiamese
+    return SimCLR, MoCo, SimSiam, SupervisedSiamese, MAE
 
 
 def _constructor_arguments(cls: type) -> set[str]:
@@ -239,6 +259,7 @@ def _from_checkpoint(payload: dict[str, Any], path: Path) -> tuple[nn.Module, di
                     "cifar_stem": bool(hparams.get("cifar_stem", False))
                     and hparams.get("backbone") in TORCHVISION_RESNETS,
                     "feature_dim": int(model.feature_dim),
+                    **backbone_options(model.backbone, hparams.get("backbone_kwargs")),
                     "image_size": int(hparams.get("view_size", 0)), "mean": [float(v) for v in hparams.get("mean", ())],
                     "std": [float(v) for v in hparams.get("std", ())], "epochs": payload.get("epoch"),
                     "steps": payload.get("global_step")}

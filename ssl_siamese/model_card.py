@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ssl_siamese.backbones import TORCHVISION_RESNETS
+from ssl_siamese.backbones import TORCHVISION_RESNETS, timm_arguments
 
 METRIC_NAMES = {  # metadata["metrics"] key -> what the card calls it
     "knn_top1": "kNN top-1 (test split)", "knn_top5": "kNN top-5 (test split)",
@@ -87,8 +87,11 @@ def _loading_sections(metadata: dict[str, Any], timm_name: str | None) -> list[s
                         "model.load_state_dict(load_file(\"model.safetensors\"), strict=True)\nmodel.eval()\n"
                         f"{_images_line(metadata)}\nfeatures = model(images)  # (2, {dim})\n```\n")
     if timm_name:
+        arguments = timm_arguments(metadata.get("backbone_kwargs") or {},  # e.g. a ViT's img_size, global_pool
+                                   metadata.get("pooling") if metadata.get("pooling") in ("token", "mean") else None)
+        extra = "".join(f" {key}={value!r}," for key, value in arguments.items())
         sections.append("### timm\n\n```python\nimport timm\nimport torch\n\n"
-                        f"model = timm.create_model(\"{timm_name}\", pretrained=True, num_classes=0,\n"
+                        f"model = timm.create_model(\"{timm_name}\", pretrained=True, num_classes=0,{extra}\n"
                         "                          pretrained_cfg_overlay=dict(file=\"model.safetensors\")).eval()\n"
                         "# or, with this folder's config.json (preprocessing included):\n"
                         "# model = timm.create_model(\"local-dir:.\", pretrained=True).eval()\n"
