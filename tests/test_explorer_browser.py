@@ -25,6 +25,9 @@ import pytest
 import torch
 from conftest import find_data_file, needs_data_file
 
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+
 from ssl_siamese.explorer import read_page_data
 from ssl_siamese.explorer.browser import chromium_driver, click_point, find_chromium, wait_for
 
@@ -130,6 +133,18 @@ def test_page_in_chromium_shows_every_point_and_a_click_lists_the_brute_force_ne
         assert driver.execute_script("return explorer.thumbnailMode")  # 301 points: thumbnails, not dots
         requests = driver.execute_script("return performance.getEntriesByType('resource').map((e) => e.name)")
         assert not [name for name in requests if not name.startswith("data:")], requests  # nothing fetched
+
+        canvas = driver.find_element("id", "canvas")
+        before = driver.execute_script("return explorer.screenPosition(0)")
+        ActionChains(driver).move_to_element(canvas).click_and_hold().move_by_offset(60, 40).move_by_offset(60, 40) \
+            .release().perform()  # drag: every point moves with the mouse
+        after = driver.execute_script("return explorer.screenPosition(0)")
+        assert (round(after["x"] - before["x"]), round(after["y"] - before["y"])) == (120, 80)
+        ActionChains(driver).scroll_from_origin(ScrollOrigin.from_element(canvas), 0, -600).perform()  # wheel: zoom in
+        wait_for(driver, "return explorer.drawn < arguments[0]", 10, count)
+        driver.find_element("id", "reset").click()
+        assert driver.execute_script("return explorer.drawn") == count
+        assert driver.execute_script("return explorer.screenPosition(0)") == before
 
         point = isolated_point(driver, count)
         click_point(driver, point)

@@ -59,15 +59,16 @@ def chromium_driver(width: int = 1400, height: int = 900) -> Iterator[Any]:
         driver.quit()
 
 
-def wait_for(driver: Any, script: str, timeout: float = 30.0, interval: float = 0.02) -> Any:
-    """Run ``script`` (JavaScript with a ``return``) until it returns a true value; that value.
+def wait_for(driver: Any, script: str, timeout: float = 30.0, *arguments: Any, interval: float = 0.02) -> Any:
+    """Run ``script`` (JavaScript with a ``return``; ``arguments`` are its ``arguments``) until it returns a true
+    value; that value.
 
     Raises:
         TimeoutError: still false after ``timeout`` seconds (the message has the browser's console errors).
     """
     deadline = time.monotonic() + timeout
     while True:
-        value = driver.execute_script(script)
+        value = driver.execute_script(script, *arguments)
         if value:
             return value
         if time.monotonic() > deadline:
