@@ -5,7 +5,7 @@ Image tower: a backbone of :func:`ssl_siamese.backbones.build_backbone` (``tiny_
 :func:`ssl_siamese.text.encoder.build_text_encoder` (the built-in one trained from scratch by default, a
 Hugging Face or sentence-transformers folder) and a linear projection; both to ``embed_dim``. Loss:
 :class:`ssl_siamese.crossmodal.loss.CLIPLoss` with a learned temperature. AdamW with a linear warm-up
-over the first ``warmup`` fraction of the steps, then linear decay to 0.
+over the first ``warmup`` fraction of the steps, then cosine decay (lightly's ``CosineWarmupScheduler``).
 
 Example:
     >>> model = CrossModalCLIP(image_backbone="tiny_cnn", text_encoder="builtin", embed_dim=128)
@@ -21,13 +21,13 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from lightly.utils.scheduler import CosineWarmupScheduler
 from torch import Tensor, nn
 
 from ssl_siamese.backbones import build_backbone
 from ssl_siamese.crossmodal.loss import CLIPLoss
 from ssl_siamese.text.builtin_encoder import BuiltinTextEncoder
 from ssl_siamese.text.encoder import build_text_encoder
-from ssl_siamese.text.module import TextSiamese
 
 
 class CrossModalCLIP(pl.LightningModule):
@@ -102,5 +102,13 @@ class CrossModalCLIP(pl.LightningModule):
         self.log("train/temperature", 1.0 / self.loss_fn.scale.detach(), batch_size=len(images))
         return loss
 
-    # AdamW (no decay on biases, norms, embeddings), linear warm-up then linear decay: the text Siamese's schedule
-    configure_optimizers = TextSiamese.configure_optimizers
+    def configure_optimizers(self) -> Any:
+        """AdamW (no weight decay on biases, norms, the temperature and embeddings), lightly's cosine schedule
+        with a linear warm-up over the first ``warmup`` fraction of the steps."""
+        flat = {name: p.ndim <= 1 or "embedding" in name for name, p in self.named_parameters()}
+        groups = [{"params": [p for n, p in self.named_parameters() if flat[n] == no_decay],
+                   "weight_decay": 0.0 if no_decay else self.hparams.weight_decay} for no_decay in (False, True)]
+        optimizer = torch.optim.AdamW(groups, lr=self.hparams.lr)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        scheduler = CosineWarmupScheduler(optimizer, warmup_epochs=int(self.hparams.warmup * total), max_epochs=total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
