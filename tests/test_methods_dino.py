@@ -256,6 +256,7 @@ def test_two_ranks_keep_one_teacher_and_all_reduce_the_center(tmp_path):
 
 
 # ---- learning on real data through the recipe command --------------------------------------------------
+@pytest.mark.slow
 @needs_fashion_mnist
 def test_dino_recipe_learns_on_fashion_mnist(tmp_path):
     """``python -m ssl_siamese.recipes.dino``, tiny_cnn, 2 global + 2 local views, 8192 images, 2 epochs."""

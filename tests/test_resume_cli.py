@@ -45,7 +45,11 @@ METHOD_ARGS = {"simclr": ["--model.hidden_dim", "32", "--model.projection_dim", 
                "byol": ["--model.hidden_dim", "32", "--model.projection_dim", "16", "--model.optimizer", "adamw",
                         "--model.lr", "0.002", "--trainer.gradient_clip_val", "1.0"],
                "barlow_twins": ["--model.hidden_dim", "32", "--model.projection_dim", "32"],
-               "vicreg": ["--model.hidden_dim", "32", "--model.projection_dim", "32"]}
+               "vicreg": ["--model.hidden_dim", "32", "--model.projection_dim", "32"],
+               # DINO: 2 local views, the teacher temperature warming up over 2 epochs, last layer frozen in epoch 0
+               "dino": ["--model.output_dim", "64", "--model.hidden_dim", "32", "--model.bottleneck_dim", "16",
+                        "--model.local_views", "2", "--model.local_size", "14", "--model.warmup_epochs", "1",
+                        "--model.warmup_teacher_temp_epochs", "2"]}
 STEP_CHECKPOINTS = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.every_n_train_steps", "1",
                     "--trainer.callbacks.save_last", "true"]
 
@@ -103,6 +107,7 @@ CHAINS = {
     "byol": (STEP_CHECKPOINTS, [3, 2 * STEPS_PER_EPOCH + 2]),  # mid-epochs: the EMA target and its momentum
     "barlow_twins": ([], [2 * STEPS_PER_EPOCH + 1]),  # no state beyond the weights: one kill
     "vicreg": (STEP_CHECKPOINTS, [STEPS_PER_EPOCH + 2]),
+    "dino": (STEP_CHECKPOINTS, [2, 2 * STEPS_PER_EPOCH + 1]),  # in the frozen first epoch; mid-epoch 2
 }
 
 
