@@ -1,5 +1,10 @@
 """MoCo's queue of negative keys, kept in checkpoints and never dropping a key.
 
+Ours rather than lightly's ``MemoryBankModule``: when a batch reaches past the end of the bank, lightly
+(1.6) writes only the part that fits and restarts at 0, so the tail of that batch never becomes a negative;
+``KeyQueue.enqueue`` wraps around and writes every key. The keys of all ranks are gathered with lightly's
+``concat_all_gather``.
+
 Example:
     >>> queue = KeyQueue(size=4096, dim=128)
     >>> negatives = queue.keys          # (4096, 128), read before enqueueing this step's keys
@@ -9,20 +14,15 @@ Example:
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
+from lightly.models.utils import concat_all_gather
 from lightly.utils.dist import world_size
 from torch import Tensor, nn
 
 
 def gather_from_all_ranks(x: Tensor) -> Tensor:
     """Concatenate ``x`` from every rank in rank order (no gradient); ``x`` itself on one process."""
-    world = world_size()
-    if world == 1:
-        return x
-    parts = [torch.empty_like(x) for _ in range(world)]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
+    return x if world_size() == 1 else concat_all_gather(x.contiguous())
 
 
 class KeyQueue(nn.Module):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score, roc_curve
+from torchmetrics.functional.classification import binary_auroc, binary_eer
 
 from ssl_siamese.evaluation.fewshot import fewshot_episodes
 from ssl_siamese.evaluation.linear import fit_linear_probe, weight_decay_sweep
@@ -98,6 +99,11 @@ def test_verification_roc_matches_sklearn(decimals):
     assert result.auc == pytest.approx(roc_auc_score(same.numpy(), scores.double().numpy()), abs=1e-12)
     # the EER point: false positive rate equals false negative rate there
     assert 0.2 < result.eer < 0.5
+    # torchmetrics (on scores mapped into [0, 1], which it does not pass through a sigmoid) agrees; its EER
+    # is the ROC point nearest the crossing, ours interpolates the crossing: they differ by at most one step
+    unit = (scores - scores.min()) / (scores.max() - scores.min())
+    assert result.auc == pytest.approx(binary_auroc(unit, same.long()).item(), abs=1e-6)
+    assert abs(result.eer - binary_eer(unit, same.long()).item()) <= 1 / min(same.sum(), (~same).sum())
 
 
 def test_eer_hand_worked():

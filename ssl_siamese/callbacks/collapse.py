@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytorch_lightning as pl
-import torch.nn.functional as F
+from lightly.utils.debug import std_of_l2_normalized
 
 
 class CollapseMonitor(pl.Callback):
@@ -23,6 +23,6 @@ class CollapseMonitor(pl.Callback):
                            batch: Any, batch_idx: int) -> None:
         if not isinstance(outputs, dict) or outputs.get("embeddings") is None:
             return
-        z = F.normalize(outputs["embeddings"].float(), dim=1)
-        std = z.std(dim=0).mean() * z.shape[1] ** 0.5
+        z = outputs["embeddings"].detach().float()
+        std = std_of_l2_normalized(z) * z.shape[1] ** 0.5  # lightly's diagnostic, scaled so uniform is ~1
         pl_module.log("train/embedding_std", std, prog_bar=False)

@@ -6,6 +6,7 @@ mean and standard deviation, and an ``nn.Linear`` is trained with cross-entropy 
 scales to large feature banks in batches, and with zero initialisation and a seeded shuffle it is
 deterministic. The returned classifier has the standardisation folded into its weights, so it takes raw
 features. ``weight_decay_sweep`` picks the weight decay on a validation split carved from the train set.
+Top-1/top-5 accuracy and the confusion matrix are torchmetrics' (``multiclass_accuracy``, micro average).
 
 Example:
     >>> result = fit_linear_probe(train_x, train_y, test_x, test_y, epochs=100, lr=0.1)
@@ -18,10 +19,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics.functional.classification import multiclass_accuracy, multiclass_confusion_matrix
 
 
 @dataclass(frozen=True)
@@ -91,12 +94,10 @@ def fit_linear_probe(train_features: Tensor, train_labels: Tensor, test_features
         linear.weight.div_(std)
         linear.bias.sub_(linear.weight @ mean)
         logits = linear(test_features)
-    ranked = logits.topk(min(5, num_classes), dim=1).indices
-    hits = ranked == test_labels.unsqueeze(1)
-    confusion = torch.bincount(test_labels * num_classes + ranked[:, 0], minlength=num_classes ** 2)
-    top1, top5 = hits[:, 0].sum().item() / len(hits), hits.any(dim=1).sum().item() / len(hits)
-    return LinearProbeResult(top1=top1, top5=top5, classifier=linear,
-                             confusion=confusion.reshape(num_classes, num_classes))
+    accuracy = partial(multiclass_accuracy, logits, test_labels, num_classes, average="micro")
+    top1, top5 = accuracy(top_k=1).item(), accuracy(top_k=min(5, num_classes)).item()
+    confusion = multiclass_confusion_matrix(logits, test_labels, num_classes)
+    return LinearProbeResult(top1=top1, top5=top5, classifier=linear, confusion=confusion)
 
 
 def weight_decay_sweep(train_features: Tensor, train_labels: Tensor, test_features: Tensor, test_labels: Tensor,

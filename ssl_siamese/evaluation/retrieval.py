@@ -4,7 +4,10 @@ Recall@K follows the metric-learning protocol (CUB-200, Stanford Online Products
 recalled when one of its K most cosine-similar gallery items has its label. Without a separate gallery
 every item queries all the others (leave-one-out). Verification scores pairs (e.g. face or signature
 pairs) and reads the whole ROC curve, computed exactly with tied scores grouped into one threshold
-(the same points as ``sklearn.metrics.roc_curve(..., drop_intermediate=False)``).
+(the same points as ``sklearn.metrics.roc_curve(..., drop_intermediate=False)``). Ours rather than
+torchmetrics' ``binary_roc``/``binary_eer``: torchmetrics passes scores outside [0, 1] (cosine similarities,
+negative distances) through a sigmoid, so its thresholds are not in score units, and it computes in
+float32; the EER threshold is what a user deploys. The tests check that AUC and EER agree with torchmetrics.
 
 Example:
     >>> recall = recall_at_k(features, labels, ks=(1, 2, 4, 8))          # {1: 0.61, 2: 0.73, ...}
