@@ -126,9 +126,13 @@ class DINO(SiameseModule):
         return super().view_augmentations() + [self.local_augmentation] * self.hparams.local_views
 
     def view_groups(self) -> list[tuple[ViewAugmentation, int]]:
-        """The two global views one by one, then all local views in one batched call."""
+        """The two global views one by one, then all local views in one batched call (one call per view for a
+        local augmentation without ``views``, such as a kornia pipeline)."""
         groups = [(augment, 1) for augment in super().view_augmentations()]
-        return groups + ([(self.local_augmentation, self.hparams.local_views)] if self.hparams.local_views else [])
+        local, count = self.local_augmentation, self.hparams.local_views
+        if not count:
+            return groups
+        return groups + ([(local, count)] if hasattr(local, "views") else [(local, 1)] * count)
 
     # ---- networks and schedules ----------------------------------------------------------------------
     def student(self) -> nn.Module:
