@@ -6,7 +6,8 @@ Rows (images per second; every image gives two views):
             on-device ViewAugmentation (no logger, no kNN), timed over fixed steps after warm-up
   lightly   lightly's SimCLRTransform (PIL, torchvision) in a DataLoader with --workers, same SimCLR step
   kornia    stock kornia.augmentation on a device-resident uint8 dataset, same SimCLR step
-  aug-only  ours vs kornia: two views of a device-resident batch, no model
+  aug-only  ours vs kornia: the two views of each preset (simclr, moco_v2, simsiam, byol's asymmetric pair)
+            on a device-resident batch, no model
 "x ceiling" is against the same method's ceiling (SimCLR's for the rest), "x lightly" against lightly's row.
 The JSON also keeps ThroughputMonitor's train/img_per_s of each Trainer run (when it logged one).
 
@@ -42,6 +43,7 @@ from ssl_siamese.augment import augmentation_preset
 from ssl_siamese.callbacks import ThroughputMonitor
 from ssl_siamese.data import DATASETS, IMAGE_EXTENSIONS, ImageTensors, load_split
 from ssl_siamese.methods import MoCo, SimCLR, SimSiam
+from ssl_siamese.methods.views import method_augmentations
 
 try:
     import kornia.augmentation as K
@@ -49,6 +51,7 @@ except ImportError:
     K = None
 
 METHODS = {"simclr": SimCLR, "moco": MoCo, "simsiam": SimSiam}
+AUG_PRESETS = ("simclr", "moco_v2", "simsiam", "byol")  # byol: its two views differ (blur, solarize)
 BACKBONES = {32: ("resnet18", True), 96: ("resnet18", False), 224: ("resnet50", False)}
 
 
@@ -184,19 +187,22 @@ def kornia_augmentation(args, aug):
            K.RandomGrayscale(p=aug.grayscale_prob)]
     if aug.blur_prob > 0:
         ops.append(K.RandomGaussianBlur((aug.blur_kernel,) * 2, aug.blur_sigma, p=aug.blur_prob))
+    if aug.solarize_prob > 0:  # threshold 0.5, no brightness addition: ours
+        ops.append(K.RandomSolarize(thresholds=0.0, additions=0.0, p=aug.solarize_prob))
     return torch.nn.Sequential(*ops, K.Normalize(aug.mean.flatten(), aug.std.flatten())).to(args.dev)
 
 
-def with_views(args, images: torch.Tensor, kind: str, train: bool) -> float:
+def with_views(args, images: torch.Tensor, kind: str, train: bool, preset: str = "simclr") -> float:
     """``kind`` (ours|kornia) augmentation of device-resident uint8 batches, with the SimCLR step or alone."""
-    aug = simclr_views(args).to(args.dev)
-    augment = aug if kind == "ours" else kornia_augmentation(args, aug)
+    first, second = method_augmentations(preset, args.resolution, DATASETS["cifar10"].mean, DATASETS["cifar10"].std)
+    pair = [aug.to(args.dev) for aug in (first, second or first)]
+    augment0, augment1 = pair if kind == "ours" else [kornia_augmentation(args, aug) for aug in pair]
     convert = (lambda x: x) if kind == "ours" else (lambda x: x.float() / 255)
     on_device, step = images.to(args.dev), model_step("simclr", args) if train else None
 
     def run():
         x = convert(on_device[torch.randint(len(on_device), (args.batch_size,), device=args.dev)])
-        view0, view1 = augment(x), augment(x)
+        view0, view1 = augment0(x), augment1(x)
         if step is not None:
             step(view0, view1)
     return timed(run, args)
@@ -258,10 +264,11 @@ def measure(args, data: ImageTensors, items: list) -> list[dict]:
                  "note": f"SimCLRTransform, {args.workers} workers"})
     rows.append({"pipeline": "kornia", "method": "simclr", "note": missing or "stock kornia.augmentation",
                  "img_per_s": None if missing else with_views(args, data.images, "kornia", train=True)})
-    rows.append({"pipeline": "aug-only ours", "method": "-", "note": "ViewAugmentation, two views",
-                 "img_per_s": with_views(args, data.images, "ours", train=False)})
-    rows.append({"pipeline": "aug-only kornia", "method": "-", "note": missing or "two views",
-                 "img_per_s": None if missing else with_views(args, data.images, "kornia", train=False)})
+    for preset in AUG_PRESETS:  # the two views of each preset, ours and kornia's same ops
+        rows.append({"pipeline": "aug-only ours", "method": preset, "note": "ViewAugmentation, two views",
+                     "img_per_s": with_views(args, data.images, "ours", train=False, preset=preset)})
+        rows.append({"pipeline": "aug-only kornia", "method": preset, "note": missing or "two views",
+                     "img_per_s": None if missing else with_views(args, data.images, "kornia", False, preset)})
     ceilings = {r["method"]: r["img_per_s"] for r in rows if r["pipeline"] == "ceiling"}
     lightly = next(r["img_per_s"] for r in rows if r["pipeline"] == "lightly")
     for row in rows:
@@ -278,7 +285,10 @@ def main() -> None:
     torch.set_float32_matmul_precision("high")
     data, items, described = load_data(args)
     rows = measure(args, data, items)
-    speedup = rows[-2]["img_per_s"] / rows[-1]["img_per_s"] if rows[-1]["img_per_s"] else None
+    speedups = {ours_row["method"]: ours_row["img_per_s"] / kornia_row["img_per_s"]
+                for ours_row, kornia_row in zip(rows[-2 * len(AUG_PRESETS)::2], rows[-2 * len(AUG_PRESETS) + 1::2])
+                if kornia_row["img_per_s"]}
+    speedup = speedups.get("simclr")
 
     device = torch.cuda.get_device_name(args.dev) if args.dev.type == "cuda" else \
         f"{platform.processor() or platform.machine()} CPU ({os.cpu_count()} cores)"
@@ -290,11 +300,12 @@ def main() -> None:
     for r in rows:
         print(f"| {r['pipeline']} | {r['method']} | {fmt(r['img_per_s'], ',.0f')} | {fmt(r['vs_ceiling'], '.2f')} | "
               f"{fmt(r['vs_lightly'], '.2f')} | {r['note']} |")
-    print(f"augmentation alone, ours / stock kornia: {'-' if speedup is None else format(speedup, '.1f') + 'x'}")
+    print("augmentation alone, ours / stock kornia: "
+          + (", ".join(f"{name} {value:.1f}x" for name, value in speedups.items()) or "-"))
     if args.json:
         result = {"date": str(date.today()), "device": device, "torch": torch.__version__, "data": described,
                   "args": {k: v for k, v in vars(args).items() if k != "dev"}, "rows": rows,
-                  "aug_speedup_vs_kornia": speedup}
+                  "aug_speedup_vs_kornia": speedup, "aug_speedup_vs_kornia_by_preset": speedups}
         Path(args.json).write_text(json.dumps(result, indent=2))
 
 

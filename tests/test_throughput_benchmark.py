@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PIPELINES = ["ceiling"] * 3 + ["ours"] * 3 + ["lightly", "kornia", "aug-only ours", "aug-only kornia"]
+PRESETS = ["simclr", "moco_v2", "simsiam", "byol"]
+PIPELINES = ["ceiling"] * 3 + ["ours"] * 3 + ["lightly", "kornia"] + ["aug-only ours", "aug-only kornia"] * 4
 
 
 def test_throughput_benchmark_quick(tmp_path):
@@ -21,6 +22,7 @@ def test_throughput_benchmark_quick(tmp_path):
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
     assert [row[0] for row in rows] == PIPELINES
     assert [row[1] for row in rows[:6]] == ["simclr", "moco", "simsiam"] * 2
+    assert [row[1] for row in rows[8:]] == [preset for preset in PRESETS for _ in range(2)]  # ours, kornia
     assert all(row[3] == "1.00" for row in rows[:3]) and rows[6][4] == "1.00"
 
     report = json.loads((tmp_path / "t.json").read_text())
@@ -37,3 +39,4 @@ def test_throughput_benchmark_quick(tmp_path):
         assert "kornia not installed" in result.stdout and report["aug_speedup_vs_kornia"] is None
     else:
         assert report["aug_speedup_vs_kornia"] > 0
+        assert sorted(report["aug_speedup_vs_kornia_by_preset"]) == sorted(PRESETS)

@@ -105,6 +105,9 @@ class SiameseModule(pl.LightningModule):
         preset0, preset1 = self.preset_augmentations(view_size, mean, std) if augmentation is None else (None, None)
         self.augmentation = augmentation or preset0
         self.augmentation_view1 = augmentation_view1 or preset1  # None: view 1 uses ``augmentation`` too
+        for augment in (augmentation, augmentation_view1):  # views given without a mean/std take the model's
+            if getattr(augment, "normalization_from_model", False):
+                augment.set_normalization(mean, std)
 
     # ---- what a method implements -------------------------------------------------------------
     def shared_step(self, view0: Tensor, view1: Tensor) -> tuple[Tensor, Tensor]:
