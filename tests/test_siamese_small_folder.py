@@ -79,6 +79,16 @@ def test_small_folder_evaluation_is_sized_to_the_data(small_folder, tmp_path, ca
     for index, name in enumerate(sorted(NAMES)):
         assert re.search(rf"^\s*{index}\s+{name}\b.*24 train.*10 eval", out, re.M), out
     assert result["train_classes"] == sorted(NAMES)[:5] and result["eval_classes"] == sorted(NAMES)[5:]
+    # the safetensors folder beside the .pt, with the unseen-class figures in its header and model card
+    from ssl_siamese.export import load_backbone
+    from ssl_siamese.pretrained_folder import read_pretrained
+
+    folder = tmp_path / "exported_models" / "backbone"
+    assert result["backbone_folder"] == str(folder) and (folder / "model.safetensors").is_file()
+    _, metadata = read_pretrained(folder)
+    assert metadata["metrics"]["unseen_fewshot_1shot"] == pytest.approx(result["after"]["fewshot_1shot"])
+    assert "unseen_fewshot_1shot" in (folder / "README.md").read_text()
+    assert load_backbone(folder).metadata["train_classes"] == sorted(NAMES)[:5]
 
 
 @needs_data

@@ -54,7 +54,7 @@ from ssl_siamese.evaluation.fewshot import fewshot_episodes, max_queries
 from ssl_siamese.evaluation.plots import log_figure, roc_figure
 from ssl_siamese.evaluation.retrieval import VerificationResult, pair_scores, recall_at_k, verification_roc
 from ssl_siamese.evaluation.wandb_media import log_roc_curve
-from ssl_siamese.export import export_backbone
+from ssl_siamese.export import export_backbone, export_pretrained
 from ssl_siamese.loggers import LOGGERS, WANDB_MODES, WandbRunId, make_logger, stored_wandb_run_id
 from ssl_siamese.methods.siamese import SupervisedSiamese
 from ssl_siamese.samplers import balanced_pairs
@@ -248,9 +248,13 @@ def run_siamese(dataset: str = "fashion_mnist", data_dir: str = "./data",
     results["roc_png"] = str(log_roc(loggers, roc, out, f"verification ROC on unseen classes after {epochs} epochs",
                                      step=int(model.global_step)))
     names = dm.class_names
-    results["backbone_path"] = str(export_backbone(
-        model, out / "exported_models" / "backbone.pt", data=dataset, epochs=epochs, loss=loss,
-        train_classes=[names[c] for c in dm.train_classes], eval_classes=[names[c] for c in dm.eval_classes]))
+    recorded = dict(data=dataset, epochs=epochs, loss=loss, train_classes=[names[c] for c in dm.train_classes],
+                    eval_classes=[names[c] for c in dm.eval_classes])
+    results["backbone_path"] = str(export_backbone(model, out / "exported_models" / "backbone.pt", **recorded))
+    final = results.get("after", results["before"])  # the unseen-class figures of the exported weights
+    metrics = {f"unseen_{key}": final[key] for key in ("fewshot_1shot", "auc", "eer", "recall@1")}
+    results["backbone_folder"] = str(export_pretrained(model, out / "exported_models" / "backbone", metrics=metrics,
+                                                       **recorded))
     results.update(train_classes=[names[c] for c in dm.train_classes],
                    eval_classes=[names[c] for c in dm.eval_classes], eval_split=dm.eval_split_used,
                    near_duplicates=dm.near_duplicates, train_images=len(dm.train_data),
