@@ -140,10 +140,13 @@ def test_page_in_chromium_shows_every_point_and_a_click_lists_the_brute_force_ne
             .release().perform()  # drag: every point moves with the mouse
         after = driver.execute_script("return explorer.screenPosition(0)")
         assert (round(after["x"] - before["x"]), round(after["y"] - before["y"])) == (120, 80)
-        ActionChains(driver).scroll_from_origin(ScrollOrigin.from_element(canvas), 0, -600).perform()  # wheel: zoom in
+        ActionChains(driver).scroll_from_origin(ScrollOrigin.from_element(canvas), 0, -400).perform()  # wheel: zoom in
         wait_for(driver, "return explorer.drawn < arguments[0]", 10, count)
+        settled = None  # the wheel may come as several events: let them all land before resetting
+        while settled != (settled := driver.execute_script("return explorer.screenPosition(0)")):
+            time.sleep(0.3)
         driver.find_element("id", "reset").click()
-        assert driver.execute_script("return explorer.drawn") == count
+        wait_for(driver, "return explorer.drawn === arguments[0]", 10, count)
         assert driver.execute_script("return explorer.screenPosition(0)") == before
 
         point = isolated_point(driver, count)
