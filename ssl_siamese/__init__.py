@@ -25,6 +25,7 @@ _EXPORTS = {
     "BarlowTwins": "ssl_siamese.methods.barlow_twins",
     "VICReg": "ssl_siamese.methods.vicreg",
     "DINO": "ssl_siamese.methods.dino",
+    "MAE": "ssl_siamese.methods.mae",
     "SiameseModule": "ssl_siamese.methods.base",
     "SupervisedSiamese": "ssl_siamese.methods.siamese",
     "SSLDataModule": "ssl_siamese.data",
@@ -65,7 +66,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     )
     from ssl_siamese.export import LoadedBackbone, export_backbone, export_pretrained, load_backbone
     from ssl_siamese.images import read_image, read_images
-    from ssl_siamese.methods import BYOL, DINO, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam, VICReg
+    from ssl_siamese.methods import BYOL, DINO, MAE, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam, VICReg
     from ssl_siamese.methods.siamese import SupervisedSiamese
     from ssl_siamese.oneshot import OneShotClassifier
 
