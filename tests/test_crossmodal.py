@@ -55,11 +55,12 @@ def test_icon_text_and_choice_of_file():
 
 
 def test_split_holds_out_whole_names_across_themes():
-    names = [f"icon-{i % 40}" + ("-rtl" if i % 7 == 0 else "") for i in range(400)]
+    names = [f"icon-{i % 40}" + ("-rtl" if i % 7 == 0 else "") for i in range(400)] + ["Icon_3", "icon.3-ltr"]
     train, test = split_by_name(names, 0.25, seed=0)
-    assert sorted(train + test) == list(range(400))
+    assert sorted(train + test) == list(range(402))
     train_groups, test_groups = {name_group(names[i]) for i in train}, {name_group(names[i]) for i in test}
     assert not train_groups & test_groups and len(test_groups) == 10
+    assert name_group("Icon_3") == name_group("icon.3-ltr") == name_group("icon-3") == "icon 3"
     assert split_by_name(names, 0.25, seed=0) == (train, test)
     with pytest.raises(ValueError, match="test_fraction"):
         split_by_name(names, 1.0)

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ssl_siamese.crossmodal.icons import IconThemesMissing, load_icons
+from ssl_siamese.crossmodal.datamodule import IconTextDataModule, name_group
+from ssl_siamese.crossmodal.icons import IconThemesMissing, icon_text, load_icons
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,6 +30,18 @@ def icon_cache(tmp_path_factory) -> Path:
     except IconThemesMissing as error:
         pytest.skip(str(error))
     return folder
+
+
+def test_real_icons_split_holds_out_whole_names_in_every_theme(icon_cache):
+    dm = IconTextDataModule(cache_dir=str(icon_cache), test_fraction=0.15)
+    dm.setup("fit")
+    train, test = dm.train_icons, dm.test_icons
+    assert len(set(train.themes)) == 6 and len(train) + len(test) > 3000
+    assert not {name_group(n) for n in train.names} & {name_group(n) for n in test.names}
+    assert not set(train.texts) & set(test.texts)
+    shared = [n for n in set(test.names) if test.names.count(n) > 1]
+    assert len(shared) > 50  # many held-out names have an icon in several themes
+    assert icon_text("audio-volume-high", "status") in train.texts + test.texts
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """``IconTextDataModule``: icon image-text pairs (:mod:`ssl_siamese.crossmodal.icons`), split by icon name.
 
-The split holds out whole icon names across all themes: a held-out name (``-rtl``/``-ltr`` variants
-with it) never appears as a training pair in any theme, so the evaluation asks for concepts never seen
+The split holds out whole icon names across all themes: a held-out name (its ``-rtl``/``-ltr`` variants
+and spellings with other separators with it) never appears as a training pair in any theme, so the evaluation asks for concepts never seen
 as a pair. The held-out icons are the evaluation gallery (:meth:`evaluation_set`). Training images get
 a mild random resized crop (no flips: ``go-next`` mirrored is ``go-previous``); texts are tokenized in the
 collate by the text tower's tokenizer, which the module sets (``dm.tokenizer``).
@@ -26,15 +26,16 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from ssl_siamese.crossmodal.icons import DEFAULT_THEMES, IconSet, load_icons
+from ssl_siamese.crossmodal.icons import DEFAULT_THEMES, IconSet, icon_text, load_icons
 from ssl_siamese.text.encoder import Tokenize
 
 MEAN, STD = 0.5, 0.25
 
 
 def name_group(name: str) -> str:
-    """What the split keeps together: the icon name without a ``-rtl``/``-ltr`` suffix."""
-    return re.sub(r"-(rtl|ltr)$", "", name.lower())
+    """What the split keeps together: the words of the icon name without a ``rtl``/``ltr`` suffix, so that
+    ``go-next-rtl``, ``go_next`` and ``go-next`` (whose texts can be equal) stay on one side."""
+    return re.sub(r" (rtl|ltr)$", "", icon_text(name, ""))
 
 
 def split_by_name(names: Sequence[str], test_fraction: float, seed: int = 0) -> tuple[list[int], list[int]]:
