@@ -114,6 +114,11 @@ def test_exported_backbone_is_the_encoder_alone_as_a_plain_timm_vit(tmp_path):
     torch.testing.assert_close(backbone(images), model(images), rtol=0, atol=0)
     loss, embeddings = model.shared_step(images)
     assert torch.isfinite(loss) and embeddings.shape == (2, 48)
+    # a Lightning checkpoint of MAE: load_backbone finds the method and returns its encoder
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, tmp_path / "mae.ckpt")
+    from_checkpoint, _, metadata = load_backbone(tmp_path / "mae.ckpt")
+    assert metadata["method"] == "MAE" and type(from_checkpoint) is type(reference)
+    torch.testing.assert_close(from_checkpoint(images), model(images), rtol=0, atol=0)
 
 
 def test_clear_errors_for_a_cnn_or_a_vit_of_another_size():
@@ -128,9 +133,10 @@ def test_clear_errors_for_a_cnn_or_a_vit_of_another_size():
 LEARN_ARGS = ["--model.backbone", "timm/vit_tiny_patch16_224", "--model.backbone_kwargs",
               "{img_size: 28, patch_size: 4, embed_dim: 48, depth: 2, num_heads: 3, pooling: mean}",
               "--model.decoder_dim", "32", "--model.decoder_depth", "1", "--model.decoder_heads", "2",
-              "--model.lr", "2e-3", "--model.warmup_epochs", "0.5", "--data.dataset", "fashion_mnist",
-              "--data.batch_size", "128", "--data.train_subset", "4096", "--data.val_subset", "1000",
-              "--data.knn_bank_subset", "4096", "--trainer.max_epochs", "3", "--trainer.accelerator", "cpu",
+              "--model.lr", "4e-3", "--model.warmup_epochs", "0.5", "--data.dataset", "fashion_mnist",
+              "--data.batch_size", "128", "--data.train_subset", "6400", "--data.val_subset", "1000",
+              "--data.knn_bank_subset", "4096", "--trainer.max_epochs", "6", "--trainer.accelerator", "cpu",
+              "--trainer.check_val_every_n_epoch", "6",
               "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
               "--log_to", "none", "--online_probe", "false", "--pictures_every_n_epochs", "0"]
 
@@ -138,13 +144,14 @@ LEARN_ARGS = ["--model.backbone", "timm/vit_tiny_patch16_224", "--model.backbone
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_mae_recipe_learns_on_fashion_mnist(tmp_path):
-    """The recipe as a user runs it: kNN of the tiny ViT after 3 epochs above the same model at init."""
+    """The recipe as a user runs it: kNN of the tiny ViT after 300 steps above the same model at init."""
     env = {**os.environ, "OMP_NUM_THREADS": "2", "HF_HUB_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-m", "ssl_siamese.recipes.mae", *LEARN_ARGS, "--data.data_dir",
                              str(fashion_mnist_dir()), "--out", str(tmp_path)], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     start, end = map(float, re.search(r"kNN top-1: ([\d.]+) at start -> ([\d.]+)", result.stdout).groups())
+    print(f"MAE recipe, tiny ViT on Fashion-MNIST: kNN top-1 {start:.4f} at init -> {end:.4f} after 300 steps")
     assert end > start + 0.02, (start, end)
     backbone, _, metadata = load_backbone(tmp_path / "exported_models" / "backbone")
     assert metadata["method"] == "MAE" and metadata["pooling"] == "mean"

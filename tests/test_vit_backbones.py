@@ -24,7 +24,7 @@ from ssl_siamese import export_backbone, load_backbone
 from ssl_siamese.backbones import build_backbone, check_input_size, vit_pooling
 from ssl_siamese.cli import main
 from ssl_siamese.export import export_pretrained
-from ssl_siamese.methods import BYOL, BarlowTwins, MoCo, SimCLR, SimSiam, VICReg
+from ssl_siamese.methods import BYOL, DINO, BarlowTwins, MoCo, SimCLR, SimSiam, VICReg
 
 # a tiny ViT (embed 48, 2 blocks, 3 heads) for 32-pixel images in 8-pixel patches
 TINY_VIT = "timm/vit_tiny_patch16_224"
@@ -97,6 +97,17 @@ def test_every_method_trains_a_vit_backbone(method, options):
     loss.backward()
     assert torch.isfinite(loss) and embeddings.shape[0] == 4
     assert model.backbone.patch_embed.proj.weight.grad.abs().sum() > 0  # the gradient reaches the ViT
+
+
+def test_dino_multi_crop_runs_a_vit_that_takes_any_size():
+    """Local views are smaller than global ones: timm's ``dynamic_img_size`` resamples the position embedding."""
+    torch.manual_seed(0)
+    model = DINO(backbone=TINY_VIT, backbone_kwargs={**TINY_KWARGS, "dynamic_img_size": True}, view_size=32,
+                 output_dim=64, hidden_dim=32, bottleneck_dim=16, local_views=2, local_size=16)
+    loss, embeddings = model.shared_step(*_views(32), *_views(16))
+    loss.backward()
+    assert torch.isfinite(loss) and embeddings.shape == (4, 48)
+    assert model.backbone.patch_embed.proj.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.parametrize("pooling", ["token", "mean"])
