@@ -161,7 +161,8 @@ class MAE(SiameseModule):
         decoded = self.decoder(full)[:, self.num_prefix_tokens:]
         return self.decoder_pred(decoded), encoded
 
-    def shared_step(self, view: Tensor, *more_views: Tensor) -> tuple[Tensor, Tensor]:
+    def shared_step(self, view: Tensor) -> tuple[Tensor, Tensor]:
+        """MAE's loss on one batch of views, and the encoder's pooled (visible-token) features for the monitors."""
         keep, hidden = self.random_mask(view.shape[0], view.device)
         predictions, encoded = self.reconstruct(view, keep)
         mask = torch.zeros(predictions.shape[:2], dtype=torch.bool, device=view.device).scatter_(1, hidden, True)
@@ -170,12 +171,6 @@ class MAE(SiameseModule):
         encoded = encoded.float()  # the collapse monitor's embeddings: pooled as the backbone pools
         pooled = encoded[:, 0] if vit_pooling(self.backbone) == "token" else encoded[:, self.num_prefix_tokens:].mean(1)
         return loss, pooled
-
-    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Tensor]:
-        views, _ = batch
-        loss, embeddings = self.shared_step(*views)
-        self.log("train/loss", loss, prog_bar=True, sync_dist=False)
-        return {"loss": loss, "embeddings": embeddings.detach()}
 
     def configure_optimizers(self) -> Any:
         """The base's optimizer and schedule, with MAE's AdamW betas."""
