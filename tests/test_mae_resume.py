@@ -20,3 +20,6 @@ def test_sigkilled_mae_recipe_resumes_to_the_uninterrupted_weights(tmp_path, mon
     monkeypatch.setitem(chain.CHAINS, "mae", (chain.STEP_CHECKPOINTS, [3, 2 * chain.STEPS_PER_EPOCH + 1]))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     chain.test_sigkilled_recipe_resumes_to_the_uninterrupted_weights("mae", tmp_path)
+    groups = chain.checkpoint(tmp_path / "killed")["optimizer_states"][0]["param_groups"]
+    assert [(g["name"], g["weight_decay"], tuple(g["betas"])) for g in groups] == [  # MAE's AdamW, resumed
+        ("decay", 0.05, (0.9, 0.95)), ("no_decay", 0.0, (0.9, 0.95))]
