@@ -188,13 +188,17 @@ def shard_images(input_dir: str, mode: str = "train", size: int = 224, **kwargs:
     return ShardImages(input_dir, mode=mode, size=size, **kwargs)
 
 
-def bound_worker_heap(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: keep glibc from growing a worker's heap with every decoded image.
+def bound_worker_heap(worker_id: int | None = None) -> None:
+    """Keep glibc from growing a process's heap with every decoded image (a DataLoader ``worker_init_fn``).
 
     glibc raises its mmap threshold after a large block is freed, so later ~150 KB decoded images come from
     a heap that does not shrink: a worker's memory grew from about 165 to 580 MiB over one Imagenette epoch.
-    A fixed 128 KiB threshold kept workers at 150-200 MiB (benchmarks/stream_memory.py, BENCHMARKS.md).
-    No-op where the C library has no ``mallopt``.
+    A fixed 128 KiB threshold keeps it bounded. Set in the workers alone, the whole train split still took
+    1.18x the memory of a quarter of it; set in the training process too (before it forks the workers, which
+    inherit it), 1.01x, as with ``MALLOC_MMAP_THRESHOLD_=131072`` in the environment (benchmarks/
+    stream_memory.py, BENCHMARKS.md). So the streaming train loader sets it in its own process as well: a
+    process-wide allocator setting that only makes blocks above 128 KiB come from ``mmap``. No-op where the C
+    library has no ``mallopt``.
     """
     import ctypes
     import ctypes.util
@@ -244,6 +248,7 @@ class StreamingTrainLoader:
         extra = {"max_cache_size": max_cache_size} if is_remote(shards.root) else {}
         self.dataset = shard_images(shards.split_dir("train"), mode="encoded" if decode == "device" else "train",
                                     shuffle=True, seed=seed, drop_last=drop_last, **extra)
+        bound_worker_heap()  # in this process too: the forked workers start from its heap and settings
         self.loader = StreamingDataLoader(
             self.dataset, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
             collate_fn=collate_encoded if decode == "device" else collate_padded, pin_memory=pin_memory,
