@@ -17,6 +17,8 @@ import pytest
 
 from ssl_siamese.crossmodal.datamodule import IconTextDataModule, name_group
 from ssl_siamese.crossmodal.icons import IconThemesMissing, icon_text, load_icons
+from ssl_siamese.crossmodal.module import CrossModalCLIP
+from ssl_siamese.crossmodal.retrieval import cross_modal_recall
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -59,7 +61,12 @@ def test_recipe_learns_held_out_icon_names(icon_cache, tmp_path):
     assert trained["t2i_recall@10"] > 3 * chance["t2i_recall@10"]
     assert trained["i2t_recall@10"] > init["i2t_recall@10"] + 0.05
     assert results["held_out_icons"] > 300 and results["held_out_texts"] > 200
-    assert Path(results["weights_path"]).is_file()
+    model = CrossModalCLIP.load_exported(results["weights_path"])
+    dm = IconTextDataModule(cache_dir=str(icon_cache))
+    dm.setup("fit")
+    images, texts, owner = dm.evaluation_set()
+    again = cross_modal_recall(model.encode_images(images), model.encode_texts(texts), owner)
+    assert again == pytest.approx(trained, abs=1e-6)  # the exported towers give the recipe's figures
 
 
 def test_recipe_names_a_missing_theme(tmp_path):

@@ -11,11 +11,14 @@ Example:
     >>> model = CrossModalCLIP(image_backbone="tiny_cnn", text_encoder="builtin", embed_dim=128)
     >>> pl.Trainer(max_epochs=10).fit(model, datamodule=IconTextDataModule())
     >>> model.encode_images(images), model.encode_texts(["audio volume high status"])   # one space
+    >>> model = CrossModalCLIP.load_exported("out/cross_modal/exported_models/cross_modal.pt")
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -52,6 +55,15 @@ class CrossModalCLIP(pl.LightningModule):
         self.text_projection = nn.Linear(self.text_encoder.dim, embed_dim)
         self.loss_fn = CLIPLoss(temperature, learn_temperature=learn_temperature,
                                 gather_distributed=gather_distributed)
+
+    @classmethod
+    def load_exported(cls, path: str | Path) -> CrossModalCLIP:
+        """The towers the recipe wrote to ``<out>/exported_models/cross_modal.pt`` (tokenizer included), in eval mode."""
+        stored = torch.load(path, map_location="cpu", weights_only=True)
+        accepted = inspect.signature(cls.__init__).parameters  # LightningCLI adds "_instantiator" to the hparams
+        model = cls(**{key: value for key, value in stored["hparams"].items() if key in accepted})
+        model.load_state_dict(stored["state_dict"])
+        return model.eval()
 
     def image_embeddings(self, images: Tensor) -> Tensor:
         return self.image_projection(self.image_backbone(images))
