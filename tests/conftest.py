@@ -93,3 +93,36 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _gloo_rank(rank: int, world_size: int, port: int, fn, out_dir: str) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        torch.save(fn(rank, world_size), f"{out_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def run_gloo_ranks(fn, world_size: int, out_dir: Path) -> list:
+    """``fn(rank, world_size)`` in ``world_size`` processes joined in one gloo group; each rank's return value.
+
+    ``fn`` must be picklable (a module-level function of a test file); its result goes through ``torch.save``.
+    """
+    import torch
+    import torch.multiprocessing as mp
+
+    mp.spawn(_gloo_rank, args=(world_size, free_port(), fn, str(out_dir)), nprocs=world_size, join=True)
+    return [torch.load(Path(out_dir) / f"rank{rank}.pt") for rank in range(world_size)]
+
+
+def average_over_ranks(tensors) -> None:
+    """All-reduce each tensor and divide it by the world size, in place: what DDP does to the gradients."""
+    import torch.distributed as dist
+
+    for tensor in tensors:
+        dist.all_reduce(tensor)
+        tensor /= dist.get_world_size()

@@ -17,14 +17,12 @@ from types import SimpleNamespace
 import pytest
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, TensorDataset
 
 from ssl_siamese.augment import ViewAugmentation, _aspect
 from ssl_siamese.methods import DINO
 
-from conftest import fashion_mnist_dir, free_port, needs_fashion_mnist
+from conftest import average_over_ranks, fashion_mnist_dir, needs_fashion_mnist, run_gloo_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"output_dim": 32, "hidden_dim": 24, "bottleneck_dim": 8}
@@ -219,9 +217,7 @@ def run_steps(rank: int = 0, world_size: int = 1, states: list[dict] | None = No
         loss.backward()
         loss = loss.detach()
         if world_size > 1:
-            for tensor in [loss] + [p.grad for p in model.parameters() if p.grad is not None]:
-                dist.all_reduce(tensor)
-                tensor /= world_size
+            average_over_ranks([loss] + [p.grad for p in model.parameters() if p.grad is not None])
         optimizer.step()
         record["loss"].append(loss.clone())
         record["center"].append(model.criterion.center.clone())
@@ -229,18 +225,8 @@ def run_steps(rank: int = 0, world_size: int = 1, states: list[dict] | None = No
     return record
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
-    try:
-        torch.save(run_steps(rank, WORLD_SIZE), f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_ranks_keep_one_teacher_and_all_reduce_the_center(tmp_path):
-    mp.spawn(_worker, args=(free_port(), str(tmp_path)), nprocs=WORLD_SIZE, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    ranks = run_gloo_ranks(run_steps, WORLD_SIZE, tmp_path)
     single = run_steps(states=ranks[0]["states"])  # the whole batch in one process, from the ranks' weights
     for step in range(STEPS):
         t0, t1 = ranks[0]["teacher"][step], ranks[1]["teacher"][step]
