@@ -1,4 +1,4 @@
-"""Train SimCLR, MoCo, SimSiam, BYOL, Barlow Twins and VICReg through the real recipe path, evaluate them, and print one table.
+"""Train SimCLR, MoCo, SimSiam, BYOL, Barlow Twins, VICReg, DINO and MAE through the real recipe path, evaluate them, and print one table.
 
 Each method runs ``ssl_siamese.cli.main`` (LightningCLI, on-device augmentation, kNN callback) with the
 same data and budget. Its exported backbone, and the same architecture at random init (same seed), are
@@ -39,10 +39,12 @@ from ssl_siamese.cli import main
 from ssl_siamese.data import ImageTensors, load_split, random_subset
 from ssl_siamese.embeddings import default_device, preprocessing
 from ssl_siamese.evaluation import fewshot_episodes, fit_linear_probe, topk_accuracy, weighted_knn_scores
-from ssl_siamese.methods import BYOL, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam, VICReg
+from ssl_siamese.export import rebuild_arguments
+from ssl_siamese.methods import BYOL, DINO, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam, VICReg
+from ssl_siamese.methods.mae import MAE
 
 METHODS = {"simclr": SimCLR, "moco": MoCo, "simsiam": SimSiam, "byol": BYOL, "barlow_twins": BarlowTwins,
-           "vicreg": VICReg}
+           "vicreg": VICReg, "dino": DINO, "mae": MAE}
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 # defaults per mode; train_subset, eval_train, eval_test None: the whole split
 # --cpu learning rates per 256 images that differ from the quickstart's 1.0: at 1.0 MoCo's EMA key encoder
@@ -56,6 +58,24 @@ SMALL_HEADS = {"byol": ["--model.hidden_dim", "512", "--model.projection_dim", "
                                 "--model.warmup_epochs", "0.5"],
                "vicreg": ["--model.hidden_dim", "512", "--model.projection_dim", "512", "--model.warmup_epochs", "0.5"]}
 CPU_LR.update({"byol": 0.5, "barlow_twins": 0.1, "vicreg": 0.2})
+# DINO (AdamW): K = 1024 outputs with a BatchNorm head, 2 local views at 14 px, a teacher that can follow a short run
+# (momentum 0.96), constant teacher temperature 0.04 and weight decay, no frozen last layer (tests/test_methods_dino.py)
+SMALL_HEADS["dino"] = ["--model.output_dim", "1024", "--model.hidden_dim", "256", "--model.bottleneck_dim", "64",
+                       "--model.local_views", "2", "--model.local_size", "14", "--model.base_momentum", "0.96",
+                       "--model.batch_norm_head", "true",
+                       "--model.teacher_temp", "0.04", "--model.warmup_teacher_temp_epochs", "0",
+                       "--model.freeze_last_layer_epochs", "0", "--model.weight_decay_end", "null",
+                       "--model.warmup_epochs", "0.5"]
+CPU_LR["dino"] = 0.004
+CPU_LR["mae"] = 0.002  # AdamW
+
+
+def tiny_vit(size: int) -> list[str]:
+    """MAE's backbone in --cpu/--quick: a tiny timm ViT (width 96, 4 blocks, 4-pixel patches, mean pooling)."""
+    return ["--model.backbone", "timm/vit_tiny_patch16_224", "--model.backbone_kwargs",
+            f"{{img_size: {size}, patch_size: 4, embed_dim: 96, depth: 4, num_heads: 3, pooling: mean}}",
+            "--model.decoder_dim", "64", "--model.decoder_depth", "2", "--model.decoder_heads", "4",
+            "--model.warmup_epochs", "0.5"]
 MODES = {
     "gpu": {"epochs": 10, "train_subset": None, "eval_train": None, "eval_test": None, "probe_epochs": 100,
             "episodes": 600},
@@ -74,11 +94,12 @@ def training_args(name: str, args: argparse.Namespace, out: str) -> list[str]:
                "--trainer.accelerator", "cpu", "--data.knn_bank_subset", "512", "--data.val_subset", "128"]
         if name == "moco":
             cli += ["--model.queue_size", "512"]
-        cli += SMALL_HEADS.get(name, [])
+        cli += SMALL_HEADS.get(name, []) + (tiny_vit(32) if name == "mae" else [])
     elif args.mode == "cpu":  # quickstart.yaml, less the options this method does not have (SimSiam: temperature)
         config = yaml.safe_load(QUICKSTART.read_text())
         accepted = {*inspect.signature(METHODS[name]).parameters, *inspect.signature(SiameseModule).parameters}
-        config["model"] = {key: value for key, value in config["model"].items() if key in accepted}
+        config["model"] = {key: value for key, value in config["model"].items() if key in accepted
+                           and not (name == "mae" and key == "augmentation")}  # MAE: its own crop + flip
         config["data"].update(data_dir=args.data_dir, download=False, train_subset=args.train_subset)
         config["trainer"].update(max_epochs=args.epochs, check_val_every_n_epoch=args.epochs)
         path = Path(out) / f"{name}.yaml"
@@ -88,7 +109,7 @@ def training_args(name: str, args: argparse.Namespace, out: str) -> list[str]:
             cli += ["--model.queue_size", "4096"]
         if name in CPU_LR:
             cli += ["--model.lr", str(CPU_LR[name])]
-        cli += SMALL_HEADS.get(name, [])
+        cli += SMALL_HEADS.get(name, []) + (tiny_vit(28) if name == "mae" else [])
     else:
         cli = ["--config", f"recipes/fashion_mnist_{name}.yaml", "--data.data_dir", args.data_dir,
                "--data.download", "false", "--trainer.max_epochs", str(args.epochs),
@@ -125,7 +146,7 @@ def run(name: str, args: argparse.Namespace, out: str, splits: tuple[ImageTensor
     summary = main(METHODS[name], name, training_args(name, args, out))
     trained, _, metadata = load_backbone(summary["backbone"])
     torch.manual_seed(args.seed)  # the recipe seeds everything with the same seed before it builds the model
-    initial, _ = build_backbone(metadata["architecture"], metadata["cifar_stem"])
+    initial, _ = build_backbone(metadata["architecture"], metadata["cifar_stem"], **rebuild_arguments(metadata))
     history = summary["knn_history"]
     return {"method": name, "epochs": summary["epochs"], "img_per_s": summary["img_per_s"],
             "fit_minutes": summary["fit_seconds"] / 60, "metadata": metadata,

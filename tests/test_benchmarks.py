@@ -18,7 +18,7 @@ def test_methods_benchmark_quick(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     table = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     # header, separator, one row per method, the raw-pixel reference row
-    methods = ["simclr", "moco", "simsiam", "byol", "barlow_twins", "vicreg"]
+    methods = ["simclr", "moco", "simsiam", "byol", "barlow_twins", "vicreg", "dino", "mae"]
     assert len(table) == 3 + len(methods), result.stdout[-2000:]
     assert [line.split("|")[1].strip() for line in table[2:]] == methods + ["raw pixels (reference)"]
     assert all(line.count(" -> ") == 3 and line.count("±") == 2 for line in table[2:-1])
