@@ -52,12 +52,13 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 # 0.12 is the recipes' MoCo default
 CPU_LR = {"moco": 0.12}
 # --cpu and --quick: heads sized for tiny_cnn (the papers' 8192-wide projectors would dominate a CPU step);
-# Barlow Twins and VICReg with a short warm-up and a lower rate (at 0.5 VICReg's loss diverges on the CPU run)
+# Barlow Twins and VICReg with a short warm-up and a lower rate (at 0.5 VICReg's loss diverges on the CPU run;
+# Barlow Twins stayed at its init at 0.1 and fell below it at 0.3, learned at 0.03: BENCHMARKS.md, 2026-12-03)
 SMALL_HEADS = {"byol": ["--model.hidden_dim", "512", "--model.projection_dim", "128", "--model.base_momentum", "0.96"],
                "barlow_twins": ["--model.hidden_dim", "512", "--model.projection_dim", "512",
                                 "--model.warmup_epochs", "0.5"],
                "vicreg": ["--model.hidden_dim", "512", "--model.projection_dim", "512", "--model.warmup_epochs", "0.5"]}
-CPU_LR.update({"byol": 0.5, "barlow_twins": 0.1, "vicreg": 0.2})
+CPU_LR.update({"byol": 0.5, "barlow_twins": 0.03, "vicreg": 0.2})
 # DINO (AdamW): K = 1024 outputs with a BatchNorm head, 2 local views at 14 px, a teacher that can follow a short run
 # (momentum 0.96), constant teacher temperature 0.04 and weight decay, no frozen last layer (tests/test_methods_dino.py)
 SMALL_HEADS["dino"] = ["--model.output_dim", "1024", "--model.hidden_dim", "256", "--model.bottleneck_dim", "64",
