@@ -114,7 +114,7 @@ def main() -> None:
             t0 = time.perf_counter()
             src = make_synthetic(work / "synthetic", count, os.cpu_count() or 1)
             print(f"generated {count:,} synthetic JPEGs in {time.perf_counter() - t0:.1f} s (not timed)")
-            rows.append(measure(f"synthetic 500x375 JPEG (re-encoded to 256 px)", src, work / "synthetic_out",
+            rows.append(measure("synthetic 500x375 JPEG (re-encoded to 256 px)", src, work / "synthetic_out",
                                 args.num_workers, args.start_method))
     result = {"rows": rows, "num_workers": args.num_workers, "quick": args.quick,
               "date": datetime.date.today().isoformat(), "cpus": os.cpu_count(), "python": platform.python_version()}

@@ -36,7 +36,6 @@ import platform
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 from pathlib import Path
 

@@ -7,7 +7,6 @@ Fashion-MNIST, pretrained on with the SimCLR recipe, then probed without naming 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
