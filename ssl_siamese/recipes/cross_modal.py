@@ -24,40 +24,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pytorch_lightning.callbacks import LearningRateMonitor
-from pytorch_lightning.cli import LightningCLI
 
-from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
 from ssl_siamese.checkpoints import check_resume_checkpoint, read_checkpoint
-from ssl_siamese.cli import SSLCLI, ShortHelpFormatter, default_precision
 from ssl_siamese.crossmodal.datamodule import IconTextDataModule
 from ssl_siamese.crossmodal.module import CrossModalCLIP
 from ssl_siamese.crossmodal.retrieval import KS, chance_recall, cross_modal_recall
-from ssl_siamese.loggers import WandbRunId
 from ssl_siamese.recipes.text_siamese import TextSiameseCLI
 
 METRICS = [f"{d}_recall@{k}" for d in ("t2i", "i2t") for k in KS]
 
+DESCRIPTION = __doc__.split("\n\n")[0]  # the module's first paragraph: --help's description
 
-class CrossModalCLI(SSLCLI):
-    """LightningCLI for :class:`CrossModalCLIP` and :class:`IconTextDataModule`, with the recipes' output options."""
 
-    def __init__(self, args: list[str] | None = None) -> None:
-        self.method_name = "cross_modal"
-        module = "ssl_siamese.recipes.cross_modal"
-        LightningCLI.__init__(
-            self, CrossModalCLIP, IconTextDataModule, run=False, args=args, seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"prog": f"python -m {module}",
-                           "usage": f"python -m {module} [--config FILE.yaml] [--GROUP.OPTION VALUE ...]",
-                           "description": __doc__.split("\n\n")[0], "formatter_class": ShortHelpFormatter},
-            auto_configure_optimizers=False,
-            trainer_defaults={"max_epochs": 20, "precision": default_precision(), "log_every_n_steps": 10,
-                              "callbacks": [LearningRateMonitor("step"), NonFiniteLossGuard(), WandbRunId()]})
+class CrossModalCLI(TextSiameseCLI):
+    """LightningCLI for :class:`CrossModalCLIP` and :class:`IconTextDataModule`, with the recipes' output options
+    (``--out``, ``--log_to``, ``--wandb_mode``, ``--ckpt_path``: the text recipe's)."""
 
-    def add_arguments_to_parser(self, parser) -> None:
-        TextSiameseCLI.add_arguments_to_parser(self, parser)  # --out, --log_to, --wandb_mode, --ckpt_path
-        parser.set_defaults(out="out/cross_modal")
+    method_name = "cross_modal"
+    model_class = CrossModalCLIP
+    datamodule_class = IconTextDataModule
+    max_epochs = 20
+    description = DESCRIPTION
 
 
 def format_table(rows: dict[str, dict[str, float]], title: str) -> str:

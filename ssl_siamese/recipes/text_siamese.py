@@ -47,26 +47,37 @@ from ssl_siamese.text.verification import labelled_pairs, verify
 DEPTH = 100  # documents ranked per query before fusion and metrics
 METRICS = ("recall@1", "recall@10", "mrr@10", "ndcg@10")
 
+DESCRIPTION = __doc__.split("\n\n")[0]  # the module's first paragraph: --help's description
+
 
 class TextSiameseCLI(SSLCLI):
-    """LightningCLI for :class:`TextSiamese` and :class:`TextPairDataModule`, with the recipes' output options."""
+    """LightningCLI for :class:`TextSiamese` and :class:`TextPairDataModule`, with the recipes' output options.
+
+    A recipe on other pair data (``recipes.cross_modal``) subclasses it and sets the class attributes below.
+    """
+
+    method_name = "text_siamese"
+    model_class: type = TextSiamese
+    datamodule_class: type = TextPairDataModule
+    max_epochs = 3
+    description = DESCRIPTION
 
     def __init__(self, args: list[str] | None = None) -> None:
-        self.method_name = "text_siamese"
-        module = "ssl_siamese.recipes.text_siamese"
+        module = f"ssl_siamese.recipes.{self.method_name}"
         LightningCLI.__init__(
-            self, TextSiamese, TextPairDataModule, run=False, args=args, seed_everything_default=0,
+            self, self.model_class, self.datamodule_class, run=False, args=args, seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
             parser_kwargs={"prog": f"python -m {module}",
                            "usage": f"python -m {module} [--config FILE.yaml] [--GROUP.OPTION VALUE ...]",
-                           "description": __doc__.split("\n\n")[0], "formatter_class": ShortHelpFormatter},
+                           "description": self.description, "formatter_class": ShortHelpFormatter},
             auto_configure_optimizers=False,
-            trainer_defaults={"max_epochs": 3, "precision": default_precision(), "log_every_n_steps": 10,
+            trainer_defaults={"max_epochs": self.max_epochs, "precision": default_precision(),
+                              "log_every_n_steps": 10,
                               "callbacks": [LearningRateMonitor("step"), NonFiniteLossGuard(), WandbRunId()]})
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--out", default="out/text_siamese", help="Output folder: checkpoints/, exported_models/, "
-                                                                      "results.json, logs.")
+        parser.add_argument("--out", default=f"out/{self.method_name}", help="Output folder: checkpoints/, "
+                                                                           "exported_models/, results.json, logs.")
         parser.add_argument("--log_to", default="wandb", choices=LOGGERS,
                             help="Experiment logger used when trainer.logger is not set.")
         parser.add_argument("--wandb_mode", default=None, choices=WANDB_MODES,
