@@ -54,6 +54,10 @@ def test_collate_tokenizes_each_side_and_stacks_scores():
     assert batch["query"]["input_ids"].flatten().tolist() == [12, 12]
     assert batch["negative"]["input_ids"].flatten().tolist() == [16, 11]
     assert batch["score"].tolist() == [1.0, 0.5]
+    assert set(batch["keys"]) == {"query", "positive", "negative"}  # the loss finds duplicate texts by these
+    for field in batch["keys"]:
+        texts = [getattr(p, field) for p in pairs]
+        assert (batch["keys"][field][0] == batch["keys"][field][1]).item() == (texts[0] == texts[1])
 
 
 def _random_pairs(n: int, seed: int = 0) -> list[TextPair]:

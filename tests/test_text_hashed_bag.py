@@ -96,6 +96,75 @@ def test_sparse_gradient_equals_the_dense_one_and_sparse_adam_moves_only_those_r
     assert moved.any() and not (moved & ~used).any()
 
 
+def test_under_nccl_ddp_the_table_gets_dense_gradients_and_adam(monkeypatch):
+    import ssl_siamese.text.module as module
+    from ssl_siamese.text.losses import text_keys
+
+    assert module.sparse_all_reduce_available()  # one process: sparse
+    queries, documents = ["image viewer", "audio player", "text editor"], ["views images", "plays audio", "edits"]
+    weights, grads = {}, {}
+    for backend in ("gloo", "nccl"):
+        torch.manual_seed(0)
+        model = TextSiamese(encoder="hashed", dim=8, buckets=512, loss="symmetric", lr=0.1)
+        monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)  # as DDP on 2 ranks sets it up
+        monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+        monkeypatch.setattr(torch.distributed, "get_backend", lambda b=backend: b)
+        model.setup("fit")
+        monkeypatch.undo()
+        assert model.encoder.sparse_gradients == (backend == "gloo") == model.encoder.embedding.sparse
+        monkeypatch.setattr(TextSiamese, "trainer", property(lambda self: type("T", (), {
+            "estimated_stepping_batches": 10})()))
+        optimizer = model.configure_optimizers()["optimizer"]
+        monkeypatch.undo()
+        assert type(optimizer) is (torch.optim.SparseAdam if backend == "gloo" else torch.optim.Adam)
+        batch = {"query": model.encoder.tokenizer(queries), "positive": model.encoder.tokenizer(documents),
+                 "keys": {"query": text_keys(queries), "positive": text_keys(documents)}}
+        model.pair_loss(batch).backward()
+        grad = model.encoder.embedding.weight.grad
+        assert grad.is_sparse == (backend == "gloo")
+        grads[backend] = grad.to_dense() if grad.is_sparse else grad
+        before = model.encoder.embedding.weight.detach().clone()
+        optimizer.step()
+        weights[backend] = model.encoder.embedding.weight.detach() - before
+    torch.testing.assert_close(grads["nccl"], grads["gloo"])
+    # first steps in float64: Adam -lr g / (|g| + eps); SparseAdam adds eps before the bias correction of v
+    g = grads["gloo"].double()
+    torch.testing.assert_close(weights["nccl"].double(), -0.1 * g / (g.abs() + 1e-8), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(weights["gloo"].double(), -0.1 * g / (g.abs() + 1e-8 / 0.001 ** 0.5), rtol=1e-4,
+                               atol=1e-7)
+
+
+class SaveTable(__import__("pytorch_lightning").Callback):
+    """Each rank writes its table after training (DDP must keep them identical)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.save(pl_module.encoder.embedding.weight.detach().clone(), f"{self.folder}/rank{trainer.global_rank}.pt")
+
+
+def test_sparse_gradients_under_ddp_on_two_gloo_processes_keep_the_ranks_identical(tmp_path):
+    import pytorch_lightning as pl
+
+    from ssl_siamese.text.datamodule import TextPairDataModule
+
+    rows = [{"query": f"tool number {i} for task {i % 7}", "positive": f"A program that does task {i % 7}, "
+             f"variant {i}.", "group": str(i)} for i in range(96)]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    torch.manual_seed(0)
+    model = TextSiamese(encoder="hashed", dim=8, buckets=256, loss="symmetric", lr=0.05)
+    initial = model.encoder.embedding.weight.detach().clone()
+    data = TextPairDataModule(str(tmp_path / "pairs.jsonl"), test_fraction=0.2, batch_size=8)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[SaveTable(str(tmp_path))])
+    trainer.fit(model, datamodule=data)
+    tables = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    assert torch.equal(tables[0], tables[1]), "gloo all-reduced the sparse gradients: one table on both ranks"
+    assert (tables[0] != initial).any(1).sum() > 10, "rows of the batches' features moved"
+
+
 def test_export_round_trip_and_pickled_tokenizer(tmp_path):
     encoder = HashedBagEncoder(dim=8, buckets=1024, normalize=True)
     texts = ["image viewer", "audio player"]

@@ -10,27 +10,37 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from ssl_siamese.text.losses import CosineSimilarityLoss, InBatchNegativesLoss
+from ssl_siamese.text.losses import CosineSimilarityLoss, InBatchNegativesLoss, text_keys
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(a @ b / (a.norm() * b.norm()))
 
 
-def reference_infonce(q, p, n=None, t=0.05, symmetric=False) -> float:
-    """-log softmax, one query at a time, in float64 Python loops."""
+def reference_infonce(q, p, n=None, t=0.05, symmetric=False, texts=None) -> float:
+    """-log softmax, one query at a time, in float64 Python loops. ``texts`` = (queries, positives[, negatives]):
+    a candidate that is a copy (same query or same positive text as pair i, or a negative equal to i's
+    positive) is left out of pair i's softmax."""
     q, p = q.double(), p.double()
     candidates = list(p) + (list(n.double()) if n is not None else [])
+
+    def copy(i: int, j: int) -> bool:  # is candidate j a copy of pair i's target?
+        if texts is None or j == i:
+            return False
+        if j < len(q):
+            return texts[0][i] == texts[0][j] or texts[1][i] == texts[1][j]
+        return texts[2][j - len(q)] == texts[1][i]
+
     forward = []
     for i in range(len(q)):
-        logits = [_cos(q[i], c) / t for c in candidates]
-        forward.append(-(logits[i] - math.log(sum(math.exp(x) for x in logits))))
+        logits = [_cos(q[i], c) / t for j, c in enumerate(candidates) if not copy(i, j)]
+        forward.append(-(_cos(q[i], candidates[i]) / t - math.log(sum(math.exp(x) for x in logits))))
     loss = sum(forward) / len(forward)
     if symmetric:
         backward = []
         for i in range(len(p)):
-            logits = [_cos(p[i], c) / t for c in q]
-            backward.append(-(logits[i] - math.log(sum(math.exp(x) for x in logits))))
+            logits = [_cos(p[i], c) / t for j, c in enumerate(q) if not copy(i, j)]
+            backward.append(-(_cos(p[i], q[i]) / t - math.log(sum(math.exp(x) for x in logits))))
         loss = (loss + sum(backward) / len(backward)) / 2
     return loss
 
@@ -43,6 +53,39 @@ def test_infonce_matches_float64_reference(symmetric, hard_negatives):
     n = torch.randn(6, 5, generator=g) if hard_negatives else None
     loss = InBatchNegativesLoss(temperature=0.1, symmetric=symmetric)(q, p, n)
     assert loss.item() == pytest.approx(reference_infonce(q, p, n, t=0.1, symmetric=symmetric), rel=1e-5)
+
+
+QUERIES = ["foo library", "foo library", "bar tool", "baz game", "qux", "quux"]
+POSITIVES = ["foo is a library", "foo is a library, v2", "bar does things", "foo is a library", "qux doc", "quux doc"]
+NEGATIVES = ["qux doc", "a", "b", "c", "d", "quux doc"]
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("hard_negatives", [False, True])
+def test_infonce_leaves_duplicate_texts_out_of_the_negatives(symmetric, hard_negatives):
+    g = torch.Generator().manual_seed(2)
+    q, p, n = (torch.randn(6, 5, generator=g, dtype=torch.float64) for _ in range(3))
+    n = n if hard_negatives else None
+    texts = (QUERIES, POSITIVES) + ((NEGATIVES,) if hard_negatives else ())
+    keys = dict(zip(("query", "positive", "negative"), (text_keys(t) for t in texts)))
+    loss = InBatchNegativesLoss(temperature=0.1, symmetric=symmetric)(q, p, n, keys=keys)
+    expected = reference_infonce(q, p, n, t=0.1, symmetric=symmetric, texts=texts)
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert loss.item() < InBatchNegativesLoss(temperature=0.1, symmetric=symmetric)(q, p, n).item()
+
+
+def test_text_keys_are_equal_exactly_for_equal_texts():
+    keys = text_keys(["a text", "a text", "a text ", "A text"])
+    assert keys.dtype == torch.long and keys[0] == keys[1]
+    assert len(set(keys.tolist())) == 3
+    torch.testing.assert_close(text_keys(["a text"]), keys[:1])  # not salted per process
+
+
+def test_keys_of_distinct_texts_change_nothing():
+    q, p = torch.randn(6, 5), torch.randn(6, 5)
+    keys = {"query": text_keys([f"q{i}" for i in range(6)]), "positive": text_keys([f"p{i}" for i in range(6)])}
+    loss_fn = InBatchNegativesLoss(0.1, symmetric=True)
+    assert loss_fn(q, p, keys=keys).item() == pytest.approx(loss_fn(q, p).item(), rel=1e-6)
 
 
 def test_infonce_low_precision_input_is_computed_in_float32():
@@ -67,30 +110,37 @@ def test_cosine_similarity_loss_matches_formula():
     assert CosineSimilarityLoss()(a, b, s).item() == pytest.approx(expected, rel=1e-5)
 
 
-def _rank(rank: int, world: int, port: int, q, p, n, queue) -> None:
+def _rank(rank: int, world: int, port: int, q, p, n, queue, keys=None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     part = slice(rank * len(q) // world, (rank + 1) * len(q) // world)
     tensors = [x[part].clone().requires_grad_() for x in (q, p, n)]
-    loss = InBatchNegativesLoss(0.1, symmetric=True)(*tensors)
+    part_keys = None if keys is None else {name: key[part] for name, key in keys.items()}
+    loss = InBatchNegativesLoss(0.1, symmetric=True)(*tensors, keys=part_keys)
     loss.backward()
     queue.put((rank, loss.item(), [x.grad for x in tensors]))
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
 
-def test_gathered_negatives_on_two_gloo_ranks_equal_one_process_on_the_whole_batch():
+@pytest.mark.parametrize("with_keys", [False, True])
+def test_gathered_negatives_on_two_gloo_ranks_equal_one_process_on_the_whole_batch(with_keys):
     g = torch.Generator().manual_seed(1)
     q, p, n = (torch.randn(8, 6, generator=g) for _ in range(3))
+    keys = None  # with keys: pairs 0 and 5 share a positive across the ranks, 2 and 6 a query, negative 7 copies p1
+    if with_keys:
+        texts = [[f"q{i}" for i in range(8)], [f"p{i}" for i in range(8)], [f"n{i}" for i in range(8)]]
+        texts[1][5], texts[0][6], texts[2][7] = "p0", "q2", "p1"
+        keys = dict(zip(("query", "positive", "negative"), (text_keys(t) for t in texts)))
     whole = [x.clone().requires_grad_() for x in (q, p, n)]
-    expected = InBatchNegativesLoss(0.1, symmetric=True)(*whole)
+    expected = InBatchNegativesLoss(0.1, symmetric=True)(*whole, keys=keys)
     expected.backward()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    procs = [ctx.Process(target=_rank, args=(r, 2, port, q, p, n, queue)) for r in range(2)]
+    procs = [ctx.Process(target=_rank, args=(r, 2, port, q, p, n, queue, keys)) for r in range(2)]
     for proc in procs:
         proc.start()
     results = dict((r, (loss, grads)) for r, loss, grads in (queue.get(timeout=120) for _ in procs))

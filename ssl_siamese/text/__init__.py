@@ -19,6 +19,7 @@ _EXPORTS = {
     "debian_description_pairs": "ssl_siamese.text.debian",
     "InBatchNegativesLoss": "ssl_siamese.text.losses",
     "CosineSimilarityLoss": "ssl_siamese.text.losses",
+    "text_keys": "ssl_siamese.text.losses",
     "build_text_encoder": "ssl_siamese.text.encoder",
     "BuiltinTextEncoder": "ssl_siamese.text.builtin_encoder",
     "HFTextEncoder": "ssl_siamese.text.hf_encoder",

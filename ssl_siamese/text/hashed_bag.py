@@ -10,7 +10,9 @@ trained, nothing is downloaded, and out-of-vocabulary words still share characte
 
 Training touches only the rows of the batch's features: the gradient is sparse (one row per distinct
 feature of the batch), and :class:`~ssl_siamese.text.module.TextSiamese` steps it with
-``torch.optim.SparseAdam``, which updates only those rows.
+``torch.optim.SparseAdam``, which updates only those rows. NCCL cannot all-reduce sparse tensors, so under
+DDP on NCCL the module switches the table to dense gradients (:meth:`HashedBagEncoder.use_sparse_gradients`)
+and steps it with Adam; gloo (CPU) all-reduces the sparse rows.
 
 Example:
     >>> encoder = HashedBagEncoder(dim=256, buckets=2 ** 18)
@@ -128,7 +130,7 @@ class HashedBagEncoder(TextEncoder):
         normalize: L2-normalise the output.
     """
 
-    sparse_gradients = True  # TextSiamese steps the table with SparseAdam
+    sparse_gradients = True  # TextSiamese steps the table with SparseAdam (see use_sparse_gradients)
 
     def __init__(self, dim: int = 256, buckets: int = 2 ** 18, word_ngrams: int = 2, char_ngrams: int = 3,
                  normalize: bool = False) -> None:
@@ -139,6 +141,14 @@ class HashedBagEncoder(TextEncoder):
         self.features = HashedFeatures(buckets, word_ngrams, char_ngrams)
         self.embedding = nn.EmbeddingBag(self.features.num_rows, dim, mode="sum", sparse=True)
         nn.init.normal_(self.embedding.weight, std=dim ** -0.5)
+
+    def use_sparse_gradients(self, sparse: bool) -> None:
+        """Sparse (one row per feature of the batch, the default) or dense gradients for the table: the same values.
+
+        Call before the model is wrapped by DDP (which reads ``embedding.sparse`` to plan its all-reduce).
+        """
+        self.sparse_gradients = sparse
+        self.embedding.sparse = sparse
 
     def options(self) -> dict[str, Any]:
         """The constructor arguments (what an export records)."""
@@ -152,7 +162,7 @@ class HashedBagEncoder(TextEncoder):
 
     def forward(self, features: dict[str, Tensor]) -> Tensor:
         ids, offsets, weights = features["input_ids"], features["offsets"], features["weights"]
-        if torch.is_grad_enabled() and self.embedding.weight.requires_grad:
+        if self.sparse_gradients and torch.is_grad_enabled() and self.embedding.weight.requires_grad:
             rows, inverse = torch.unique(ids, return_inverse=True)  # the gradient: one row per distinct feature
             table = _GatherRows.apply(self.embedding.weight, rows)
             pooled = F.embedding_bag(inverse, table, offsets, mode="sum", per_sample_weights=weights)

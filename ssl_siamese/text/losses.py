@@ -5,15 +5,28 @@ must pick its own positive among every positive of the batch (and every explicit
 softmax over cosine similarities divided by a temperature. ``symmetric=True`` adds the other direction
 (each positive picks its query), as CLIP does. Under DDP the candidates of every rank are gathered with
 gradients (``lightly.utils.dist.gather``), so a run on W ranks of batch B sees the same W*B candidates as one
-process on the whole batch. Margin losses (contrastive, triplet) live in :mod:`ssl_siamese.metric_losses`.
+process on the whole batch. Given each text's key (:func:`text_keys`), a candidate that is a copy of the
+query's own positive, or the positive of another pair with the same query, is not counted as a negative
+(duplicate texts are common in real pair files: 9% of Debian's training pairs share a text with another).
+Margin losses (contrastive, triplet) live in :mod:`ssl_siamese.metric_losses`.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
+from lightly.models.utils import concat_all_gather
 from lightly.utils import dist
 from torch import Tensor, nn
+
+
+def text_keys(texts: Sequence[str]) -> Tensor:
+    """One int64 key per text (the first 8 bytes of its BLAKE2b digest): equal texts, equal keys, on every rank."""
+    return torch.tensor([int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big",
+                                        signed=True) for text in texts], dtype=torch.long)
 
 
 def _gathered(x: Tensor, enabled: bool) -> Tensor:
@@ -21,6 +34,10 @@ def _gathered(x: Tensor, enabled: bool) -> Tensor:
     if not enabled or dist.world_size() == 1:
         return x
     return torch.cat(dist.gather(x.contiguous()), dim=0)
+
+
+def _gathered_keys(x: Tensor, enabled: bool) -> Tensor:
+    return x if not enabled or dist.world_size() == 1 else concat_all_gather(x.contiguous())
 
 
 class InBatchNegativesLoss(nn.Module):
@@ -31,9 +48,16 @@ class InBatchNegativesLoss(nn.Module):
     the positives-to-queries direction (``cos(p_i, q_j)``; hard negatives play no part there). Computed
     in float32 whatever the input precision.
 
+    ``keys`` (optional, ``{"query", "positive"[, "negative"]}`` int64 tensors from :func:`text_keys`) removes
+    false negatives: pair ``j`` is not a negative of pair ``i`` (either direction) when their queries or their
+    positives are the same text, and a hard negative is not one for a query whose positive it copies.
+
     Example:
         >>> loss_fn = InBatchNegativesLoss(temperature=0.05, symmetric=True)
         >>> loss = loss_fn(torch.randn(8, 32), torch.randn(8, 32), negatives=torch.randn(8, 32))
+        >>> texts = ["q1", "q2"], ["same doc", "same doc"]
+        >>> keys = {"query": text_keys(texts[0]), "positive": text_keys(texts[1])}
+        >>> loss = loss_fn(torch.randn(2, 32), torch.randn(2, 32), keys=keys)    # no false negative
     """
 
     def __init__(self, temperature: float = 0.05, symmetric: bool = False, gather_distributed: bool = True) -> None:
@@ -44,7 +68,8 @@ class InBatchNegativesLoss(nn.Module):
         self.symmetric = symmetric
         self.gather_distributed = gather_distributed
 
-    def forward(self, queries: Tensor, positives: Tensor, negatives: Tensor | None = None) -> Tensor:
+    def forward(self, queries: Tensor, positives: Tensor, negatives: Tensor | None = None,
+                keys: dict[str, Tensor] | None = None) -> Tensor:
         if queries.shape != positives.shape or queries.dim() != 2:
             raise ValueError(f"queries {tuple(queries.shape)} and positives {tuple(positives.shape)} must both "
                              "be (B, D)")
@@ -56,11 +81,28 @@ class InBatchNegativesLoss(nn.Module):
             if negatives.dim() != 2 or negatives.shape[1] != q.shape[1]:
                 raise ValueError(f"negatives must be (N, {q.shape[1]}), got {tuple(negatives.shape)}")
             candidates.append(_gathered(F.normalize(negatives.float(), dim=1), self.gather_distributed))
-        loss = F.cross_entropy(q @ torch.cat(candidates).T / self.temperature, labels)
+        masks = self._false_negatives(keys, labels, negatives is not None) if keys is not None else (None, None)
+        forward = q @ torch.cat(candidates).T / self.temperature
+        loss = F.cross_entropy(forward if masks[0] is None else forward.masked_fill(masks[0], -torch.inf), labels)
         if self.symmetric:
             backward = p @ _gathered(q, self.gather_distributed).T / self.temperature
+            if masks[1] is not None:
+                backward = backward.masked_fill(masks[1], -torch.inf)
             loss = (loss + F.cross_entropy(backward, labels)) / 2
         return loss
+
+    def _false_negatives(self, keys: dict[str, Tensor], labels: Tensor, hard: bool) -> tuple[Tensor, Tensor]:
+        """Masks of the forward ``(B, candidates)`` and backward ``(B, gathered B)`` logits that are not negatives."""
+        local = {name: keys[name].to(labels.device) for name in ("query", "positive")}
+        every = {name: _gathered_keys(key, self.gather_distributed) for name, key in local.items()}
+        same = ((local["query"][:, None] == every["query"][None]) |
+                (local["positive"][:, None] == every["positive"][None]))
+        same[torch.arange(len(labels), device=labels.device), labels] = False  # the pair itself stays the target
+        forward = same
+        if hard:
+            negative = _gathered_keys(keys["negative"].to(labels.device), self.gather_distributed)
+            forward = torch.cat([same, local["positive"][:, None] == negative[None]], dim=1)
+        return forward, same
 
 
 class CosineSimilarityLoss(nn.Module):

@@ -4,7 +4,8 @@ Both sides of a pair go through the same encoder (Sentence-BERT's bi-encoder), s
 once and searched by cosine similarity. Losses: ``infonce`` (in-batch negatives, queries -> documents, plus
 hard negatives when the batch has them), ``symmetric`` (both directions), ``cosine`` (regression on the
 pair ``score``) and ``contrastive`` (Hadsell's margin loss on cosine distance, ``score`` > 0.5 = same).
-AdamW with a linear warm-up over the first ``warmup`` fraction of steps, then linear decay to 0.
+Pairs whose queries or positives are the same text are not each other's negatives
+(``mask_duplicates``). AdamW with a linear warm-up over the first ``warmup`` fraction of steps, then linear decay to 0.
 
 Example:
     >>> model = TextSiamese(encoder="builtin", loss="symmetric", temperature=0.05)
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from ssl_siamese.metric_losses import ContrastiveLoss
@@ -25,6 +27,13 @@ from ssl_siamese.text.encoder import build_text_encoder
 from ssl_siamese.text.losses import CosineSimilarityLoss, InBatchNegativesLoss
 
 LOSSES = ("infonce", "symmetric", "cosine", "contrastive")
+
+
+def sparse_all_reduce_available() -> bool:
+    """True in one process and under the gloo backend; False under NCCL and the others (no sparse all-reduce)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return True
+    return torch.distributed.get_world_size() == 1 or torch.distributed.get_backend() == "gloo"
 
 
 class TextSiamese(pl.LightningModule):
@@ -43,7 +52,7 @@ class TextSiamese(pl.LightningModule):
                  bigram_buckets: int = 32768, layers: int = 2, heads: int = 4, local_files_only: bool = False,
                  buckets: int = 2 ** 18, word_ngrams: int = 2, char_ngrams: int = 3,
                  loss: str = "symmetric", temperature: float = 0.05, margin: float = 0.5,
-                 gather_distributed: bool = True, lr: float = 1e-3, weight_decay: float = 0.01,
+                 gather_distributed: bool = True, mask_duplicates: bool = True, lr: float = 1e-3, weight_decay: float = 0.01,
                  warmup: float = 0.1) -> None:
         super().__init__()
         if loss not in LOSSES:
@@ -65,7 +74,12 @@ class TextSiamese(pl.LightningModule):
         return self.encoder(features)
 
     def setup(self, stage: str) -> None:
-        """Hand the encoder's tokenizer to a datamodule that has none (training the built-in one if needed)."""
+        """Hand the encoder's tokenizer to a datamodule that has none (training the built-in one if needed); under
+        DDP on a backend that cannot all-reduce sparse tensors (NCCL), give a sparse encoder dense gradients."""
+        if getattr(self.encoder, "sparse_gradients", False) and not sparse_all_reduce_available():
+            self.encoder.use_sparse_gradients(False)
+            rank_zero_info("the hashed encoder's table gets dense gradients and Adam: the DDP backend "
+                           f"({torch.distributed.get_backend()}) cannot all-reduce sparse ones (gloo can)")
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is None or getattr(datamodule, "tokenizer", "absent") is not None:
             return
@@ -84,7 +98,8 @@ class TextSiamese(pl.LightningModule):
                 return self.loss_fn(queries, positives, batch["score"])
             return self.loss_fn(queries, positives, batch["score"] > 0.5)
         negatives = self.encoder(batch["negative"]) if "negative" in batch else None
-        return self.loss_fn(queries, positives, negatives)
+        keys = batch.get("keys") if self.hparams.mask_duplicates else None
+        return self.loss_fn(queries, positives, negatives, keys=keys)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         loss = self.pair_loss(batch)
@@ -97,6 +112,8 @@ class TextSiamese(pl.LightningModule):
         rest = [p for n, p in self.named_parameters() if not (p.ndim > 1 and "embedding" not in n)]
         if getattr(self.encoder, "sparse_gradients", False):  # only the rows a batch uses are updated
             optimizer = torch.optim.SparseAdam(list(self.parameters()), lr=self.hparams.lr)
+        elif getattr(self.encoder, "use_sparse_gradients", None) is not None:  # the hashed table, made dense (NCCL)
+            optimizer = torch.optim.Adam(list(self.parameters()), lr=self.hparams.lr)
         else:
             optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": self.hparams.weight_decay},
                                            {"params": rest, "weight_decay": 0.0}], lr=self.hparams.lr)

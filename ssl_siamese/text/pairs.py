@@ -7,7 +7,7 @@ side). JSONL: one object per line with those keys. CSV/TSV: a header row naming 
 Example:
     >>> pairs = read_pairs("train.jsonl")             # [TextPair(query=..., positive=..., ...), ...]
     >>> loader = DataLoader(pairs, batch_size=64, shuffle=True, collate_fn=PairCollate(encoder.tokenizer))
-    >>> batch = next(iter(loader))                     # {"query": {...}, "positive": {...}[, "negative"][, "score"]}
+    >>> batch = next(iter(loader))     # {"query": {...}, "positive": {...}[, "negative"][, "score"], "keys": {...}}
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from ssl_siamese.text.encoder import Tokenize
+from ssl_siamese.text.losses import text_keys
 
 FIELDS = ("query", "positive", "negative", "score", "group")
 FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv"}
@@ -90,7 +91,8 @@ def read_pairs(path: str | Path) -> list[TextPair]:
 
 
 class PairCollate:
-    """A list of :class:`TextPair` -> tokenized ``query``, ``positive`` (and ``negative``) dicts, ``score`` tensor."""
+    """A list of :class:`TextPair` -> tokenized ``query``, ``positive`` (and ``negative``) dicts, ``score`` tensor,
+    and ``keys``: each text's :func:`~ssl_siamese.text.losses.text_keys` (the loss finds duplicate texts by them)."""
 
     def __init__(self, tokenize: Tokenize) -> None:
         self.tokenize = tokenize
@@ -102,4 +104,6 @@ class PairCollate:
             batch["negative"] = self.tokenize([p.negative for p in pairs])
         if pairs[0].score is not None:
             batch["score"] = torch.tensor([p.score for p in pairs], dtype=torch.float32)
+        batch["keys"] = {field: text_keys([getattr(p, field) for p in pairs]) for field in ("query", "positive", "negative")
+                         if field in batch}
         return batch
