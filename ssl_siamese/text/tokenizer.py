@@ -29,7 +29,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 8000, lowercase: boo
     trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK], show_progress=False)
     tokenizer.train_from_iterator(texts, trainer)
     # The trainer numbers tokens of equal frequency in a varying order: renumber them by their text, so the
-    # same token set always gets the same ids (ties at the size limit can still change the set itself).
+    # same token set always gets the same ids. Ties can still change the set itself: tokenizers numbers its
+    # "##" pieces in hash-map order and breaks equal merge counts by those numbers (huggingface/tokenizers
+    # issue 1794, three trainings on 6,000 Debian descriptions gave two vocabularies); a checkpoint keeps the
+    # tokenizer it trained with, so resuming and exporting do not depend on it.
     learned = sorted(set(tokenizer.get_vocab()) - {PAD, UNK})
     tokenizer.model = models.WordPiece({token: i for i, token in enumerate([PAD, UNK, *learned])}, unk_token=UNK)
     return tokenizer
