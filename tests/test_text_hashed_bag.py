@@ -192,3 +192,20 @@ def test_text_retrieval_benchmark_quick(tmp_path):
     assert rows["dense"]["recall@10"] > rows["dense_at_init"]["recall@10"] + 0.05  # it learns
     assert rows["bm25"]["recall@1"] > 0.5 and report["fit_cpu_s"] > 0
     assert set(report["targets"]) == {"dense_beats_bm25", "hybrid_recall@1>=0.80", "training<=15_cpu_min"}
+
+
+def test_text_bag_ablations_quick():
+    from ssl_siamese.text.debian import DebianDescriptionsMissing, translation_files
+
+    try:
+        translation_files()
+    except DebianDescriptionsMissing as error:
+        pytest.skip(str(error))
+    done = subprocess.run([sys.executable, "benchmarks/text_bag_ablations.py", "--quick", "--idf", "--heads", "2",
+                           "--sibling_negatives", "0.5"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {line.split("|")[1].strip(): [float(x) for x in line.split("|")[2:6]]
+            for line in done.stdout.splitlines() if line.startswith("| ") and line[2:3] != "m"}
+    assert set(rows) == {"dense_at_init", "bm25", "dense", "hybrid_rrf"}
+    assert rows["dense"][1] > rows["dense_at_init"][1] + 0.05  # Recall@10: it learns
+    assert "top-1 right: both" in done.stdout
