@@ -74,6 +74,16 @@ def test_infonce_leaves_duplicate_texts_out_of_the_negatives(symmetric, hard_neg
     assert loss.item() < InBatchNegativesLoss(temperature=0.1, symmetric=symmetric)(q, p, n).item()
 
 
+def test_without_negative_keys_the_hard_negatives_are_kept_and_in_batch_copies_still_left_out():
+    g = torch.Generator().manual_seed(3)
+    q, p, n = (torch.randn(6, 5, generator=g, dtype=torch.float64) for _ in range(3))
+    keys = {"query": text_keys(QUERIES), "positive": text_keys(POSITIVES)}
+    loss = InBatchNegativesLoss(temperature=0.1)(q, p, n, keys=keys)
+    unique = [f"unique {i}" for i in range(6)]  # negatives that copy nothing: the reference keeps them all
+    expected = reference_infonce(q, p, n, t=0.1, texts=(QUERIES, POSITIVES, unique))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+
+
 def test_text_keys_are_equal_exactly_for_equal_texts():
     keys = text_keys(["a text", "a text", "a text ", "A text"])
     assert keys.dtype == torch.long and keys[0] == keys[1]

@@ -81,7 +81,8 @@ class InBatchNegativesLoss(nn.Module):
             if negatives.dim() != 2 or negatives.shape[1] != q.shape[1]:
                 raise ValueError(f"negatives must be (N, {q.shape[1]}), got {tuple(negatives.shape)}")
             candidates.append(_gathered(F.normalize(negatives.float(), dim=1), self.gather_distributed))
-        masks = self._false_negatives(keys, labels, negatives is not None) if keys is not None else (None, None)
+        hard = len(candidates[1]) if negatives is not None else 0  # hard negatives, gathered
+        masks = self._false_negatives(keys, labels, hard) if keys is not None else (None, None)
         forward = q @ torch.cat(candidates).T / self.temperature
         loss = F.cross_entropy(forward if masks[0] is None else forward.masked_fill(masks[0], -torch.inf), labels)
         if self.symmetric:
@@ -91,18 +92,18 @@ class InBatchNegativesLoss(nn.Module):
             loss = (loss + F.cross_entropy(backward, labels)) / 2
         return loss
 
-    def _false_negatives(self, keys: dict[str, Tensor], labels: Tensor, hard: bool) -> tuple[Tensor, Tensor]:
+    def _false_negatives(self, keys: dict[str, Tensor], labels: Tensor, hard: int) -> tuple[Tensor, Tensor]:
         """Masks of the forward ``(B, candidates)`` and backward ``(B, gathered B)`` logits that are not negatives."""
         local = {name: keys[name].to(labels.device) for name in ("query", "positive")}
         every = {name: _gathered_keys(key, self.gather_distributed) for name, key in local.items()}
         same = ((local["query"][:, None] == every["query"][None]) |
                 (local["positive"][:, None] == every["positive"][None]))
         same[torch.arange(len(labels), device=labels.device), labels] = False  # the pair itself stays the target
-        forward = same
-        if hard:
+        copies = torch.zeros(len(labels), hard, dtype=torch.bool, device=labels.device)  # without keys: all kept
+        if hard and keys.get("negative") is not None:
             negative = _gathered_keys(keys["negative"].to(labels.device), self.gather_distributed)
-            forward = torch.cat([same, local["positive"][:, None] == negative[None]], dim=1)
-        return forward, same
+            copies = local["positive"][:, None] == negative[None]
+        return torch.cat([same, copies], dim=1), same
 
 
 class CosineSimilarityLoss(nn.Module):
