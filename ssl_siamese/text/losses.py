@@ -18,9 +18,10 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from lightly.models.utils import concat_all_gather
 from lightly.utils import dist
 from torch import Tensor, nn
+
+from ssl_siamese.queue import gather_from_all_ranks
 
 
 def text_keys(texts: Sequence[str]) -> Tensor:
@@ -37,7 +38,7 @@ def _gathered(x: Tensor, enabled: bool) -> Tensor:
 
 
 def _gathered_keys(x: Tensor, enabled: bool) -> Tensor:
-    return x if not enabled or dist.world_size() == 1 else concat_all_gather(x.contiguous())
+    return gather_from_all_ranks(x) if enabled else x
 
 
 class InBatchNegativesLoss(nn.Module):
