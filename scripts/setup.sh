@@ -21,19 +21,5 @@ fi
 
 # Quickstart data: Fashion-MNIST into ./data/fashion-mnist (the library also looks in Debian's
 # /usr/share/datasets/fashion-mnist and downloads with torchvision when online).
-target=data/fashion-mnist
-if [ ! -f "$target/train-images-idx3-ubyte.gz" ]; then
-  for source in ../shared/data/fashion-mnist /usr/share/datasets/fashion-mnist; do
-    if [ -f "$source/train-images-idx3-ubyte.gz" ]; then
-      mkdir -p "$target" && cp "$source"/*-ubyte.gz "$target"/ && echo "[setup] Fashion-MNIST copied from $source"
-      break
-    fi
-  done
-fi
-if [ ! -f "$target/train-images-idx3-ubyte.gz" ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-  echo "[setup] installing Debian's dataset-fashion-mnist"
-  (apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
-   (apt-get update -q >/dev/null 2>&1 && apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1)) || \
-   echo "[setup] could not install dataset-fashion-mnist; the quickstart will try to download the data"
-fi
+./scripts/fashion_mnist.sh
 echo "[setup] done: $(.venv/bin/python -c 'import torch, pytorch_lightning, lightly; print("torch", torch.__version__, "lightning", pytorch_lightning.__version__, "lightly", lightly.__version__)')"

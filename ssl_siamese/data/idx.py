@@ -20,6 +20,7 @@ from ssl_siamese.data.info import FASHION_MNIST_CLASSES, DataNotFoundError, Imag
 
 FASHION_MNIST_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_ENV = "SSL_SIAMESE_FASHION_MNIST"
+SETUP_NOTE = "fashion-mnist-setup.txt"  # what scripts/setup.sh tried, left in the data folder when it found nothing
 
 _IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
@@ -96,9 +97,11 @@ def load_fashion_mnist(split: str, data_dir: Path, download: bool) -> ImageTenso
                 attempt = f"tried to download from {url} and it failed: {error}"
     if found is None:
         looked = "\n  ".join(str(p) for p in fashion_mnist_search_paths(data_dir))
+        note = Path(data_dir) / SETUP_NOTE
+        setup = f"Before that, {note.read_text().strip()}.\n" if note.is_file() else ""
         raise DataNotFoundError(
             f"Fashion-MNIST ({image_stem}[.gz], {label_stem}[.gz]) not found; looked in:\n  {looked}\n"
-            f"and {attempt}. To fix: copy the four IDX files (train-images-idx3-ubyte.gz, "
+            f"and {attempt}.\n{setup}To fix: copy the four IDX files (train-images-idx3-ubyte.gz, "
             f"train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) into "
             f"{data_dir}, install them with `sudo apt-get install dataset-fashion-mnist`, or set "
             f"{FASHION_MNIST_ENV}=/path/to/folder.")
