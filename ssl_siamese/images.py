@@ -4,9 +4,10 @@ Every file goes through :func:`read_image`: the first frame is taken, EXIF rotat
 float images scaled to 8 bits (not clipped), CMYK/grayscale/palette converted to RGB, and transparent
 pixels composited onto ``background`` (white by default, :data:`DEFAULT_BACKGROUND`) *before* any
 resizing, so the colour hidden under transparent pixels (black in many icons) never shows. With ``size``
-the shorter side is resized to ``size`` (bicubic) and the centre cropped to a square. The folder datasets
-(:func:`ssl_siamese.data.load_folder`) and the ``embed`` recipe decode through this module, so a model sees
-the same pixels in training and in use.
+the image goes through :func:`resize_center_crop`, the one evaluation geometry of the library: shorter side
+to ``size`` (bilinear, antialiased), centre square. The folder datasets (:func:`ssl_siamese.data.load_folder`),
+the streamed evaluation images, the ``embed`` recipe and ``load_backbone``'s transform all use it, so a
+model sees the same pixels in training and in use.
 
 Example:
     >>> image = read_image("icon.png", size=64)  # doctest: +SKIP
@@ -26,6 +27,7 @@ from typing import Callable, Iterable, Literal, Sequence, Union
 
 import numpy as np
 import torch
+import torchvision.transforms.functional as TF
 from torch import Tensor
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
@@ -33,7 +35,7 @@ DEFAULT_BACKGROUND = (255, 255, 255)
 """The colour transparent pixels are composited onto: white, as most viewers and web pages show them."""
 PROGRESS_EVERY = 5000
 """``decode_files`` reports progress every this many files, for folders at least that large."""
-DECODER_VERSION = 2
+DECODER_VERSION = 3
 """Bumped whenever the pixels :func:`read_image` returns change, so decoded-image caches are rebuilt."""
 
 Background = Union[int, Sequence[int]]
@@ -48,8 +50,9 @@ def list_image_files(root: PathLike) -> tuple[list[Path], list[Path]]:
     """``(image files, skipped files)`` under ``root``, recursively, each sorted by path.
 
     Image files are those with an extension in :data:`IMAGE_EXTENSIONS` (any case); every other file
-    (an SVG, notes, ...) is returned as skipped. Hidden files and folders (name starting with ``.``) are
-    ignored altogether; symbolic links to folders are followed.
+    (an SVG, notes, ...) is returned as skipped. Hidden files and folders (name starting with ``.``, so also
+    the ``._name.png`` AppleDouble files macOS leaves beside each file) are ignored altogether; symbolic
+    links to folders are followed.
     """
     images, skipped = [], []
     for current, dirs, files in os.walk(root, followlinks=True):
@@ -59,6 +62,21 @@ def list_image_files(root: PathLike) -> tuple[list[Path], list[Path]]:
                 path = Path(current) / name
                 (images if path.suffix.lower() in IMAGE_EXTENSIONS else skipped).append(path)
     return images, skipped
+
+
+def resize_center_crop(images: Tensor, size: int) -> Tensor:
+    """The evaluation geometry: shorter side to ``size`` (bilinear, antialiased), then the centre ``size x size``.
+
+    ``images``: one image ``(C, H, W)`` or a batch ``(B, C, H, W)``, uint8 (rounded back to uint8, as the
+    decoded training images are) or float. A ``size x size`` image comes back unchanged. It is torchvision's
+    ``Resize(size)`` + ``CenterCrop(size)``; training's evaluation images (folders, streamed shards),
+    ``read_image(path, size)`` and ``ssl_siamese.embeddings.Preprocess`` all go through this function.
+
+    Example:
+        >>> resize_center_crop(torch.zeros(3, 1080, 1920, dtype=torch.uint8), 64).shape
+        torch.Size([3, 64, 64])
+    """
+    return TF.center_crop(TF.resize(images, size, antialias=True), [size, size])
 
 
 def _background_rgb(background: Background) -> np.ndarray:
@@ -94,8 +112,9 @@ def read_image(path: PathLike, size: int | None = None, background: Background =
 
     Args:
         path: an image file Pillow can read (PNG, JPEG, WebP, GIF, BMP, TIFF, ...), any mode and bit depth.
-        size: None keeps the image's own size; an int resizes the shorter side to it (bicubic) and crops
-            the centre square.
+        size: None keeps the image's own size; an int applies :func:`resize_center_crop` (shorter side to
+            ``size``, centre square) to the decoded image, so ``read_image(path, size)`` equals
+            ``resize_center_crop(read_image(path), size)`` exactly.
         background: grey level or ``(R, G, B)`` that transparent pixels are composited onto (default white).
 
     Raises:
@@ -115,8 +134,6 @@ def read_image(path: PathLike, size: int | None = None, background: Background =
                              "convert it to PNG first (e.g. `rsvg-convert -w 256 file.svg -o file.png`).")
     try:
         with Image.open(path) as image:
-            if size is not None and image.format == "JPEG":
-                image.draft("RGB", (size, size))  # decode at a reduced scale when much larger than needed
             image = ImageOps.exif_transpose(image)
             if image.mode in ("I", "F") or image.mode.startswith("I;16"):
                 image = _to_8bit(image)
@@ -127,12 +144,11 @@ def read_image(path: PathLike, size: int | None = None, background: Background =
                 image = Image.fromarray(rgb.round().astype(np.uint8), mode="RGB")
             else:
                 image = image.convert("RGB")
-            if size is not None:
-                image = ImageOps.fit(image, (size, size), method=Image.Resampling.BICUBIC)
             array = np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageReadError(f"Cannot read {path} as an image: {error}") from error
-    return torch.from_numpy(array.transpose(2, 0, 1).copy())
+    decoded = torch.from_numpy(array.transpose(2, 0, 1).copy())  # full size: JPEG draft mode would change pixels
+    return decoded if size is None else resize_center_crop(decoded, size)
 
 
 def read_images(paths: Iterable[PathLike], size: int | None = None, background: Background = DEFAULT_BACKGROUND,
@@ -166,6 +182,23 @@ def read_images(paths: Iterable[PathLike], size: int | None = None, background: 
             if progress is not None:
                 progress(done, len(paths))
     return results
+
+
+def unreadable_reasons(paths: Iterable[PathLike], limit: int = 3) -> list[str]:
+    """Why the files among the first ``limit`` of ``paths`` cannot be read: :func:`read_image`'s messages, which
+    name the file. For errors about files that :func:`decode_files` (or ``read_images(errors="none")``) gave None for.
+
+    Example:
+        >>> unreadable_reasons(["cut.png"])  # doctest: +SKIP
+        ["Cannot read cut.png as an image: cannot identify image file 'cut.png'"]
+    """
+    reasons = []
+    for path in list(paths)[:limit]:
+        try:
+            read_image(path)
+        except (ImageReadError, FileNotFoundError) as error:
+            reasons.append(str(error))
+    return reasons
 
 
 def decode_files(files: list[Path], size: int, num_threads: int | None = None) -> list[np.ndarray | None]:

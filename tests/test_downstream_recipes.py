@@ -256,3 +256,19 @@ def test_embed_says_exactly_what_is_missing(icon_folder, icon_backbone, tmp_path
         embed_main(icon_backbone, tmp_path / "nowhere" / "one.png", out=tmp_path / "e.npz")
     with pytest.raises(SystemExit, match=r"No image files .* \(only 1 other files, e\.g\. drawing\.svg\)"):
         embed_main(icon_backbone, icon_folder / "b" / "drawing.svg", out=tmp_path / "e.npz")
+
+
+def test_embed_of_a_folder_of_broken_images_says_why_the_first_ones_failed(icon_backbone, tmp_path):
+    """Issue 23 item 8: "None of the 3 image files could be read" named neither the files nor the reasons."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "cut.png").write_bytes(b"\x89PNG\r\n\x1a\n cut short")
+    (broken / "empty.jpg").write_bytes(b"")
+    (broken / "notes.webp").write_text("a text file with an image's name")
+    with pytest.raises(SystemExit) as caught:
+        embed_main(icon_backbone, broken, out=tmp_path / "e.npz")
+    message = str(caught.value)
+    assert "None of the 3 image files" in message
+    for name in ("cut.png", "empty.jpg", "notes.webp"):
+        assert re.search(rf"Cannot read \S*{re.escape(name)} as an image: \w+", message), message
+

@@ -44,7 +44,7 @@ from ssl_siamese.cli_args import parse_args as parse_checked
 from ssl_siamese.cli_args import recipe_parser
 from ssl_siamese.embeddings import embed_images
 from ssl_siamese.export import load_backbone
-from ssl_siamese.images import IMAGE_EXTENSIONS, decode_files, list_image_files
+from ssl_siamese.images import IMAGE_EXTENSIONS, decode_files, list_image_files, unreadable_reasons
 from ssl_siamese.text.embed_texts import is_text_file, run_embed_text
 
 DEFAULT_IMAGE_SIZE = 64  # for exports that record no input size
@@ -129,7 +129,9 @@ def run_embed(backbone: str | Path, data: str | Path | Sequence[str | Path], out
               f"{', '.join(skipped_names[:5])}); the image types read are {' '.join(sorted(IMAGE_EXTENSIONS))}",
               file=sys.stderr)
     if not kept:
-        raise ValueError(f"None of the {len(files)} image files under {root} could be read.")
+        raise ValueError(f"None of the {len(files)} image files under {root} could be read. "
+                         + " ".join(f"{reason}." for reason in unreadable_reasons(files))
+                         + (" ..." if len(files) > 3 else ""))
 
     images = torch.from_numpy(np.stack([array for _, array in kept]))
     embeddings = embed_images(model, images, {**metadata, "image_size": size}, batch_size, device, progress)
