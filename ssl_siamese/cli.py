@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import shlex
 import sys
 import time
 import warnings
@@ -27,6 +28,7 @@ from pytorch_lightning.utilities import rank_zero_info
 
 from ssl_siamese.backbones import BACKBONE_NAMES
 from ssl_siamese.callbacks import CollapseMonitor, ThroughputMonitor
+from ssl_siamese.callbacks.interrupt import InterruptCheckpoint
 from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
 from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
 from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint, read_checkpoint
@@ -227,6 +229,27 @@ def final_metrics(knn_history: list[tuple[int, float, float]], trainer: pl.Train
     return metrics
 
 
+def resume_command(method_name: str, args: list[str], checkpoint: Path) -> str:
+    """The command line that resumes ``checkpoint``: the recipe, the user's ``args`` (less any ``--ckpt_path``)."""
+    kept, skip = [], False
+    for arg in args:
+        if skip or arg.startswith("--ckpt_path="):
+            skip = False
+            continue
+        if arg == "--ckpt_path":
+            skip = True
+            continue
+        kept.append(arg)
+    return shlex.join(["python", "-m", f"ssl_siamese.recipes.{method_name}", *kept, "--ckpt_path", str(checkpoint)])
+
+
+def interrupt_checkpoint(trainer: pl.Trainer, out: Path, method_name: str, args: list[str]) -> InterruptCheckpoint:
+    """The Ctrl-C checkpoint: ``last.ckpt`` in the recipe's checkpoint folder, with the command that resumes it."""
+    folders = [c.dirpath for c in trainer.checkpoint_callbacks if getattr(c, "dirpath", None)]
+    path = Path(folders[0] if folders else (out / "checkpoints").resolve()) / "last.ckpt"
+    return InterruptCheckpoint(path, resume_command(method_name, args, path))
+
+
 def main(model_class: type[pl.LightningModule], method_name: str,
          args: list[str] | None = None) -> dict[str, Any]:
     """Parse, check the data, measure kNN at init, train, export. User errors exit with a message.
@@ -255,6 +278,7 @@ def main(model_class: type[pl.LightningModule], method_name: str,
         every = cli.config_init["pictures_every_n_epochs"]
         extra += [EmbeddingPictures(every_n_epochs=every)] if every > 0 else []
         trainer.callbacks[0:0] = extra
+    trainer.callbacks.append(interrupt_checkpoint(trainer, out, method_name, sys.argv[1:] if args is None else args))
     if cli.config_init["knn_at_start"] and has_labels and cli.config_init["ckpt_path"]:
         # validate() would measure the untrained weights (the checkpoint loads inside fit) and draw them again
         rank_zero_info("Resuming: the kNN accuracy at initialisation is the one in the checkpoint's history.")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -55,15 +56,17 @@ STEP_CHECKPOINTS = ["--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks
 
 
 class KillAtStep(pl.Callback):
-    """SIGKILLs its own process when the batch of global step ``step`` starts (its predecessor is saved)."""
+    """``kill``s its own process with ``signal`` (SIGKILL; SIGINT: Ctrl-C) when the batch of global step ``step``
+    starts (its predecessor is saved)."""
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, signal: str = "SIGKILL") -> None:
         self.step = step
+        self.signal = signal
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: object,
                              batch_idx: int) -> None:
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), getattr(signal, self.signal))
 
 
 def recipe(method: str, out: Path, *extra: str, kill_at: int | None = None) -> subprocess.Popen:
@@ -77,9 +80,13 @@ def recipe(method: str, out: Path, *extra: str, kill_at: int | None = None) -> s
             "--out", str(out), *METHOD_ARGS[method], *extra]
     if kill_at is not None:
         args += ["--trainer.callbacks+=test_resume_cli.KillAtStep", "--trainer.callbacks.step", str(kill_at)]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
-           "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(args, cwd=REPO, env=recipe_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def recipe_env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)]),
+            "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
 
 
 def finish(process: subprocess.Popen, killed: bool = False) -> str:
@@ -167,3 +174,28 @@ def test_extending_a_run_rederives_the_schedule(tmp_path):
     moved = [k for k in before["state_dict"] if k.startswith("backbone.")
              and not torch.equal(before["state_dict"][k], after["state_dict"][k])]
     assert moved, "no backbone weight changed in epoch 3"
+
+
+@pytest.mark.slow
+def test_ctrl_c_saves_a_checkpoint_at_the_step_it_stopped_and_prints_the_resume_command(tmp_path):
+    """Ctrl-C (a real SIGINT) in step 5: the step finishes, last.ckpt holds step 6 (before: the epoch-end
+    checkpoint of step 4, and no word on how to go on); the printed command resumes to the weights of an
+    uninterrupted run, bit for bit."""
+    full_out, out = tmp_path / "full", tmp_path / "stopped"
+    full = recipe("simclr", full_out)
+    process = recipe("simclr", out, "--trainer.callbacks+=test_resume_cli.KillAtStep",
+                     "--trainer.callbacks.step", str(STEPS_PER_EPOCH + 1), "--trainer.callbacks.signal", "SIGINT")
+    output, _ = process.communicate(timeout=600)
+    assert process.returncode != 0, output[-3000:]
+    assert checkpoint(out)["global_step"] == STEPS_PER_EPOCH + 2, output[-3000:]
+    resume_lines = [line for line in output.splitlines() if line.strip().startswith("python -m ssl_siamese")]
+    assert len(resume_lines) == 1, output[-3000:]
+    command = shlex.split(resume_lines[0])
+    assert command[-2:] == ["--ckpt_path", str(out / "checkpoints" / "last.ckpt")]
+    assert command[command.index("--out") + 1] == str(out) and "--model.hidden_dim" in command
+    resumed = subprocess.run([sys.executable, *command[1:]], cwd=REPO, env=recipe_env(), capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    finish(full)
+    assert checkpoint(out)["global_step"] == checkpoint(full_out)["global_step"] == EPOCHS * STEPS_PER_EPOCH
+    assert_same_weights(checkpoint(out)["state_dict"], checkpoint(full_out)["state_dict"])
