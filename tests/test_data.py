@@ -251,8 +251,10 @@ def test_empty_missing_and_unreadable_folders_are_clear_errors(tmp_path):
         load_split("folder", "train", tmp_path / "does-not-exist")
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "x.png").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match="could be read"):
+    (tmp_path / "bad" / "y.jpg").write_bytes(b"")
+    with pytest.raises(ValueError, match="None of the 2 image files") as error:  # and why, file by file
         load_split("folder", "train", tmp_path / "bad")
+    assert "x.png as an image: cannot identify image file" in str(error.value) and "y.jpg" in str(error.value)
 
 
 def test_second_load_comes_from_the_cache_outside_the_data_folder(tmp_path, monkeypatch, caplog,

@@ -19,7 +19,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 
 from ssl_siamese.data.info import DataNotFoundError, ImageTensors, logger
-from ssl_siamese.images import DECODER_VERSION, IMAGE_EXTENSIONS, decode_files, list_image_files
+from ssl_siamese.images import DECODER_VERSION, IMAGE_EXTENSIONS, decode_files, list_image_files, unreadable_reasons
 
 CACHE_ENV = "SSL_SIAMESE_CACHE"
 
@@ -99,7 +99,9 @@ def load_folder(root: str | Path, image_size: int = 64, cache_dir: str | Path | 
     skipped = sorted([path for path, array in zip(files, decoded) if array is None] + others)
     skipped_names = [path.relative_to(root).as_posix() for path in skipped]
     if not kept:
-        raise ValueError(f"None of the {len(files)} image files under {root} could be read.")
+        raise ValueError(f"None of the {len(files)} image files under {root} could be read. "
+                         + " ".join(f"{reason}." for reason in unreadable_reasons(files))
+                         + (" ..." if len(files) > 3 else ""))
 
     relative = [path.relative_to(root).parts for path, _ in kept]
     if all(len(parts) > 1 for parts in relative):
