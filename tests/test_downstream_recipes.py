@@ -19,7 +19,7 @@ from ssl_siamese import SimCLR, export_backbone, load_backbone
 from ssl_siamese.cli import main as pretrain
 from ssl_siamese.cli_args import closest_option, unknown_option_message
 from ssl_siamese.data import read_idx
-from ssl_siamese.recipes import embed, finetune, linear_probe
+from ssl_siamese.recipes import embed, explore, finetune, linear_probe
 
 CLASSES = {0: "t-shirt", 1: "trouser", 7: "sneaker"}  # Fashion-MNIST label -> folder name
 
@@ -272,3 +272,27 @@ def test_embed_of_a_folder_of_broken_images_says_why_the_first_ones_failed(icon_
     for name in ("cut.png", "empty.jpg", "notes.webp"):
         assert re.search(rf"Cannot read \S*{re.escape(name)} as an image: \w+", message), message
 
+
+# ----------------------------------------------------------------------------- issue 23 item 8: what evaluation reads
+
+@needs_fashion_mnist
+def test_embed_and_explore_take_every_backbone_form_that_load_backbone_takes(pretrained_on_folder, tmp_path):
+    """The exported folder was refused by embed and explore ("No exported backbone at ..."); linear_probe took it."""
+    checkpoint, export, folder = pretrained_on_folder
+    forms = {"pt": export, "folder": export.with_suffix(""),
+             "safetensors": export.with_suffix("") / "model.safetensors", "ckpt": checkpoint}
+    images = folder / "test" / "sneaker"
+    embedded = {}
+    for name, backbone in forms.items():
+        assert embed_main(backbone, images, out=tmp_path / f"{name}.npz")["num_images"] == 12
+        embedded[name] = np.load(tmp_path / f"{name}.npz")["embeddings"]
+        np.testing.assert_allclose(embedded[name], embedded["pt"], rtol=1e-5, atol=1e-5)
+    page = explore.main(["--backbone", str(forms["folder"]), "--data", str(images), "--out", str(tmp_path / "p.html")])
+    assert page["points"] == 12 and (tmp_path / "p.html").is_file()
+
+
+@pytest.mark.parametrize("recipe", [embed, explore, linear_probe, finetune])
+def test_every_recipe_says_the_same_about_a_missing_backbone(recipe, tmp_path):
+    data = ["--data", str(tmp_path)] if recipe in (embed, explore) else []
+    with pytest.raises(SystemExit, match=r"No exported backbone or checkpoint at .*nowhere\. --backbone takes"):
+        recipe.main(["--backbone", str(tmp_path / "nowhere"), *data, "--out", str(tmp_path / "o")])

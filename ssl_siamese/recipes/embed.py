@@ -6,7 +6,8 @@
     python -m ssl_siamese.recipes.embed --backbone out/text_siamese/exported_models/text_encoder \
         --data sentences.txt --out texts.npz          # texts: one per line, or --data x.jsonl --field text
 
-``--backbone`` (alias ``--ckpt``) is an exported backbone or a Lightning checkpoint (``load_backbone``).
+``--backbone`` (alias ``--ckpt``) is anything ``load_backbone`` reads: an exported ``.pt`` file or folder (or its
+``model.safetensors``), a Lightning checkpoint, or a W&B model artifact (``wandb:ENTITY/PROJECT/NAME:ALIAS``).
 ``--data`` takes folders (searched recursively, hidden files skipped), image files and glob patterns
 (``*``, ``?``, ``[...]``, ``**`` for any depth; quote them so the shell leaves them to the recipe). Images
 are decoded as training decodes folders (:mod:`ssl_siamese.images`: shorter side resized to the
@@ -45,6 +46,7 @@ from ssl_siamese.cli_args import recipe_parser
 from ssl_siamese.embeddings import embed_images
 from ssl_siamese.export import load_backbone
 from ssl_siamese.images import IMAGE_EXTENSIONS, decode_files, list_image_files, unreadable_reasons
+from ssl_siamese.recipes._backbone import add_backbone_option, backbone_path
 from ssl_siamese.text.embed_texts import is_text_file, run_embed_text
 
 DEFAULT_IMAGE_SIZE = 64  # for exports that record no input size
@@ -108,16 +110,12 @@ def run_embed(backbone: str | Path, data: str | Path | Sequence[str | Path], out
     unreadable), ``skipped_paths``, ``root`` (what the paths are relative to) and ``classes``.
 
     Raises:
-        FileNotFoundError: no backbone file at ``backbone``, a ``data`` path that does not exist, or no images.
-        ValueError: an unreadable backbone file, or no readable image.
+        FileNotFoundError: nothing at ``backbone``, a ``data`` path that does not exist, or no images.
+        ValueError: an unreadable backbone, or no readable image.
     """
-    backbone_path = Path(backbone)
-    if not backbone_path.is_file():
-        raise FileNotFoundError(f"No exported backbone at {backbone_path.resolve()}; export one with "
-                                "ssl_siamese.export_backbone, or train with a pretraining recipe "
-                                "(it writes <out>/exported_models/backbone.pt).")
+    path = backbone_path(backbone)
     root, files, others = collect_images(data)
-    model, _, metadata = load_backbone(backbone_path)
+    model, _, metadata = load_backbone(path)
 
     size = int(metadata.get("image_size") or DEFAULT_IMAGE_SIZE)
     decoded = decode_files(files, size)  # the decoder training uses for folders
@@ -153,9 +151,7 @@ def run_embed(backbone: str | Path, data: str | Path | Sequence[str | Path], out
 def parse_args(argv: list[str] | None = None) -> Namespace:
     parser = recipe_parser("python -m ssl_siamese.recipes.embed",
                            "Embed images (folders, files, glob patterns) with a backbone.")
-    parser.add_argument("--backbone", "--ckpt", dest="backbone", required=True, metavar="PATH",
-                        help="Exported backbone (.pt) from export_backbone, or a Lightning checkpoint (.ckpt); for "
-                             "texts, the text_siamese recipe's exported folder or checkpoint.")
+    add_backbone_option(parser, more="; for texts, the text_siamese recipe's exported folder or checkpoint")
     parser.add_argument("--data", required=True, nargs="+",
                         help="Image folders (searched recursively), image files, or quoted glob patterns.")
     parser.add_argument("--out", default="embeddings.npz", help="Output .npz file.")
@@ -171,7 +167,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     try:
         if len(args.data) == 1 and is_text_file(args.data[0]):
-            summary = run_embed_text(args.backbone, args.data[0], args.out, args.field, args.id_field,
+            summary = run_embed_text(backbone_path(args.backbone), args.data[0], args.out, args.field, args.id_field,
                                      args.batch_size, args.device)
             print(f"Embedded {summary['num_texts']} texts ({summary['feature_dim']}-d) -> {summary['out']}")
             return summary

@@ -6,7 +6,8 @@
 
 ``--embeddings`` is the ``.npz`` of ``ssl_siamese.recipes.embed``; ``--images`` is the folder its paths are
 relative to (the ``--data`` folder given to embed), for the thumbnails (without it the page shows dots and
-names only). ``--backbone`` + ``--data`` embed the images first, as the embed recipe does. The page opens
+names only). ``--backbone`` + ``--data`` embed the images first, as the embed recipe does (``--backbone`` takes
+what embed takes: an exported ``.pt`` file or folder, a Lightning checkpoint, ...). The page opens
 offline in any browser: a zoomable map (PCA, or ``--projection tsne``), thumbnails coloured by label, a
 click shows an image's ``--k`` nearest neighbours with their cosine similarity and distance, a search box
 finds file names, and the pairs with cosine similarity >= ``--duplicates`` are listed (``--duplicates off``
@@ -29,6 +30,7 @@ from ssl_siamese.cli_args import parse_args as parse_checked
 from ssl_siamese.cli_args import recipe_parser
 from ssl_siamese.explorer.page import load_embeddings, write_explorer
 from ssl_siamese.explorer.projection import PROJECTIONS
+from ssl_siamese.recipes._backbone import add_backbone_option
 
 PROG = "python -m ssl_siamese.recipes.explore"
 
@@ -52,8 +54,7 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     source.add_argument("--embeddings", metavar="NPZ", help="The .npz written by ssl_siamese.recipes.embed.")
     source.add_argument("--images", metavar="FOLDER",
                         help="With --embeddings: the folder its paths are relative to (for thumbnails).")
-    source.add_argument("--backbone", "--ckpt", dest="backbone", metavar="PATH",
-                        help="An exported backbone or Lightning checkpoint: embed --data first.")
+    add_backbone_option(source, more=": embed --data first", required=False)
     source.add_argument("--data", nargs="+", help="With --backbone: image folders, files or quoted glob patterns.")
     source.add_argument("--save_embeddings", metavar="NPZ", help="With --backbone: keep the embeddings here.")
     source.add_argument("--batch_size", type=int, default=256)

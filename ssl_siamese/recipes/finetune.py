@@ -4,10 +4,11 @@
     python -m ssl_siamese.recipes.finetune --backbone random --arch resnet18 --data.dataset cifar10 --epochs 10
     python -m ssl_siamese.recipes.finetune --backbone imagenet --arch resnet18 --data.dataset cifar10
 
-``--backbone`` (alias ``--ckpt``) is an exported backbone or a Lightning checkpoint of our methods (its
-architecture, input size and normalisation come from its metadata, read by ``load_backbone``), ``random``
-(``--arch``, freshly initialised, the dataset's size and normalisation) or ``imagenet`` (torchvision's
-ImageNet weights for ``--arch``, read only from the local torch hub cache: nothing is downloaded).
+``--backbone`` (alias ``--ckpt``) is an exported backbone (``.pt`` file or folder), a Lightning checkpoint of
+our methods or a W&B model artifact (its architecture, input size and normalisation come from its metadata,
+read by ``load_backbone``), ``random`` (``--arch``, freshly initialised, the dataset's size and
+normalisation) or ``imagenet`` (torchvision's ImageNet weights for ``--arch``, read only from the local torch
+hub cache: nothing is downloaded).
 Without ``--data.dataset`` a backbone file is fine-tuned on the data recorded in it, the data it was
 pretrained on (``--data.data_dir`` likewise defaults to the recorded folder, else ``./data``); the log says
 which and why. Training: random resized crops (scale 0.5-1) and flips on the device, cross-entropy, SGD
@@ -56,6 +57,7 @@ from ssl_siamese.cli_args import recipe_parser
 from ssl_siamese.embeddings import Preprocess
 from ssl_siamese.export import export_backbone, load_backbone
 from ssl_siamese.loggers import LOGGERS, make_logger
+from ssl_siamese.recipes._backbone import BACKBONE_FORMS, backbone_path
 
 
 class FineTuneClassifier(pl.LightningModule):
@@ -181,7 +183,7 @@ def build_init(backbone: str, arch: str, cifar_stem: bool, dataset: str | None,
             mean, std, cifar_stem = IMAGENET_MEAN, IMAGENET_STD, False
         return module, dim, {"image_size": image_size or info.image_size, "mean": mean, "std": std,
                              "architecture": arch, "cifar_stem": cifar_stem and arch in TORCHVISION_RESNETS}
-    module, _, metadata = load_backbone(backbone, trainable=True)  # load_backbone freezes by default
+    module, _, metadata = load_backbone(backbone_path(backbone), trainable=True)  # it freezes by default
     return module.train(), int(metadata["feature_dim"]), dict(metadata)
 
 
@@ -296,7 +298,7 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser = recipe_parser("python -m ssl_siamese.recipes.finetune",
                            "Fine-tune a backbone with a new linear head; report test top-1.")
     parser.add_argument("--backbone", "--ckpt", dest="backbone", required=True, metavar="PATH",
-                        help="Exported backbone (.pt), Lightning checkpoint (.ckpt), 'random' or 'imagenet'.")
+                        help=f"'random', 'imagenet', or {BACKBONE_FORMS}.")
     parser.add_argument("--arch", default="resnet18", help="Architecture for random/imagenet (e.g. tiny_cnn).")
     parser.add_argument("--cifar_stem", default=True, type=bool,
                         help="3x3 stem for a random torchvision ResNet.")

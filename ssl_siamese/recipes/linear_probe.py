@@ -38,7 +38,8 @@ from ssl_siamese.evaluation.linear import fit_linear_probe, weight_decay_sweep
 from ssl_siamese.evaluation.plots import confusion_matrix_figure, log_figure
 from ssl_siamese.evaluation.wandb_media import log_confusion_matrix, pairs_from_confusion
 from ssl_siamese.export import load_backbone
-from ssl_siamese.loggers import LOGGERS, fetch_wandb_artifact, make_logger
+from ssl_siamese.loggers import LOGGERS, make_logger
+from ssl_siamese.recipes._backbone import add_backbone_option, backbone_path
 from ssl_siamese.recipes.finetune import (
     choose_dataset,
     fill_preprocessing,
@@ -67,8 +68,7 @@ def run_linear_probe(ckpt: str | Path, dataset: str | None = None, data_dir: str
     """
     if dataset is not None and dataset not in labelled_datasets():
         raise ValueError(f"Unknown or unlabelled dataset {dataset!r}; choose one of {', '.join(labelled_datasets())}.")
-    if str(ckpt).startswith("wandb:"):  # a model Artifact logged by a pretraining recipe
-        ckpt = fetch_wandb_artifact(str(ckpt))
+    ckpt = backbone_path(ckpt)  # a model Artifact logged by a pretraining recipe is downloaded
     if finetune_backbone:
         result = run_finetune(ckpt, dataset, data_dir, epochs=epochs or 10, lr=lr or 0.05,
                               weight_decay=5e-4 if weight_decay is None else weight_decay, batch_size=batch_size,
@@ -129,9 +129,7 @@ def run_linear_probe(ckpt: str | Path, dataset: str | None = None, data_dir: str
 def parse_args(argv: list[str] | None = None) -> Namespace:
     parser = recipe_parser("python -m ssl_siamese.recipes.linear_probe",
                            "Linear probe or fine-tuning of a pretrained backbone.")
-    parser.add_argument("--backbone", "--ckpt", dest="ckpt", required=True, metavar="PATH",
-                        help="Exported backbone (folder or .pt), Lightning checkpoint (.ckpt), or a W&B model "
-                             "artifact: wandb:ENTITY/PROJECT/NAME:ALIAS (needs `wandb login`).")
+    add_backbone_option(parser, dest="ckpt", more=" (needs `wandb login`)")
     parser.add_argument("--data.dataset", default=None, choices=[*labelled_datasets(), None],
                         help="Default: the dataset recorded in the backbone file (what it was trained on).")
     parser.add_argument("--data.data_dir", default=None,
