@@ -110,13 +110,19 @@ def _gloo_rank(rank: int, world_size: int, port: int, fn, out_dir: str) -> None:
 def run_gloo_ranks(fn, world_size: int, out_dir: Path) -> list:
     """``fn(rank, world_size)`` in ``world_size`` processes joined in one gloo group; each rank's return value.
 
-    ``fn`` must be picklable (a module-level function of a test file); its result goes through ``torch.save``.
+    ``fn`` must be picklable (a module-level function of a test file, or a ``functools.partial`` of one); its
+    result goes through ``torch.save`` into a file, read after every rank has exited. Never return results
+    through a multiprocessing queue: a queued tensor is shared through its sender, so a read after the rank
+    exited fails (ConnectionResetError / FileNotFoundError in ``queue.get``).
+
+    Example:
+        >>> losses = run_gloo_ranks(functools.partial(step, batch=batch), 2, tmp_path)  # doctest: +SKIP
     """
     import torch
     import torch.multiprocessing as mp
 
     mp.spawn(_gloo_rank, args=(world_size, free_port(), fn, str(out_dir)), nprocs=world_size, join=True)
-    return [torch.load(Path(out_dir) / f"rank{rank}.pt") for rank in range(world_size)]
+    return [torch.load(Path(out_dir) / f"rank{rank}.pt", weights_only=True) for rank in range(world_size)]
 
 
 def average_over_ranks(tensors) -> None:

@@ -4,15 +4,13 @@ so that each spawned rank imports only torch, lightly and the loss."""
 
 from __future__ import annotations
 
+import functools
 import math
-import os
 
-import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
-from conftest import free_port
+from conftest import run_gloo_ranks
 from ssl_siamese.crossmodal.loss import CLIPLoss
 
 
@@ -53,40 +51,27 @@ def test_clip_loss_rejects_bad_input():
         CLIPLoss()(torch.randn(4, 8), torch.randn(3, 8))
 
 
-def _rank(rank: int, world: int, port: int, images, texts, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+def _ranks_gradients(rank: int, world: int, images, texts) -> tuple:
+    """This rank's share of the batch through the loss: loss, input gradients and the temperature's gradient."""
     part = slice(rank * len(images) // world, (rank + 1) * len(images) // world)
     local = [x[part].clone().requires_grad_() for x in (images, texts)]
     loss_fn = CLIPLoss(temperature=0.1)
     loss = loss_fn(*local)
     loss.backward()
-    # numpy arrays travel by value (a tensor would be shared through a socket that dies with this process)
-    queue.put((rank, loss.item(), [x.grad.numpy() for x in local], loss_fn.log_scale.grad.item()))
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    return loss.item(), [x.grad for x in local], loss_fn.log_scale.grad.item()
 
 
-def test_gathered_negatives_on_two_gloo_ranks_equal_one_process_on_the_whole_batch():
+def test_gathered_negatives_on_two_gloo_ranks_equal_one_process_on_the_whole_batch(tmp_path):
     g = torch.Generator().manual_seed(1)
     images, texts = torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)
     whole = [x.clone().requires_grad_() for x in (images, texts)]
     loss_fn = CLIPLoss(temperature=0.1)
     expected = loss_fn(*whole)
     expected.backward()
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_rank, args=(r, 2, port, images, texts, queue)) for r in range(2)]
-    for proc in procs:
-        proc.start()
-    results = {r: (loss, grads, scale_grad) for r, loss, grads, scale_grad in (queue.get(timeout=120) for _ in procs)}
-    for proc in procs:
-        proc.join(timeout=60)
-        assert proc.exitcode == 0
+    results = run_gloo_ranks(functools.partial(_ranks_gradients, images=images, texts=texts), 2, tmp_path)
     # DDP averages the ranks' gradients: the mean loss and the averaged gradients are the whole batch's
     assert (results[0][0] + results[1][0]) / 2 == pytest.approx(expected.item(), rel=1e-5)
     for i, x in enumerate(whole):
-        gathered = torch.from_numpy(np.concatenate([results[0][1][i], results[1][1][i]])) / 2
+        gathered = torch.cat([results[0][1][i], results[1][1][i]]) / 2
         torch.testing.assert_close(gathered, x.grad, rtol=1e-4, atol=1e-6)
     assert (results[0][2] + results[1][2]) / 2 == pytest.approx(loss_fn.log_scale.grad.item(), rel=1e-4)

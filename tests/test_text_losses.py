@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-import socket
 
 import pytest
 import torch
-import torch.multiprocessing as mp
+from conftest import run_gloo_ranks
 
 from ssl_siamese.text.losses import CosineSimilarityLoss, InBatchNegativesLoss, text_keys
 
@@ -120,45 +120,56 @@ def test_cosine_similarity_loss_matches_formula():
     assert CosineSimilarityLoss()(a, b, s).item() == pytest.approx(expected, rel=1e-5)
 
 
-def _rank(rank: int, world: int, port: int, q, p, n, queue, keys=None) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
+def _ranks_loss_and_gradients(rank: int, world: int, q, p, n, texts) -> dict:
+    """This rank's share of the batch through the loss, without and with text keys: loss and input gradients
+    (and the rank's process id)."""
     part = slice(rank * len(q) // world, (rank + 1) * len(q) // world)
-    tensors = [x[part].clone().requires_grad_() for x in (q, p, n)]
-    part_keys = None if keys is None else {name: key[part] for name, key in keys.items()}
-    loss = InBatchNegativesLoss(0.1, symmetric=True)(*tensors, keys=part_keys)
-    loss.backward()
-    queue.put((rank, loss.item(), [x.grad for x in tensors]))
-    torch.distributed.barrier()
-    torch.distributed.destroy_process_group()
+    results = {}
+    for with_keys, keys in ((False, None), (True, texts)):
+        tensors = [x[part].clone().requires_grad_() for x in (q, p, n)]
+        part_keys = None if keys is None else {name: key[part] for name, key in keys.items()}
+        loss = InBatchNegativesLoss(0.1, symmetric=True)(*tensors, keys=part_keys)
+        loss.backward()
+        results[with_keys] = (loss.item(), [x.grad for x in tensors])
+    return {**results, "pid": os.getpid()}
+
+
+def batch_and_keys() -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """A batch of 8 (query, positive, negative) and keys where pairs 0 and 5 share a positive across the ranks,
+    2 and 6 a query, and negative 7 copies positive 1."""
+    g = torch.Generator().manual_seed(1)
+    texts = [[f"q{i}" for i in range(8)], [f"p{i}" for i in range(8)], [f"n{i}" for i in range(8)]]
+    texts[1][5], texts[0][6], texts[2][7] = "p0", "q2", "p1"
+    return [torch.randn(8, 6, generator=g) for _ in range(3)], dict(zip(("query", "positive", "negative"),
+                                                                          map(text_keys, texts)))
+
+
+@pytest.fixture(scope="module")
+def two_rank_results(tmp_path_factory) -> list[dict]:
+    batch, keys = batch_and_keys()
+    fn = functools.partial(_ranks_loss_and_gradients, q=batch[0], p=batch[1], n=batch[2], texts=keys)
+    return run_gloo_ranks(fn, 2, tmp_path_factory.mktemp("text_losses_ranks"))
 
 
 @pytest.mark.parametrize("with_keys", [False, True])
-def test_gathered_negatives_on_two_gloo_ranks_equal_one_process_on_the_whole_batch(with_keys):
-    g = torch.Generator().manual_seed(1)
-    q, p, n = (torch.randn(8, 6, generator=g) for _ in range(3))
-    keys = None  # with keys: pairs 0 and 5 share a positive across the ranks, 2 and 6 a query, negative 7 copies p1
-    if with_keys:
-        texts = [[f"q{i}" for i in range(8)], [f"p{i}" for i in range(8)], [f"n{i}" for i in range(8)]]
-        texts[1][5], texts[0][6], texts[2][7] = "p0", "q2", "p1"
-        keys = dict(zip(("query", "positive", "negative"), (text_keys(t) for t in texts)))
-    whole = [x.clone().requires_grad_() for x in (q, p, n)]
-    expected = InBatchNegativesLoss(0.1, symmetric=True)(*whole, keys=keys)
+def test_gathered_negatives_on_two_gloo_ranks_equal_one_process_on_the_whole_batch(two_rank_results, with_keys):
+    batch, keys = batch_and_keys()
+    whole = [x.clone().requires_grad_() for x in batch]
+    expected = InBatchNegativesLoss(0.1, symmetric=True)(*whole, keys=keys if with_keys else None)
     expected.backward()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    procs = [ctx.Process(target=_rank, args=(r, 2, port, q, p, n, queue, keys)) for r in range(2)]
-    for proc in procs:
-        proc.start()
-    results = dict((r, (loss, grads)) for r, loss, grads in (queue.get(timeout=120) for _ in procs))
-    for proc in procs:
-        proc.join(timeout=60)
-        assert proc.exitcode == 0
+    results = [ranks[with_keys] for ranks in two_rank_results]
     # DDP averages the ranks' gradients: the mean loss and the averaged gradients are the whole batch's
     assert (results[0][0] + results[1][0]) / 2 == pytest.approx(expected.item(), rel=1e-5)
     for i, x in enumerate(whole):
         gathered = torch.cat([results[0][1][i], results[1][1][i]]) / 2
         torch.testing.assert_close(gathered, x.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_rank_results_are_read_after_the_ranks_have_exited(two_rank_results):
+    """The ranks return tensors and exit; the parent reads them only afterwards. Tensors put in a
+    multiprocessing queue are shared through their sender, so a late read failed (ConnectionResetError under
+    load; FileNotFoundError in queue.get when this fixture ran on a queue read after the ranks' exit)."""
+    for result in two_rank_results:
+        with pytest.raises(ProcessLookupError):
+            os.kill(result["pid"], 0)  # the rank is gone
+        assert all(grad.shape == (4, 6) and grad.abs().sum() > 0 for grad in result[True][1])
