@@ -38,7 +38,8 @@ if [ ! -f "$target/train-images-idx3-ubyte.gz" ]; then
     if APT_LOG=$log "$here/apt_install.sh" dataset-fashion-mnist; then
       copy || tried="$tried; dataset-fashion-mnist is installed but its files are not in: $sources"
     else
-      tried="$tried; \`apt-get install dataset-fashion-mnist\` failed: $(grep '^E:' "$log" | tail -n 3 | tr '\n' ' ')(log: $log)"
+      errors=$(grep '^E:' "$log" | tail -n 3 | tr '\n' ' ')
+      tried="$tried; \`apt-get install dataset-fashion-mnist\` failed: $errors(log: $log)"
     fi
   fi
 fi

@@ -5,11 +5,21 @@ Test files take Fashion-MNIST from :func:`fashion_mnist_dir` and mark the tests 
 :func:`ssl_siamese.data.fashion_mnist_search_paths` for the recipes' default ``./data`` (where
 ``scripts/setup.sh`` puts it; then ``$SSL_SIAMESE_FASHION_MNIST`` and Debian's
 ``/usr/share/datasets/fashion-mnist``), then this project's shared copy ``../shared/data/fashion-mnist``.
+
+Debian packages the tests need (Chromium, adwaita-icon-theme) are installed by :func:`install_debian_packages`
+when missing and the tests run as root; otherwise those tests are skipped, saying how to install them. At the
+end of a run one line counts the skipped tests by what they need (:func:`skip_summary`).
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import re
+import shutil
 import socket
+import subprocess
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,6 +29,7 @@ from ssl_siamese.data import idx
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+ADWAITA = Path("/usr/share/icons/Adwaita")
 
 
 def fashion_mnist_candidates() -> list[Path]:
@@ -69,6 +80,71 @@ def needs_data_file(relative: str) -> pytest.MarkDecorator:
     """Skip unless :func:`find_data_file` finds ``relative``, saying where it looked."""
     return pytest.mark.skipif(find_data_file(relative) is None,
                               reason=f"{relative} not found; looked in: {_looked_in(data_file_candidates(relative))}")
+
+
+@functools.cache
+def install_debian_packages(*packages: str) -> None:
+    """Install Debian ``packages`` with ``scripts/apt_install.sh`` (it waits for another apt's lock) unless they
+    are; skip the calling test, saying how to install them, without apt-get or root; fail with apt's error.
+
+    Example:
+        >>> install_debian_packages("chromium", "chromium-driver")  # doctest: +SKIP
+    """
+    needs = f"needs Debian's {' '.join(packages)}"
+    command = f"apt-get install {' '.join(packages)}"
+    if shutil.which("apt-get") is None:
+        pytest.skip(f"{needs}: this machine has no apt-get to run `{command}`")
+    if os.geteuid() != 0:
+        pytest.skip(f"{needs}: run `sudo {command}` (the tests install it themselves when run as root)")
+    done = subprocess.run([REPO / "scripts" / "apt_install.sh", *packages], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.fail(f"{needs}; `{command}` failed (a Debian mirror is needed):\n{done.stderr}", pytrace=False)
+
+
+def adwaita_theme() -> Path:
+    """Debian's adwaita-icon-theme (real RGBA/LA/palette PNG and SVG icons), installed when missing.
+
+    Example:
+        >>> icons = sorted(adwaita_theme().glob("48x48/*/*.png"))  # doctest: +SKIP
+    """
+    if not ADWAITA.is_dir():
+        install_debian_packages("adwaita-icon-theme")
+    return ADWAITA
+
+
+# What skipped tests need, by a pattern of their skip reasons (first match wins); the rest are listed as they are.
+SKIP_GROUPS = {
+    "Fashion-MNIST (./scripts/setup.sh puts it in ./data)": r"fashion-mnist",
+    "../shared/data ({names}; CI has them)": r"imagenette|cifar|coco128|shared/data",
+    "Debian's adwaita-icon-theme (the tests install it when run as root)": r"adwaita",
+    "Debian's chromium (the tests install it when run as root)": r"chromium",
+}
+DATA_NAMES = {"imagenette": "Imagenette", "cifar": "CIFAR-10 JPEGs", "coco128": "COCO128"}
+
+
+def skip_summary(reasons: list[str]) -> str:
+    """One line counting skipped tests by what they need, largest group first.
+
+    Example:
+        >>> skip_summary(["imagenette-224/imagenette-224.tar not found; looked in: ...", "no GPU"])
+        '2 tests skipped: 1 needs ../shared/data (Imagenette; CI has them), 1: no GPU'
+    """
+    counts = Counter(next((label for label, pattern in SKIP_GROUPS.items() if re.search(pattern, reason, re.I)),
+                          reason) for reason in reasons)
+    names = [name for key, name in DATA_NAMES.items() if any(key in reason.lower() for reason in reasons)]
+    parts = [f"{count} need{'s' * (count == 1)} {what.format(names=', '.join(names) or 'real data')}"
+             if what in SKIP_GROUPS else f"{count}: {what}" for what, count in counts.most_common()]
+    return f"{len(reasons)} test{'s' * (len(reasons) != 1)} skipped: " + ", ".join(parts)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """After the run: :func:`skip_summary` of the skipped tests, so a run without ../shared says what it missed."""
+    reasons = []
+    for report in terminalreporter.stats.get("skipped", []):
+        text = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        reasons.append(text.removeprefix("Skipped: "))
+    if reasons:
+        terminalreporter.write_line(skip_summary(reasons))
 
 
 @pytest.fixture(autouse=True)

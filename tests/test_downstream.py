@@ -25,7 +25,7 @@ from ssl_siamese.recipes import embed as embed_recipe
 from ssl_siamese.recipes.embed import run_embed
 from ssl_siamese.recipes.finetune import build_init, run_finetune
 
-from conftest import fashion_mnist_dir, needs_fashion_mnist
+from conftest import adwaita_theme, fashion_mnist_dir, needs_fashion_mnist
 
 DATA = fashion_mnist_dir()
 FASHION = DATASETS["fashion_mnist"]
@@ -267,18 +267,16 @@ def test_finetune_imagenet_without_local_weights_is_a_clear_error(tmp_path, monk
 
 # --------------------------------------------------------------------------- issue 12: loaded backbone, any image
 
-ADWAITA = Path("/usr/share/icons/Adwaita")
-
-
 def adwaita_rgba_icon(min_side: int = 32) -> Path:
     """A real RGBA icon with transparent and partly transparent pixels; skip (saying where) when absent."""
-    for path in sorted(ADWAITA.rglob("*.png")) if ADWAITA.is_dir() else ():
+    theme = adwaita_theme()
+    for path in sorted(theme.rglob("*.png")):
         with Image.open(path) as image:
             if image.mode == "RGBA" and min(image.size) >= min_side:
                 alpha = np.asarray(image)[..., 3]
                 if (alpha == 0).any() and ((alpha > 0) & (alpha < 255)).any():
                     return path
-    pytest.skip(f"no RGBA icon with transparency found under {ADWAITA} (Debian package adwaita-icon-theme)")
+    pytest.skip(f"no RGBA icon with transparency found under {theme} (Debian package adwaita-icon-theme)")
 
 
 def float64_reference(image: np.ndarray, size: int, mean, std, background=(1.0, 1.0, 1.0)) -> torch.Tensor:

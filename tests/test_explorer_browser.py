@@ -3,14 +3,13 @@ the ``explore`` recipe (``--backbone --data``, as ``python -m``) and the ``embed
 searched; neighbours checked against brute force.
 
 Chromium and chromedriver come from Debian's packages: a clean CI machine (root, a Debian mirror) installs them
-here with apt-get; a machine without apt-get skips these tests and says why. Selenium (the ``dev`` extra) drives
-them by path, never downloading a driver. The screenshot is kept in the test's folder and in
+here with apt-get (``conftest.install_debian_packages``); elsewhere these tests are skipped, saying why. Selenium
+(the ``dev`` extra) drives them by path, never downloading a driver. The screenshot is kept in the test's folder and in
 ``tests/artifacts/explorer.png`` (git-ignored).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import find_data_file, needs_data_file
+from conftest import find_data_file, install_debian_packages, needs_data_file
 
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
@@ -35,7 +34,6 @@ REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "tests" / "artifacts"
 CIFAR_JPG = "cifar10-jpg/cifar10-jpg.tar.gz"
 PER_CLASS, K = 30, 8
-APT_INSTALL = ["apt-get", "install", "-y", "chromium", "chromium-driver"]
 
 pytestmark = needs_data_file(CIFAR_JPG)
 
@@ -45,14 +43,7 @@ def chromium() -> None:
     """Chromium and chromedriver on the PATH, installed with apt-get when missing."""
     if all(find_chromium()):
         return
-    if shutil.which("apt-get") is None:
-        pytest.skip("No chromium/chromedriver on the PATH and no apt-get to run `" + " ".join(APT_INSTALL) + "`")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    done = subprocess.run(APT_INSTALL, capture_output=True, text=True, env=env)
-    if done.returncode != 0:  # a clean machine may have no package lists yet
-        subprocess.run(["apt-get", "update"], capture_output=True, text=True, env=env)
-        done = subprocess.run(APT_INSTALL, capture_output=True, text=True, env=env)
-    assert done.returncode == 0, f"`{' '.join(APT_INSTALL)}` failed (root and a Debian mirror are needed):\n{done.stderr}"
+    install_debian_packages("chromium", "chromium-driver")
     assert all(find_chromium()), f"apt-get installed chromium but not both executables: {find_chromium()}"
 
 

@@ -8,17 +8,14 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import adwaita_theme
 from ssl_siamese.images import DEFAULT_BACKGROUND, ImageReadError, list_image_files, read_image, read_images
-
-ADWAITA = Path("/usr/share/icons/Adwaita")
-
 
 def adwaita_icons(mode: str, transparency_info: bool = False, limit: int = 4, under: str = "") -> list[Path]:
     """Up to ``limit`` Adwaita PNGs of ``mode`` with fully and partly transparent pixels; skip when absent."""
-    if not ADWAITA.is_dir():
-        pytest.skip(f"real icons not found: looked in {ADWAITA} (Debian package adwaita-icon-theme)")
+    theme = adwaita_theme()
     found = []
-    for path in sorted((ADWAITA / under).rglob("*.png")):
+    for path in sorted((theme / under).rglob("*.png")):
         with Image.open(path) as image:
             if image.mode == mode and ("transparency" in image.info) == transparency_info:
                 alpha = np.asarray(image.convert("RGBA"))[..., 3]
@@ -27,7 +24,7 @@ def adwaita_icons(mode: str, transparency_info: bool = False, limit: int = 4, un
         if len(found) == limit:
             break
     if not found:
-        pytest.skip(f"no {mode} icon with transparency under {ADWAITA}")
+        pytest.skip(f"no {mode} icon with transparency under {theme} (Debian package adwaita-icon-theme)")
     return found
 
 

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, fashion_mnist_dir, needs_fashion_mnist
+from conftest import REPO, adwaita_theme, fashion_mnist_dir, needs_fashion_mnist
 from ssl_siamese.cli import main
 from ssl_siamese.data import load_split
 from ssl_siamese.methods.simclr import SimCLR
 from ssl_siamese.oneshot import UNKNOWN
 
 README = REPO / "README.md"
-ADWAITA = Path("/usr/share/icons/Adwaita")
 CLASSES = {1: "trouser", 8: "bag", 9: "boot"}  # registered: one reference each
 UNREGISTERED = 5  # sandals appear among the photos, never registered
 
@@ -32,11 +31,12 @@ def readme_python_blocks(section: str) -> list[str]:
 
 
 def rgba_icon() -> Path:
-    for path in sorted(ADWAITA.glob("*/*/*.png")) if ADWAITA.is_dir() else ():
+    theme = adwaita_theme()
+    for path in sorted(theme.glob("*/*/*.png")):
         with Image.open(path) as image:
             if image.mode == "RGBA" and image.size[0] >= 32 and (np.asarray(image)[..., 3] < 255).any():
                 return path
-    pytest.skip(f"no RGBA icon found under {ADWAITA} (Debian package adwaita-icon-theme)")
+    pytest.skip(f"no RGBA icon found under {theme} (Debian package adwaita-icon-theme)")
 
 
 def save_png(array: np.ndarray, path: Path) -> None:

@@ -1,6 +1,8 @@
 """scripts/fashion_mnist.sh (run by setup.sh) and scripts/apt_install.sh against a fake ``apt-get`` first on the
 PATH: it waits for a held dpkg lock, retries ``apt-get update`` while the lists' lock is held, shows apt's own
-error when it still fails, and the library's "Fashion-MNIST not found" error says what setup tried."""
+error when it still fails, and the library's "Fashion-MNIST not found" error says what setup tried. Then the
+test suite's own setup in conftest: Debian packages installed through the same script, and the line that
+counts skipped tests by what they need."""
 
 from __future__ import annotations
 
@@ -11,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+import conftest
+from conftest import REPO, fashion_mnist_skip_reason, install_debian_packages, needs_data_file, skip_summary
 from ssl_siamese.data import DataNotFoundError, idx
 
 DPKG_LOCKED = "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 4242 (unattended-upgr)"
@@ -89,3 +92,38 @@ def test_without_root_apt_is_not_run_and_the_note_says_so(tmp_path):
     assert not (tmp_path / "calls").exists()
     assert "not root" in (tmp_path / "work" / "data" / idx.SETUP_NOTE).read_text()
     assert "not root" in done.stderr
+
+
+def test_debian_packages_for_the_tests_go_through_apt_install_as_root_and_are_skipped_otherwise(tmp_path,
+                                                                                                 monkeypatch):
+    env = fake_apt(tmp_path, ["ok", DPKG_LOCKED, DPKG_LOCKED])
+    for name in ("PATH", "APT_LOCK_TIMEOUT", "APT_RETRY_SECONDS"):
+        monkeypatch.setenv(name, env[name])
+    monkeypatch.setenv("APT_LOCK_TIMEOUT", "0")
+    install = install_debian_packages.__wrapped__  # not the cached answer of an earlier call
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    install("adwaita-icon-theme")
+    with pytest.raises(pytest.fail.Exception, match="Could not get lock /var/lib/dpkg/lock-frontend"):
+        install("adwaita-icon-theme")
+    assert apt_calls(tmp_path) == ["-o DPkg::Lock::Timeout=0 install -y -q adwaita-icon-theme",
+                                   "-o DPkg::Lock::Timeout=0 install -y -q adwaita-icon-theme",
+                                   "-o DPkg::Lock::Timeout=0 update -q"]
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(pytest.skip.Exception, match="sudo apt-get install adwaita-icon-theme"):
+        install("adwaita-icon-theme")
+
+
+def test_skipped_tests_are_counted_by_what_they_need(monkeypatch):
+    monkeypatch.setattr(conftest, "ADWAITA", Path("/no/such/icons"))
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    with pytest.raises(pytest.skip.Exception) as skipped:
+        conftest.adwaita_theme()
+    reasons = [needs_data_file("imagenette-224/imagenette-224.tar").kwargs["reason"],
+               needs_data_file("cifar10-jpg/cifar10-jpg.tar.gz").kwargs["reason"],
+               needs_data_file("imagenette-224/imagenette-224.tar").kwargs["reason"],
+               fashion_mnist_skip_reason(), str(skipped.value), 'needs a local S3 server: pip install "moto[server]"']
+    assert skip_summary(reasons) == (
+        "6 tests skipped: 3 need ../shared/data (Imagenette, CIFAR-10 JPEGs; CI has them), "
+        "1 needs Fashion-MNIST (./scripts/setup.sh puts it in ./data), "
+        "1 needs Debian's adwaita-icon-theme (the tests install it when run as root), "
+        '1: needs a local S3 server: pip install "moto[server]"')
