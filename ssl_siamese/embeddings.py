@@ -1,8 +1,8 @@
 """Embed images with an exported backbone, and search the embeddings by cosine similarity.
 
-``embed_images`` preprocesses images exactly like the model's evaluation views (``ViewAugmentation.normalize``
-at the size, mean and std in the backbone's metadata) and runs the backbone in eval mode in batches, on the
-GPU when there is one. Images may be a batch ``(N, C, H, W)``, one image ``(C, H, W)``, a list of images of
+``embed_images`` preprocesses images exactly like training's evaluation images (:class:`Preprocess`: shorter
+side to the backbone's input size and centre crop, :func:`ssl_siamese.images.resize_center_crop`, then the
+mean and std in its metadata) and runs the backbone in eval mode in batches, on the GPU when there is one. Images may be a batch ``(N, C, H, W)``, one image ``(C, H, W)``, a list of images of
 any sizes, or image files (read by ``ssl_siamese.images.read_image``); pixel values are scaled by dtype
 (``to_unit_rgb``). ``EmbeddingIndex`` keeps L2-normalised embeddings (with optional labels and ids) and
 answers exact k-nearest-neighbour queries by cosine similarity: a chunked matrix product in torch, or
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ssl_siamese.augment import ViewAugmentation
-from ssl_siamese.images import DEFAULT_BACKGROUND, read_images
+from ssl_siamese.images import DEFAULT_BACKGROUND, read_images, resize_center_crop
 
 Images = Union[Tensor, np.ndarray, str, os.PathLike, Sequence[Union[Tensor, np.ndarray, str, os.PathLike]]]
 """What the embedding functions take: a batch ``(N, C, H, W)``, one image ``(C, H, W)``, a list of images of
@@ -41,6 +41,10 @@ any sizes, or image file paths (one or a list, possibly mixed with tensors)."""
 INTEGER_SCALES = {torch.uint8: 255.0, torch.uint16: 65535.0}
 """The integer pixel dtypes accepted and the value that means full intensity."""
 FLOAT_TOLERANCE = 1e-3  # float images may stray this far outside [0, 1] (resampling overshoot, rounding)
+
+RESIZE = "shorter_side_center_crop"
+"""How exports record the preprocessing geometry (metadata ``"resize"``): training's evaluation images,
+shorter side to ``image_size`` then the centre square (``ssl_siamese.images.resize_center_crop``)."""
 
 FAISS_MIN_SIZE = 100_000  # below this an exact torch matmul is as fast and needs no extra package
 
@@ -89,9 +93,13 @@ class Preprocess(nn.Module):
     """The evaluation preprocessing of a backbone: no randomness, images in, normalised float32 out.
 
     Images ``(B, C, H, W)`` or one image ``(C, H, W)``, with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4
-    (RGBA), in uint8, uint16 or [0, 1] float (``to_unit_rgb``: alpha composited onto white), are resized to
-    ``size`` (bilinear, antialiased) and normalised with ``mean`` and ``std``: ``ViewAugmentation.normalize``.
-    A list of images of different sizes is resized image by image and stacked.
+    (RGBA), in uint8, uint16 or [0, 1] float (``to_unit_rgb``: alpha composited onto white), get training's
+    evaluation geometry, :func:`ssl_siamese.images.resize_center_crop` (shorter side to ``size``, centre
+    square; never squashed), and are normalised with ``mean`` and ``std`` (``ViewAugmentation.normalize``).
+    Integer images are brought to 8-bit RGB first and resized in 8 bits, as ``read_image(path, size)``
+    decodes training's folders, so ``Preprocess(...)(read_image(path))`` equals the normalised
+    ``read_image(path, size)`` of training exactly. A list of images of different sizes is resized image by
+    image and stacked. ``resize`` is the geometry's name recorded in exports; only :data:`RESIZE` exists.
 
     Example:
         >>> transform = Preprocess(32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
@@ -101,8 +109,12 @@ class Preprocess(nn.Module):
         torch.Size([2, 3, 32, 32])
     """
 
-    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], resize: str = RESIZE) -> None:
         super().__init__()
+        if resize != RESIZE:
+            raise ValueError(f"Unknown preprocessing resize {resize!r}: this version knows only {RESIZE!r} "
+                             "(shorter side to the size, centre crop); upgrade ssl_siamese to read this export.")
+        self.size, self.resize = int(size), resize
         self.views = ViewAugmentation(size=size, mean=mean, std=std)  # only its deterministic path is used
 
     def forward(self, images: Tensor | Sequence[Tensor]) -> Tensor:
@@ -113,17 +125,21 @@ class Preprocess(nn.Module):
         images = torch.as_tensor(images)
         if images.dim() == 3:  # one image (C, H, W)
             images = images.unsqueeze(0)
-        return self.views.normalize(to_unit_rgb(images.to(self.views.mean.device)))
+        rgb = to_unit_rgb(images)
+        if not images.dtype.is_floating_point:  # 8-bit RGB, as read_image gives training's folders
+            rgb = rgb.mul(255.0).round_().to(torch.uint8)
+        return self.views.normalize(resize_center_crop(rgb, self.size).to(self.views.mean.device))
 
     def extra_repr(self) -> str:
-        return (f"size={self.views.size}, mean={self.views.mean.flatten().tolist()}, "
+        return (f"size={self.size}, resize={self.resize}, mean={self.views.mean.flatten().tolist()}, "
                 f"std={self.views.std.flatten().tolist()}")
 
 
 def preprocessing(metadata: Mapping[str, Any], image_size: int | None = None) -> Preprocess:
-    """The evaluation preprocessing of an exported backbone (size, mean and std from its metadata).
+    """The evaluation preprocessing of an exported backbone (size, mean, std and ``resize`` from its metadata).
 
-    ``image_size`` is used when the metadata records none (a backbone passed as a module).
+    ``image_size`` is used when the metadata records none (a backbone passed as a module). Exports written
+    before the metadata recorded ``resize`` get training's geometry (:data:`RESIZE`), as newer ones do.
     """
     if not metadata.get("mean") or not metadata.get("std"):
         raise ValueError("The backbone metadata has no 'mean'/'std' normalisation; pass the metadata "
@@ -131,7 +147,7 @@ def preprocessing(metadata: Mapping[str, Any], image_size: int | None = None) ->
     size = int(metadata.get("image_size") or image_size or 0)
     if size <= 0:
         raise ValueError("The backbone metadata has no 'image_size'; add it to the metadata dict.")
-    return Preprocess(size, metadata["mean"], metadata["std"])
+    return Preprocess(size, metadata["mean"], metadata["std"], metadata.get("resize") or RESIZE)
 
 
 @torch.no_grad()
@@ -144,9 +160,9 @@ def embed_images(backbone: nn.Module, images: Images, metadata: Mapping[str, Any
     uint16 or [0, 1] float, 1 to 4 channels (``to_unit_rgb``). The backbone is put in eval mode and moved to
     ``device`` (default: cuda when available).
     """
-    images = as_images(images)
+    size_hint = metadata.get("image_size") or _first_tensor_side(images)
+    images = as_images(images, size_hint)
     device = torch.device(device) if device is not None else default_device()
-    size_hint = images[0].shape[-1] if len(images) else None
     preprocess = preprocessing(metadata, size_hint).to(device)
     backbone.eval().to(device)
     chunks = [images[start:start + batch_size] for start in range(0, len(images), batch_size)]
@@ -157,13 +173,14 @@ def embed_images(backbone: nn.Module, images: Images, metadata: Mapping[str, Any
     return torch.cat(features)
 
 
-def as_images(images: Images) -> Tensor | list[Tensor]:
-    """A batch ``(N, C, H, W)`` as is, or a list of ``(C, H, W)`` images with files read (``read_image``)."""
+def as_images(images: Images, size: int | None = None) -> Tensor | list[Tensor]:
+    """A batch ``(N, C, H, W)`` as is, or a list of ``(C, H, W)`` images with files read (``read_image``, at
+    ``size`` when given: what :class:`Preprocess` would make of the full image, without holding it)."""
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     if isinstance(images, (list, tuple)):
         paths = [i for i, image in enumerate(images) if isinstance(image, (str, os.PathLike))]
-        decoded = dict(zip(paths, read_images([images[i] for i in paths])))
+        decoded = dict(zip(paths, read_images([images[i] for i in paths], size=size)))
         return [decoded[i] if i in decoded else _one_image(image) for i, image in enumerate(images)]
     images = torch.as_tensor(images)
     if images.dim() == 3:
@@ -171,6 +188,15 @@ def as_images(images: Images) -> Tensor | list[Tensor]:
     if images.dim() != 4:
         raise ValueError(f"Expected images (N, C, H, W) or one image (C, H, W), got shape {tuple(images.shape)}.")
     return images
+
+
+def _first_tensor_side(images: Images) -> int | None:
+    """The width of the first image given as a tensor or array: the size of a backbone with no metadata size."""
+    if isinstance(images, (str, os.PathLike)):
+        return None
+    first = next((image for image in images if not isinstance(image, (str, os.PathLike))), None) \
+        if isinstance(images, (list, tuple)) else images
+    return None if first is None else int(np.shape(first)[-1])
 
 
 def _one_image(image: Tensor | np.ndarray) -> Tensor:

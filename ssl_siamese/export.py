@@ -31,7 +31,7 @@ from torch import nn
 
 from ssl_siamese.backbones import BACKBONE_NAMES, TORCHVISION_RESNETS, build_backbone, vit_pooling
 from ssl_siamese.checkpoints import EXPORT_FORMAT, bare_state_dict, read_checkpoint
-from ssl_siamese.embeddings import Preprocess, preprocessing
+from ssl_siamese.embeddings import RESIZE, Preprocess, preprocessing
 from ssl_siamese.pretrained_folder import looks_like_safetensors, read_pretrained
 
 FORMAT = EXPORT_FORMAT
@@ -40,8 +40,10 @@ FORMAT = EXPORT_FORMAT
 class LoadedBackbone(NamedTuple):
     """What ``load_backbone`` returns: the feature extractor, its preprocessing and the metadata.
 
-    ``transform`` maps uint8 images ``(B, C, H, W)`` to the backbone's input (resize and normalise, no
-    randomness); it is ``None`` when the metadata records no input size or normalisation.
+    ``transform`` maps uint8 images ``(B, C, H, W)`` to the backbone's input with no randomness: training's
+    evaluation geometry (shorter side to the input size, centre crop: metadata ``"resize"``, which exports
+    older than that field get too) and normalisation; it is ``None`` when the metadata records no input size
+    or normalisation.
     """
 
     backbone: nn.Module
@@ -107,6 +109,7 @@ def backbone_metadata(model: nn.Module, **metadata: Any) -> dict[str, Any]:
         "image_size": int(hparams.get("view_size", 0)),
         "mean": [float(v) for v in hparams.get("mean", ())],
         "std": [float(v) for v in hparams.get("std", ())],
+        "resize": RESIZE,  # training's evaluation geometry, which load_backbone's transform applies
         "method": type(model).__name__,
         **backbone_options(model.backbone, hparams.get("backbone_kwargs")),
         **export_versions(arch),

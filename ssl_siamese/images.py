@@ -27,7 +27,7 @@ from typing import Callable, Iterable, Literal, Sequence, Union
 
 import numpy as np
 import torch
-import torchvision.transforms.functional as TF
+from torchvision.transforms.v2 import functional as TF
 from torch import Tensor
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})

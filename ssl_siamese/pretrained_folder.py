@@ -95,12 +95,12 @@ def _write_atomically(path: Path, write: Any) -> None:
 
 
 def _timm_config(backbone: nn.Module, metadata: dict[str, Any]) -> dict[str, Any]:
-    """timm's ``config.json`` for a timm backbone, with our preprocessing (plain resize, no crop)."""
+    """timm's ``config.json`` for a timm backbone, with our preprocessing (shorter side to the size, centre crop)."""
     require("timm", "The config.json of a timm backbone")
     from timm.models._hub import save_config_for_hf  # timm's writer: the format its loader reads
 
     size = int(metadata.get("image_size") or 0)
-    data_config: dict[str, Any] = {"crop_pct": 1.0, "crop_mode": "squash", "interpolation": "bilinear"}
+    data_config: dict[str, Any] = {"crop_pct": 1.0, "crop_mode": "center", "interpolation": "bilinear"}
     if size:
         data_config["input_size"] = (3, size, size)
     if metadata.get("mean") and metadata.get("std"):

@@ -1,12 +1,22 @@
-"""Backbone export: plain torchvision loads it strictly, load_backbone round-trips, bad files are refused."""
+"""Backbone export: plain torchvision loads it strictly, load_backbone round-trips, bad files are refused, and
+inference preprocesses real photos exactly as training's evaluation does."""
 
+import tarfile
+
+import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
+from conftest import find_data_file, needs_data_file
 from torch import nn
 
-from ssl_siamese import LoadedBackbone, SimCLR, SimSiam, export_backbone, load_backbone
+from ssl_siamese import LoadedBackbone, OneShotClassifier, SimCLR, SimSiam, embed_images, export_backbone, load_backbone
 from ssl_siamese.backbones import torchvision_resnet
+from ssl_siamese.data.folders import load_folder
+from ssl_siamese.images import read_image
+
+COCO = "coco128/coco128.tar"  # real photos, 640 px wide and 4xx px high: not square
 
 
 @pytest.mark.parametrize("cifar_stem", [True, False])
@@ -129,3 +139,56 @@ def test_not_an_export_and_missing_file(tmp_path):
         load_backbone(path)
     with pytest.raises(FileNotFoundError):
         load_backbone(tmp_path / "missing.pt")
+
+
+@needs_data_file(COCO)
+def test_inference_preprocesses_a_non_square_photo_exactly_as_training_evaluates_it(tmp_path):
+    """One geometry everywhere: load_backbone's transform, embed_images, OneShotClassifier and the embed recipe
+    give what training's evaluation gives (the folder decoded at the model's size, normalised by the model in
+    eval): shorter side resized, centre crop, not the whole photo squashed into a square. Old exports without
+    the recorded ``resize`` get the same."""
+    from ssl_siamese.recipes.embed import run_embed
+
+    root = tmp_path / "photos"
+    with tarfile.open(find_data_file(COCO)) as tar:
+        members = sorted((m for m in tar.getmembers() if m.isfile() and "images/val2017/" in m.name),
+                         key=lambda m: m.name)[:2]
+        tar.extractall(tmp_path / "coco", members=members, filter="data")
+    (root / "coco").mkdir(parents=True)
+    files = []
+    for member in members:
+        files.append(root / "coco" / member.name.rsplit("/", 1)[1])
+        (tmp_path / "coco" / member.name).rename(files[-1])
+    shapes = [tuple(read_image(file).shape[1:]) for file in files]
+    assert all(h != w for h, w in shapes), shapes
+    size = 40
+    torch.manual_seed(0)
+    model = SimCLR(backbone="tiny_cnn", view_size=size, mean=(0.4, 0.45, 0.5), std=(0.2, 0.25, 0.3)).eval()
+    path = export_backbone(model, tmp_path / "backbone.pt", data="folder")
+
+    training = model.on_after_batch_transfer((load_folder(root, image_size=size).images, None), 0)[0]
+    with torch.no_grad():
+        expected = model.backbone(training)
+    backbone, transform, metadata = load_backbone(path)
+    assert metadata["resize"] == "shorter_side_center_crop"
+    full_size = [read_image(file) for file in files]
+    assert torch.equal(transform(full_size), training)
+    assert torch.equal(transform(full_size[1]), training[1:])
+    assert torch.equal(embed_images(backbone, files, metadata, device="cpu", progress=False), expected)
+    assert torch.equal(embed_images(backbone, full_size, metadata, device="cpu", progress=False), expected)
+    assert torch.equal(OneShotClassifier(backbone, metadata, device="cpu").embed(files), F.normalize(expected, dim=1))
+    run_embed(path, root, tmp_path / "embeddings.npz", device="cpu", progress=False)
+    with np.load(tmp_path / "embeddings.npz") as data:
+        assert data["paths"].tolist() == [f"coco/{file.name}" for file in files]
+        assert np.array_equal(data["embeddings"], expected.numpy())
+    squashed = F.interpolate(full_size[0][None].float() / 255, size=(size, size), mode="bilinear", antialias=True)
+    assert not torch.allclose(model.augmentation.normalize(squashed), training[:1], atol=0.05)  # what it was
+
+    payload = torch.load(path, weights_only=True)
+    del payload["metadata"]["resize"]  # an export written before the field
+    torch.save(payload, tmp_path / "old.pt")
+    assert torch.equal(load_backbone(tmp_path / "old.pt").transform(full_size), training)
+    payload["metadata"]["resize"] = "squash"
+    torch.save(payload, tmp_path / "unknown.pt")
+    with pytest.raises(ValueError, match="Unknown preprocessing resize 'squash'"):
+        load_backbone(tmp_path / "unknown.pt")

@@ -36,9 +36,9 @@ from litdata import StreamingDataLoader, StreamingDataset
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
-from torchvision.transforms.v2 import functional as TF
 
 from ssl_siamese.data.info import DataNotFoundError
+from ssl_siamese.images import resize_center_crop
 from ssl_siamese.padded import pad_images
 
 FORMAT = "ssl_siamese.shards"
@@ -147,8 +147,9 @@ def encoded_tensor(data: Any) -> Tensor:
 
 def resize_centre_crop(image: Tensor, size: int) -> Tensor:
     """The evaluation transform on one uint8 ``(3, h, w)`` image: shorter side to ``size`` (bilinear,
-    antialiased), then the centre ``size x size``."""
-    return TF.center_crop(TF.resize(image, size, antialias=True), [size, size])
+    antialiased), then the centre ``size x size``: :func:`ssl_siamese.images.resize_center_crop`, the one
+    geometry that folders, ``embed`` and ``load_backbone``'s transform use too."""
+    return resize_center_crop(image, size)
 
 
 class ShardImages(StreamingDataset):
