@@ -184,9 +184,10 @@ def read_images(paths: Iterable[PathLike], size: int | None = None, background: 
     return results
 
 
-def unreadable_reasons(paths: Iterable[PathLike], limit: int = 3) -> list[str]:
-    """Why the files among the first ``limit`` of ``paths`` cannot be read: :func:`read_image`'s messages, which
-    name the file. For errors about files that :func:`decode_files` (or ``read_images(errors="none")``) gave None for.
+def unreadable_reasons(paths: Iterable[PathLike], size: int | None = None, limit: int = 3) -> list[str]:
+    """Why the files among the first ``limit`` of ``paths`` cannot be read at ``size``: :func:`read_image`'s
+    messages, which name the file. For errors about files that :func:`decode_files` (or
+    ``read_images(errors="none")``) gave None for.
 
     Example:
         >>> unreadable_reasons(["cut.png"])  # doctest: +SKIP
@@ -195,7 +196,7 @@ def unreadable_reasons(paths: Iterable[PathLike], limit: int = 3) -> list[str]:
     reasons = []
     for path in list(paths)[:limit]:
         try:
-            read_image(path)
+            read_image(path, size, DEFAULT_BACKGROUND)
         except (ImageReadError, FileNotFoundError) as error:
             reasons.append(str(error))
     return reasons

@@ -128,7 +128,7 @@ def run_embed(backbone: str | Path, data: str | Path | Sequence[str | Path], out
               file=sys.stderr)
     if not kept:
         raise ValueError(f"None of the {len(files)} image files under {root} could be read. "
-                         + " ".join(f"{reason}." for reason in unreadable_reasons(files))
+                         + " ".join(f"{reason}." for reason in unreadable_reasons(files, size))
                          + (" ..." if len(files) > 3 else ""))
 
     images = torch.from_numpy(np.stack([array for _, array in kept]))
