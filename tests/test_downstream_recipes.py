@@ -7,6 +7,7 @@ Fashion-MNIST, pretrained on with the SimCLR recipe, then probed without naming 
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -15,10 +16,11 @@ import pytest
 import torch
 from conftest import fashion_mnist_dir, needs_fashion_mnist
 
-from ssl_siamese import SimCLR, export_backbone, load_backbone
+from ssl_siamese import SimCLR, SSLDataModule, export_backbone, load_backbone
 from ssl_siamese.cli import main as pretrain
 from ssl_siamese.cli_args import closest_option, unknown_option_message
-from ssl_siamese.data import read_idx
+from ssl_siamese.data import load_split, read_idx
+from ssl_siamese.data.prepare import main as prepare
 from ssl_siamese.recipes import embed, explore, finetune, linear_probe
 
 CLASSES = {0: "t-shirt", 1: "trouser", 7: "sneaker"}  # Fashion-MNIST label -> folder name
@@ -157,7 +159,7 @@ def test_finetune_saves_a_model_that_loads_back(tmp_path, capsys):
 
     model, transform, classes, metadata = finetune.load_classifier(saved)
     assert len(classes) == 10 and metadata["top1"] == result["top1"]
-    test = finetune.labelled_subset(finetune.load_split("fashion_mnist", "test", fashion_mnist_dir(), False), 256, 1)
+    test = finetune.labelled_subset(load_split("fashion_mnist", "test", fashion_mnist_dir(), False), 256, 1)
     with torch.no_grad():
         predicted = model(transform(test.images)).argmax(1)
     accuracy = (predicted == test.labels).float().mean().item()
@@ -296,3 +298,59 @@ def test_every_recipe_says_the_same_about_a_missing_backbone(recipe, tmp_path):
     data = ["--data", str(tmp_path)] if recipe in (embed, explore) else []
     with pytest.raises(SystemExit, match=r"No exported backbone or checkpoint at .*nowhere\. --backbone takes"):
         recipe.main(["--backbone", str(tmp_path / "nowhere"), *data, "--out", str(tmp_path / "o")])
+
+
+@pytest.fixture(scope="module")
+def held_out_runs(tmp_path_factory):
+    """SimCLR pretrained by the recipe on a labelled folder without test/ (it holds out 10% per class) and on
+    shards prepared from that folder (prepare holds out about 10% by path hash): {dataset: (export, data)}."""
+    root = tmp_path_factory.mktemp("held_out")
+    folder = write_labelled_folder(root / "clothes", train=30, test=0) / "train"  # clothes/train/<class>/*.png
+    shards = root / "shards"
+    assert prepare([str(folder), str(shards), "--num_workers", "1", "--start_method", "fork"]) == 0
+    runs = {}
+    for dataset, data in (("folder", folder), ("stream", shards)):
+        pretrain(SimCLR, "simclr", [
+            "--model.backbone", "tiny_cnn", "--data.dataset", dataset, "--data.data_dir", str(data),
+            "--data.image_size", "28", "--data.batch_size", "16", "--data.num_workers", "0",
+            "--trainer.accelerator", "cpu", "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
+            "--knn_at_start", "false", "--pictures_every_n_epochs", "0", "--log_to", "none",
+            "--out", str(root / dataset)])
+        runs[dataset] = root / dataset / "exported_models" / "backbone", data
+    return runs
+
+
+@needs_fashion_mnist
+def test_probe_of_a_folder_without_test_split_tests_on_what_pretraining_held_out(held_out_runs, tmp_path, capsys):
+    """linear_probe and finetune stopped with "No test split"; now they hold out what pretraining held out."""
+    from ssl_siamese.data.evaluation import evaluation_splits
+
+    export, folder = held_out_runs["folder"]
+    result = linear_probe.main(["--backbone", str(export), "--epochs", "5", "--out", str(tmp_path / "lp"),
+                                "--log_to", "none"])
+    assert result["dataset"] == "folder" and Path(result["data_dir"]) == folder
+    assert (result["num_train"], result["num_test"]) == (3 * 27, 3 * 3)  # round(10% of 30) per class held out
+    assert "held out" in result["test_split"] and result["test_split"] in capsys.readouterr().out
+    pretraining = SSLDataModule("folder", data_dir=str(folder), image_size=28, batch_size=16)
+    pretraining.setup("fit")  # its kNN bank and queries: what it trained on and what it held out
+    splits = evaluation_splits("folder", folder, image_size=28)
+    assert torch.equal(splits.test.images, pretraining.query_data.images)
+    assert torch.equal(splits.train.images, pretraining.bank_data.images)
+    tuned = finetune.main(["--backbone", str(export), "--data.val_fraction", "0.2", "--data.seed", "1",
+                           "--epochs", "1", "--batch_size", "16", "--out", str(tmp_path / "ft"), "--log_to", "none"])
+    assert (tuned["num_train"], tuned["num_test"]) == (3 * 24, 3 * 6) and "seed 1" in tuned["test_split"]
+
+
+@needs_fashion_mnist
+def test_backbone_pretrained_on_shards_is_probed_on_their_val_split(held_out_runs, tmp_path, capsys):
+    """linear_probe said "'stream' has no labels" and --data.dataset folder on the shards "No image files"."""
+    export, shards = held_out_runs["stream"]
+    count = json.loads((shards / "dataset.json").read_text())["splits"]
+    result = linear_probe.main(["--backbone", str(export), "--epochs", "5", "--out", str(tmp_path / "lp"),
+                                "--log_to", "none"])
+    assert result["dataset"] == "stream" and len(result["confusion"]) == 3
+    assert (result["num_train"], result["num_test"]) == (count["train"], count["val"])
+    assert "val split" in result["test_split"] and result["test_split"] in capsys.readouterr().out
+    tuned = finetune.main(["--backbone", str(export), "--data.dataset", "folder", "--data.data_dir", str(shards),
+                           "--epochs", "1", "--batch_size", "16", "--out", str(tmp_path / "ft"), "--log_to", "none"])
+    assert tuned["dataset"] == "stream" and tuned["num_test"] == count["val"]

@@ -3,9 +3,9 @@
 Sources: ``torchvision_sets`` (CIFAR-10/100, STL-10), ``idx`` (Fashion-MNIST's IDX files), ``folders``
 (your image folders, decoded once and cached), ``synthetic`` (toy images), all behind ``sources.load_split``.
 Storage: ``info.ImageTensors`` holds a split decoded in memory as uint8 ``(N, C, H, W)``; ``splits`` takes
-subsets and held-out splits of it. DataModules: ``module.SSLDataModule`` (pretraining) and
-``pk.PKDataModule`` (P x K batches for supervised Siamese training). Each module imports on its own; the
-names below are imported on first use.
+subsets and held-out splits of it; ``evaluation`` gives the train and test images a probe is measured on.
+DataModules: ``module.SSLDataModule`` (pretraining) and ``pk.PKDataModule`` (P x K batches for supervised
+Siamese training). Each module imports on its own; the names below are imported on first use.
 
 Example:
     >>> from ssl_siamese.data import SSLDataModule, load_split
@@ -29,8 +29,9 @@ _EXPORTS = {
     **dict.fromkeys(["load_folder", "default_cache_dir", "folder_split_dir", "CACHE_ENV"],
                     "ssl_siamese.data.folders"),
     **dict.fromkeys(["load_split"], "ssl_siamese.data.sources"),
-    **dict.fromkeys(["random_subset", "hold_out_split", "keep_classes", "align_classes"],
+    **dict.fromkeys(["random_subset", "hold_out_split", "split_held_out", "keep_classes", "align_classes"],
                     "ssl_siamese.data.splits"),
+    **dict.fromkeys(["evaluation_splits", "EvaluationSplits"], "ssl_siamese.data.evaluation"),
     **dict.fromkeys(["SSLDataModule", "UInt8ImageDataset"], "ssl_siamese.data.module"),
     **dict.fromkeys(["IMAGE_EXTENSIONS"], "ssl_siamese.images"),  # where folder sources look
     **dict.fromkeys(["PKDataModule", "near_duplicate_report", "NEAR_DUPLICATE_MODES", "resolve_classes"],

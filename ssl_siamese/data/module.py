@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 from ssl_siamese.data.folders import folder_split_dir
 from ssl_siamese.data.info import DEFAULT_VAL_FRACTION, MIN_IMAGE_SIZE, DataNotFoundError, ImageTensors, check_dataset, logger
 from ssl_siamese.data.sources import load_split
-from ssl_siamese.data.splits import align_classes, hold_out_split, keep_classes, random_subset
+from ssl_siamese.data.splits import align_classes, keep_classes, random_subset, split_held_out
 from ssl_siamese.data.streamed import (
     DECODE_MODES,
     ShardFolder,
@@ -292,13 +292,13 @@ class SSLDataModule(pl.LightningDataModule):
         return torch.randperm(n, generator=generator)[:size].sort().values.tolist()
 
     def _hold_out(self, train: ImageTensors) -> tuple[ImageTensors, ImageTensors | None]:
-        """(rest, held-out) of ``train`` by :func:`hold_out_split`, saying once what was done and why."""
+        """(rest, held-out) of ``train`` by :func:`split_held_out`, saying once what was done and why."""
         hp = self.hparams
         where = Path(hp.data_dir).expanduser().resolve()
-        held = hold_out_split(train.labels, hp.val_fraction, hp.seed + 3)
+        rest, held = split_held_out(train, hp.val_fraction, hp.seed)
         if not self._announced:
             self._announced = True
-            if len(held):
+            if held is not None:
                 logger.warning(
                     "no test/ or val/ folder in %s: holding out %d of %d training images (val_fraction %g per "
                     "class, seed %d) for kNN/probe validation; they are not trained on (--data.val_fraction 0 "
@@ -311,11 +311,7 @@ class SSLDataModule(pl.LightningDataModule):
                     "no test/ or val/ folder in %s and no held-out split (%s): there will be NO validation, "
                     "so no kNN accuracy, no probe validation and no embedding pictures; add images in "
                     "%s/val/<class>/ or raise --data.val_fraction", where, reason, where)
-        if not len(held):
-            return train, None
-        rest = torch.ones(len(train), dtype=torch.bool)
-        rest[held] = False
-        return train.subset(torch.nonzero(rest).flatten()), train.subset(held)
+        return rest, held
 
     # -- loaders
     def _loader(self, data: ImageTensors, shuffle: bool, drop_last: bool) -> DataLoader:

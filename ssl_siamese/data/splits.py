@@ -45,6 +45,27 @@ def hold_out_split(labels: Tensor, fraction: float, seed: int, max_total: int = 
     return torch.cat(held).sort().values
 
 
+HELD_OUT_SEED_OFFSET = 3
+"""A labelled folder's held-out split is drawn with the data seed + 3 (its subsets use + 0, + 1 and + 2)."""
+
+
+def split_held_out(data: ImageTensors, fraction: float, seed: int) -> tuple[ImageTensors, ImageTensors | None]:
+    """``(rest, held out)`` of a labelled split that has no test split: :func:`hold_out_split` of its labels
+    with ``seed + HELD_OUT_SEED_OFFSET``, ``seed`` being the data seed (``--data.seed``); held out is None when
+    no image is. Pretraining validates on the held-out images and does not train on them; the evaluation
+    recipes test on the same images (:mod:`ssl_siamese.data.evaluation`).
+
+    Example:
+        >>> rest, held = split_held_out(folder_images, 0.1, seed=0)  # doctest: +SKIP
+    """
+    held = hold_out_split(data.labels, fraction, seed + HELD_OUT_SEED_OFFSET)
+    if not len(held):
+        return data, None
+    rest = torch.ones(len(data), dtype=torch.bool)
+    rest[held] = False
+    return data.subset(torch.nonzero(rest).flatten()), data.subset(held)
+
+
 def keep_classes(data: ImageTensors, classes: list[int] | None) -> ImageTensors:
     """The images whose label is in ``classes`` (all of them when ``classes`` is None)."""
     if classes is None:

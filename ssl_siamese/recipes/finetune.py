@@ -5,17 +5,19 @@
     python -m ssl_siamese.recipes.finetune --backbone imagenet --arch resnet18 --data.dataset cifar10
 
 ``--backbone`` (alias ``--ckpt``) is an exported backbone (``.pt`` file or folder), a Lightning checkpoint of
-our methods or a W&B model artifact (its architecture, input size and normalisation come from its metadata,
-read by ``load_backbone``), ``random`` (``--arch``, freshly initialised, the dataset's size and
-normalisation) or ``imagenet`` (torchvision's ImageNet weights for ``--arch``, read only from the local torch
-hub cache: nothing is downloaded).
-Without ``--data.dataset`` a backbone file is fine-tuned on the data recorded in it, the data it was
-pretrained on (``--data.data_dir`` likewise defaults to the recorded folder, else ``./data``); the log says
-which and why. Training: random resized crops (scale 0.5-1) and flips on the device, cross-entropy, SGD
-with momentum and cosine decay per step. It prints the test top-1 and top-5, writes ``<out>/results.json``
-and saves the fine-tuned backbone with its classifier head, weights-only, to
-``<out>/exported_models/finetuned.pt``: ``load_classifier`` reads it back as a classifier, ``load_backbone``
-as a backbone (whose metadata records the fine-tuning data, so ``linear_probe`` defaults to it).
+our methods or a W&B model artifact (its architecture, input size and normalisation come from its metadata, read
+by ``load_backbone``), ``random`` (``--arch``, freshly initialised, the dataset's size and normalisation) or
+``imagenet`` (torchvision's ImageNet weights for ``--arch``, read only from the local torch hub cache: nothing
+is downloaded). Without ``--data.dataset`` a backbone file is fine-tuned on the data recorded in it, the data it
+was pretrained on (``--data.data_dir`` likewise defaults to the recorded folder, else ``./data``); the log says
+which and why. It tests on the images pretraining validated on and did not train on, as ``linear_probe`` does
+(:mod:`ssl_siamese.data.evaluation`: a ``stream`` shard folder's ``val`` split, the share of each class held out
+of a labelled folder without ``test/`` with ``--data.seed`` and ``--data.val_fraction``), and says which.
+Training: random resized crops (scale 0.5-1) and flips on the device, cross-entropy, SGD with momentum and
+cosine decay per step. It prints the test top-1 and top-5, writes ``<out>/results.json`` and saves the
+fine-tuned backbone with its classifier head, weights-only, to ``<out>/exported_models/finetuned.pt``:
+``load_classifier`` reads it back as a classifier, ``load_backbone`` as a backbone (whose metadata records the
+fine-tuning data, so ``linear_probe`` defaults to it).
 
 Example:
     >>> ssl = run_finetune("backbone.pt", "fashion_mnist", "./data", epochs=5, train_subset=5000, log_to="none")
@@ -29,8 +31,9 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Optional
 
 import pytorch_lightning as pl
 import torch
@@ -44,13 +47,16 @@ from ssl_siamese.augment import ViewAugmentation
 from ssl_siamese.backbones import TORCHVISION_RESNETS, build_backbone, torchvision_resnet
 from ssl_siamese.data import (
     DATASETS,
+    DEFAULT_VAL_FRACTION,
     IMAGENET_MEAN,
     IMAGENET_STD,
     DataNotFoundError,
+    EvaluationSplits,
     ImageTensors,
     UInt8ImageDataset,
-    load_split,
+    evaluation_splits,
 )
+from ssl_siamese.data.streamed import is_remote
 from ssl_siamese.checkpoints import read_checkpoint
 from ssl_siamese.cli_args import parse_args as parse_checked
 from ssl_siamese.cli_args import recipe_parser
@@ -133,8 +139,9 @@ def imagenet_backbone(arch: str) -> tuple[nn.Module, int]:
 
 
 def labelled_datasets() -> list[str]:
-    """The datasets with labels, which a linear probe or fine-tuning can be measured on."""
-    return [name for name, info in DATASETS.items() if info.num_classes or name == "folder"]
+    """The datasets that can have labels, which a linear probe or fine-tuning can be measured on (a folder or
+    shard folder needs class sub-folders)."""
+    return [name for name, info in DATASETS.items() if info.num_classes or name in ("folder", "stream")]
 
 
 def choose_dataset(dataset: str | None, data_dir: str | Path | None, metadata: dict[str, Any],
@@ -203,17 +210,50 @@ def labelled_subset(split: ImageTensors, size: int | None, seed: int) -> ImageTe
     return split.subset(torch.randperm(len(split), generator=torch.Generator().manual_seed(seed))[:size])
 
 
+def held_out_rule(metadata: dict[str, Any], data_seed: int | None = None,
+                  val_fraction: float | None = None) -> tuple[int, float]:
+    """``(data seed, val_fraction)`` that drew the held-out share of a labelled folder without ``test/``: those
+    given (``--data.seed``, ``--data.val_fraction``), else those the backbone records (``data_seed``,
+    ``val_fraction``), else pretraining's defaults (0 and 0.1)."""
+    if data_seed is None:
+        data_seed = int(metadata.get("data_seed") or 0)
+    if val_fraction is None:
+        recorded = metadata.get("val_fraction")
+        val_fraction = DEFAULT_VAL_FRACTION if recorded is None else float(recorded)
+    return data_seed, val_fraction
+
+
+def evaluation_data(dataset: str, data_dir: str, image_size: int, subsets: tuple[int | None, int | None],
+                    seed: int, rule: tuple[int, float], download: bool = True) -> EvaluationSplits:
+    """The labelled train and test images to evaluate on (:func:`ssl_siamese.data.evaluation_splits`, ``rule``
+    from :func:`held_out_rule`), each cut to a seeded random subset of ``subsets`` images (seeds ``seed`` and
+    ``seed + 1``) when given.
+
+    Raises:
+        ValueError: no labelled images in one of the two splits (and ``evaluation_splits``' errors).
+    """
+    splits = evaluation_splits(dataset, data_dir, image_size, download, *rule)
+    train, test = (labelled_subset(split, size, seed + i)
+                   for i, (split, size) in enumerate(zip((splits.train, splits.test), subsets)))
+    if len(train) == 0 or len(test) == 0:
+        raise ValueError(f"{splits.dataset} in {data_dir} has no labelled train or test images to evaluate with.")
+    return replace(splits, train=train, test=test)
+
+
 def run_finetune(backbone: str | Path = "random", dataset: str | None = None, data_dir: str | Path | None = None,
                  arch: str = "resnet18", cifar_stem: bool = True, epochs: int = 10, lr: float = 0.05,
                  weight_decay: float = 5e-4, batch_size: int = 128, train_subset: int | None = None,
                  test_subset: int | None = None, image_size: int | None = None, out: str | Path = "out/finetune",
-                 log_to: str = "wandb", seed: int = 0, download: bool = True, progress: bool = True) -> dict[str, Any]:
+                 log_to: str = "wandb", seed: int = 0, download: bool = True, progress: bool = True,
+                 data_seed: int | None = None, val_fraction: float | None = None) -> dict[str, Any]:
     """Fine-tune and test; save the model; returns (and writes to ``<out>/results.json``) ``top1`` and the settings.
 
     ``dataset=None`` (with ``data_dir=None``) means the data recorded in the backbone file's metadata: the
     dataset it was pretrained on (``random`` and ``imagenet`` need ``dataset``). ``arch`` and ``cifar_stem``
     apply to ``random`` (and ``arch`` to ``imagenet``); a backbone file carries its own.
-    ``train_subset``/``test_subset`` keep seeded random subsets (quick CPU runs). The fine-tuned backbone
+    ``train_subset``/``test_subset`` keep seeded random subsets (quick CPU runs). The test images are those
+    pretraining validated on (``evaluation_data``; ``held_out_rule``: ``data_seed`` and ``val_fraction`` draw them
+    for a labelled folder without ``test/``; result key ``test_split`` says which). The fine-tuned backbone
     and its classifier head are saved weights-only to ``<out>/exported_models/finetuned.pt`` (result key
     ``model_path``): ``load_classifier`` reads it back as an image classifier, ``load_backbone`` as a backbone.
     """
@@ -226,10 +266,11 @@ def run_finetune(backbone: str | Path = "random", dataset: str | None = None, da
     print(f"ssl_siamese.recipes.finetune: fine-tuning on {dataset} in {data_dir}: {why}.")
     metadata = fill_preprocessing(metadata, dataset, image_size)
     size = int(metadata["image_size"])
-    train, test = (labelled_subset(load_split(dataset, split, data_dir, download, image_size=size), subset, seed + i)
-                   for i, (split, subset) in enumerate((("train", train_subset), ("test", test_subset))))
-    if len(train) == 0 or len(test) == 0:
-        raise ValueError(f"{dataset} in {data_dir} has no labelled train or test images.")
+    rule = held_out_rule(metadata, data_seed, val_fraction)
+    splits = evaluation_data(dataset, data_dir, size, (train_subset, test_subset), seed, rule, download)
+    train, test, dataset = splits.train, splits.test, splits.dataset
+    print(f"ssl_siamese.recipes.finetune: {len(train)} train / {len(test)} test images; the test images are "
+          f"{splits.test_split}.")
     num_classes = len(train.classes) or int(max(train.labels.max(), test.labels.max())) + 1
     model = FineTuneClassifier(module, feature_dim, num_classes, size, metadata["mean"], metadata["std"], lr,
                                weight_decay)
@@ -245,13 +286,16 @@ def run_finetune(backbone: str | Path = "random", dataset: str | None = None, da
     (metrics,) = trainer.test(model, test_loader, verbose=False)
     result = {"top1": float(metrics["test/top1"]), "top5": float(metrics["test/top5"]), "init": str(backbone),
               "method": metadata.get("method"), "dataset": dataset, "data_dir": data_dir, "dataset_source": why,
+              "test_split": splits.test_split,
               "architecture": metadata.get("architecture", arch), "epochs": epochs, "lr": lr,
               "weight_decay": weight_decay, "num_train": len(train), "num_test": len(test), "image_size": size}
     result["model_path"] = str(export_backbone(
         model, out / "exported_models" / "finetuned.pt", head=model.head, architecture=metadata.get("architecture"),
         cifar_stem=bool(metadata.get("cifar_stem", False)), image_size=size, mean=list(metadata["mean"]),
         std=list(metadata["std"]), init=str(backbone), init_method=metadata.get("method"), data=dataset,
-        data_dir=str(Path(data_dir).expanduser().resolve()) if dataset != "synthetic" else None,
+        data_dir=None if dataset == "synthetic" else data_dir if is_remote(data_dir)
+        else str(Path(data_dir).expanduser().resolve()),
+        data_seed=rule[0], val_fraction=rule[1],
         classes=list(train.classes) or [str(c) for c in range(num_classes)], epochs=epochs, top1=result["top1"]))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2))
@@ -294,6 +338,16 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
     return LoadedClassifier(model, transform, classes, metadata)
 
 
+def add_held_out_options(parser: Any) -> None:
+    """``--data.seed`` and ``--data.val_fraction``: pretraining's, which drew a labelled folder's held-out share."""
+    parser.add_argument("--data.seed", type=Optional[int], default=None,
+                        help="A labelled folder without test/: the --data.seed pretraining used, which drew the "
+                             "held-out test images. Default: the one the backbone records, else 0.")
+    parser.add_argument("--data.val_fraction", type=Optional[float], default=None,
+                        help="A labelled folder without test/: the share of each class held out to test on, as "
+                             "in pretraining. Default: the one the backbone records, else 0.1.")
+
+
 def parse_args(argv: list[str] | None = None) -> Namespace:
     parser = recipe_parser("python -m ssl_siamese.recipes.finetune",
                            "Fine-tune a backbone with a new linear head; report test top-1.")
@@ -307,6 +361,7 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("--data.data_dir", default=None,
                         help="Default: the folder recorded with that dataset, else ./data.")
     parser.add_argument("--data.download", default=True, type=bool, help="Download the dataset if missing.")
+    add_held_out_options(parser)
     parser.add_argument("--data.train_subset", type=int, default=None)
     parser.add_argument("--data.test_subset", type=int, default=None)
     parser.add_argument("--data.image_size", type=int, default=None)
@@ -327,7 +382,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         data = args.data
         result = run_finetune(args.backbone, data.dataset, data.data_dir, args.arch, args.cifar_stem, args.epochs,
                               args.lr, args.weight_decay, args.batch_size, data.train_subset, data.test_subset,
-                              data.image_size, args.out, args.log_to, args.seed, data.download)
+                              data.image_size, args.out, args.log_to, args.seed, data.download,
+                              data_seed=data.seed, val_fraction=data.val_fraction)
     except (FileNotFoundError, ValueError, DataNotFoundError) as error:
         sys.exit(f"ssl_siamese.recipes.finetune: error: {error}")
     print(f"Fine-tuned {result['init']} ({result['architecture']}) on {result['dataset']} for {result['epochs']} "

@@ -3,17 +3,22 @@
     python -m ssl_siamese.recipes.linear_probe --backbone out/simclr/exported_models/backbone.pt \
         [--data.dataset fashion_mnist --data.data_dir ./data] [--wd_sweep] [--finetune] [--subset 5000]
 
-``--backbone`` (alias ``--ckpt``) is an exported backbone (``export_backbone``) or a Lightning checkpoint of
-one of our methods; ``load_backbone`` reads both with ``torch.load(weights_only=True)``, so opening one
-never runs code. Without ``--data.dataset`` the probe runs on the data recorded in the file, the data the
-backbone was trained on (an export's ``data``/``data_dir``, a checkpoint's datamodule settings), and the
-log says so; ``--data.data_dir`` defaults to the recorded folder, else ``./data``. A file that records no
-dataset needs ``--data.dataset``. Images are preprocessed with the backbone's evaluation transform (its
-size, mean and std; the dataset's when the file records none). The linear probe computes the frozen
-backbone's features once per split, then fits ``fit_linear_probe`` (or ``weight_decay_sweep``); it prints
-top-1/top-5, writes ``results.json`` and the confusion matrix PNG to ``--out``, and logs them to W&B
-(offline without a key) unless ``--log_to none``. ``--finetune`` trains backbone and a new linear head
-together instead: it runs the fine-tuning recipe (``ssl_siamese.recipes.finetune.run_finetune``).
+``--backbone`` (alias ``--ckpt``) is an exported backbone (``.pt`` file or folder) or a Lightning checkpoint of
+one of our methods (or a ``wandb:`` model artifact); ``load_backbone`` reads both with
+``torch.load(weights_only=True)``, so opening one never runs code. Without ``--data.dataset`` the probe runs on
+the data recorded in the file, the data the backbone was trained on (an export's ``data``/``data_dir``, a
+checkpoint's datamodule settings), and the log says so; ``--data.data_dir`` defaults to the recorded folder,
+else ``./data``. A file that records no dataset needs ``--data.dataset``. Every dataset pretraining reads can be
+probed (``stream`` shard folders too), and the test images are those pretraining validated on and did not train
+on (:mod:`ssl_siamese.data.evaluation`): the test split, a folder's ``test/``, the share of each class held out
+of a labelled folder without one (``--data.seed`` and ``--data.val_fraction`` as in pretraining; by default
+those the file records, else 0 and 0.1), or a shard folder's ``val`` split; the log and ``results.json``
+(``test_split``) say which. Images are preprocessed with the backbone's evaluation transform (its size, mean and
+std; the dataset's when the file records none). The linear probe computes the frozen backbone's features once
+per split, then fits ``fit_linear_probe`` (or ``weight_decay_sweep``); it prints top-1/top-5, writes
+``results.json`` and the confusion matrix PNG to ``--out``, and logs them to W&B (offline without a key) unless
+``--log_to none``. ``--finetune`` trains backbone and a new linear head together instead: it runs the
+fine-tuning recipe (``ssl_siamese.recipes.finetune.run_finetune``).
 
 Example:
     >>> result = run_linear_probe("backbone.pt", "fashion_mnist", "./data", subset=2000, log_to="none")
@@ -32,7 +37,7 @@ from jsonargparse import Namespace
 
 from ssl_siamese.cli_args import parse_args as parse_checked
 from ssl_siamese.cli_args import recipe_parser
-from ssl_siamese.data import DataNotFoundError, load_split
+from ssl_siamese.data import DataNotFoundError
 from ssl_siamese.embeddings import embed_images
 from ssl_siamese.evaluation.linear import fit_linear_probe, weight_decay_sweep
 from ssl_siamese.evaluation.plots import confusion_matrix_figure, log_figure
@@ -41,10 +46,12 @@ from ssl_siamese.export import load_backbone
 from ssl_siamese.loggers import LOGGERS, make_logger
 from ssl_siamese.recipes._backbone import add_backbone_option, backbone_path
 from ssl_siamese.recipes.finetune import (
+    add_held_out_options,
     choose_dataset,
+    evaluation_data,
     fill_preprocessing,
+    held_out_rule,
     labelled_datasets,
-    labelled_subset,
     run_finetune,
 )
 
@@ -54,16 +61,18 @@ def run_linear_probe(ckpt: str | Path, dataset: str | None = None, data_dir: str
                      weight_decay: float | None = None, wd_sweep: bool = False, subset: int | None = None,
                      batch_size: int = 256, out: str | Path = "out/linear_probe", log_to: str = "wandb",
                      device: str | None = None, seed: int = 0, download: bool = True,
-                     progress: bool = True) -> dict[str, Any]:
+                     progress: bool = True, data_seed: int | None = None,
+                     val_fraction: float | None = None) -> dict[str, Any]:
     """Evaluate ``ckpt`` on ``dataset``; returns the results written to ``<out>/results.json``.
 
     ``dataset=None`` (and ``data_dir=None``) means the data recorded in ``ckpt``: what the backbone was
-    trained on (``finetune.choose_dataset``). ``epochs`` defaults to 100 (linear probe) or 10
-    (``finetune_backbone``), ``lr`` to 0.1 or 0.05, ``weight_decay`` to 0 or 5e-4. ``subset`` keeps a
-    seeded random ``subset`` images of each of train and test (quick CPU runs). Linear-probe keys: ``top1``,
-    ``top5``, ``mode``, ``dataset``, ``data_dir``, ``dataset_source`` (why that dataset), ``weight_decay``,
-    ``validation_top1`` (sweep only), ``num_train``, ``num_test``, ``method``, ``confusion`` (list of
-    lists), ``confusion_png``. With ``finetune_backbone`` the keys are those of ``run_finetune`` plus
+    trained on (``finetune.choose_dataset``); ``data_seed`` and ``val_fraction`` draw the held-out test share
+    of a labelled folder without ``test/`` (``finetune.held_out_rule``). ``epochs`` defaults to 100 (linear
+    probe) or 10 (``finetune_backbone``), ``lr`` to 0.1 or 0.05, ``weight_decay`` to 0 or 5e-4. ``subset``
+    keeps a seeded random ``subset`` images of each of train and test (quick CPU runs). Linear-probe keys:
+    ``top1``, ``top5``, ``mode``, ``dataset``, ``data_dir``, ``dataset_source`` (why that dataset),
+    ``test_split`` (which images are the test ones), ``weight_decay``, ``validation_top1`` (sweep only),
+    ``num_train``, ``num_test``, ``method``, ``confusion`` (list of lists), ``confusion_png``. With ``finetune_backbone`` the keys are those of ``run_finetune`` plus
     ``mode`` (Lightning picks the device there; ``device`` is not used).
     """
     if dataset is not None and dataset not in labelled_datasets():
@@ -73,7 +82,7 @@ def run_linear_probe(ckpt: str | Path, dataset: str | None = None, data_dir: str
         result = run_finetune(ckpt, dataset, data_dir, epochs=epochs or 10, lr=lr or 0.05,
                               weight_decay=5e-4 if weight_decay is None else weight_decay, batch_size=batch_size,
                               train_subset=subset, test_subset=subset, out=out, log_to=log_to, seed=seed,
-                              download=download, progress=progress)
+                              download=download, progress=progress, data_seed=data_seed, val_fraction=val_fraction)
         result["mode"] = "finetune"
         (Path(out) / "results.json").write_text(json.dumps(result, indent=2))
         return result
@@ -84,14 +93,15 @@ def run_linear_probe(ckpt: str | Path, dataset: str | None = None, data_dir: str
     print(f"ssl_siamese.recipes.linear_probe: probing on {dataset} in {data_dir}: {why}.")
     filled = fill_preprocessing(metadata, dataset)  # the dataset's size and normalisation where the file has none
     preprocess = {key: filled[key] for key in ("image_size", "mean", "std")}
-    train, test = (labelled_subset(load_split(dataset, split, data_dir, download, image_size=preprocess["image_size"]),
-                                   subset, seed + i)
-                   for i, split in enumerate(("train", "test")))
-    if len(train) == 0 or len(test) == 0:
-        raise ValueError(f"{dataset} in {data_dir} has no labelled train or test images to probe with.")
+    splits = evaluation_data(dataset, data_dir, preprocess["image_size"], (subset, subset), seed,
+                             held_out_rule(metadata, data_seed, val_fraction), download)
+    train, test, dataset = splits.train, splits.test, splits.dataset
+    print(f"ssl_siamese.recipes.linear_probe: {len(train)} train / {len(test)} test images; the test images are "
+          f"{splits.test_split}.")
     num_classes = len(train.classes) or int(max(train.labels.max(), test.labels.max())) + 1
     result: dict[str, Any] = {"mode": "linear", "method": metadata.get("method"), "ckpt": str(ckpt),
                               "dataset": dataset, "data_dir": data_dir, "dataset_source": why,
+                              "test_split": splits.test_split,
                               "num_train": len(train), "num_test": len(test),
                               "epochs": epochs, "lr": lr, "weight_decay": weight_decay}
     train_x, test_x = (embed_images(backbone, split.images, preprocess, batch_size, device, progress).to(device)
@@ -135,6 +145,7 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     parser.add_argument("--data.data_dir", default=None,
                         help="Default: the folder recorded with that dataset, else ./data.")
     parser.add_argument("--data.download", type=bool, default=True, help="Download the dataset if missing.")
+    add_held_out_options(parser)
     parser.add_argument("--finetune", action="store_true",
                         help="Train the backbone too: runs the fine-tuning recipe (ssl_siamese.recipes.finetune).")
     parser.add_argument("--epochs", type=int, default=None, help="Default 100 (linear) or 10 (--finetune).")
@@ -156,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     try:
         result = run_linear_probe(args.ckpt, args.data.dataset, args.data.data_dir, args.finetune, args.epochs,
                                   args.lr, args.weight_decay, args.wd_sweep, args.subset, args.batch_size, args.out,
-                                  args.log_to, args.device, args.seed, args.data.download)
+                                  args.log_to, args.device, args.seed, args.data.download,
+                                  data_seed=args.data.seed, val_fraction=args.data.val_fraction)
     except (FileNotFoundError, ValueError, DataNotFoundError) as error:
         sys.exit(f"ssl_siamese.recipes.linear_probe: error: {error}")
     print(f"{result['mode']} probe of {result['method']} on {result['dataset']} "
