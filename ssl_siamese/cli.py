@@ -34,6 +34,7 @@ from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
 from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint, read_checkpoint
 from ssl_siamese.cli_args import closest_option
 from ssl_siamese.data import SSLDataModule
+from ssl_siamese.data.folders import folder_split_dir
 from ssl_siamese.evaluation.knn import KNNEvaluation
 from ssl_siamese.evaluation.online_probe import OnlineLinearProbe
 from ssl_siamese.evaluation.pictures import EmbeddingPictures
@@ -42,9 +43,11 @@ from ssl_siamese.loggers import (
     LOGGERS,
     WANDB_MODES,
     ConfigToLoggers,
+    LogIntervalToEpoch,
     WandbRunId,
     log_model_artifact,
     make_logger,
+    steps_in_an_epoch,
     stored_wandb_run_id,
 )
 from ssl_siamese.methods.base import SiameseModule
@@ -216,17 +219,63 @@ class SSLCLI(LightningCLI):
         return trainer
 
 
-def final_metrics(knn_history: list[tuple[int, float, float]], trainer: pl.Trainer) -> dict[str, float]:
-    """The accuracies an export records: kNN top-1/top-5 at the end and at the start, the online probe's."""
-    metrics = {}
-    if knn_history:
-        metrics.update(knn_top1=knn_history[-1][1], knn_top5=knn_history[-1][2])
-        if knn_history[0][0] == -1:  # epoch -1: measured at initialisation
-            metrics["knn_top1_at_start"] = knn_history[0][1]
+def epochs_label(step: int, steps_per_epoch: int | None) -> str:
+    """``"step 30 (1.5 epochs)"``: a measurement's optimizer step, and in epochs when their length is known."""
+    if not steps_per_epoch:
+        return f"step {step}"
+    epochs = step / steps_per_epoch
+    count = f"{epochs:.0f}" if epochs == round(epochs) else f"{epochs:.2g}" if epochs < 1 else f"{epochs:.1f}"
+    return f"step {step} ({count} epoch{'' if count == '1' else 's'})"
+
+
+def query_split_name(datamodule: SSLDataModule) -> str:
+    """Where the kNN and probe queries come from, as a user would look for them."""
+    hp = datamodule.hparams
+    data_dir = Path(hp.data_dir).expanduser().resolve()
+    if datamodule.streamed:
+        return f"val split of the shards in {data_dir}"
+    if hp.dataset != "folder":
+        return f"{datamodule.info.query_split} split of {hp.dataset}"
+    held_out = folder_split_dir(data_dir, "test")
+    if held_out is not None:
+        return f"images in {held_out}"
+    return (f"{hp.val_fraction:g} of each class of {folder_split_dir(data_dir, 'train')} held out "
+            f"(seed {hp.seed}), not trained on")
+
+
+def knn_report(knn: KNNEvaluation | None, steps_per_epoch: int | None, split: str
+               ) -> tuple[dict[str, float], dict[str, Any], str | None]:
+    """``(metrics, evaluation, line)`` for the export and the end of the run: the last kNN accuracies, the one
+    at initialisation, the raw pixels' under the same protocol; where and at which step they were measured."""
+    if knn is None or not knn.history:
+        return {}, {}, None
+    first, last = knn.history[0], knn.history[-1]
+    metrics = {"knn_top1": last.top1, "knn_top5": last.top5}
+    at_start = first.step == 0 or (first.step is None and first.epoch == -1)
+    if at_start:
+        metrics["knn_top1_at_start"] = first.top1
+    pixels = knn.pixel_baseline
+    if pixels is not None:
+        metrics.update(knn_top1_raw_pixels=pixels.top1, knn_top5_raw_pixels=pixels.top5)
+    evaluation = {"queries_from": split, **knn.protocol}
+    if last.step is not None:
+        evaluation.update(step=last.step, measured_at=epochs_label(last.step, steps_per_epoch))
+    label = (lambda m: "at start" if m is first and at_start else
+             f"at {epochs_label(m.step, steps_per_epoch)}" if m.step is not None else f"after epoch {m.epoch + 1}")
+    line = f"kNN top-1: {first.top1:.4f} {label(first)}"
+    line += f" -> {last.top1:.4f} {label(last)}" if last is not first else ""
+    line += f"; raw pixels {pixels.top1:.4f} (same k, bank and queries)" if pixels is not None else ""
+    protocol = knn.protocol
+    if protocol:
+        line += (f"  [k={protocol['k']}, t={protocol['temperature']}, bank {protocol['bank']} training images, "
+                 f"{protocol['queries']} queries: {split}]")
+    return metrics, evaluation, line
+
+
+def probe_metrics(trainer: pl.Trainer) -> dict[str, float]:
+    """The online probe's last validation accuracy, when one ran."""
     probe = trainer.callback_metrics.get("probe/val_top1")
-    if probe is not None:
-        metrics["probe_top1"] = float(probe)
-    return metrics
+    return {"probe_top1": float(probe)} if probe is not None else {}
 
 
 def resume_command(method_name: str, args: list[str], checkpoint: Path) -> str:
@@ -254,7 +303,8 @@ def main(model_class: type[pl.LightningModule], method_name: str,
          args: list[str] | None = None) -> dict[str, Any]:
     """Parse, check the data, measure kNN at init, train, export. User errors exit with a message.
 
-    Returns a summary: ``knn_history`` [(epoch, top1, top5), ...] (epoch -1 = at initialisation),
+    Returns a summary: ``knn_history`` [KNNMeasurement(epoch, top1, top5, step), ...] (epoch -1: at
+    initialisation), ``knn_pixels`` (the raw pixels' KNNMeasurement, or None),
     ``backbone`` (the exported file), ``out``, ``epochs``, ``fit_seconds`` (wall time of ``fit``,
     validation included) and ``img_per_s`` (the last training throughput logged).
     """
@@ -278,6 +328,7 @@ def main(model_class: type[pl.LightningModule], method_name: str,
         every = cli.config_init["pictures_every_n_epochs"]
         extra += [EmbeddingPictures(every_n_epochs=every)] if every > 0 else []
         trainer.callbacks[0:0] = extra
+    trainer.callbacks.append(LogIntervalToEpoch())
     trainer.callbacks.append(interrupt_checkpoint(trainer, out, method_name, sys.argv[1:] if args is None else args))
     if cli.config_init["knn_at_start"] and has_labels and cli.config_init["ckpt_path"]:
         # validate() would measure the untrained weights (the checkpoint loads inside fit) and draw them again
@@ -291,24 +342,25 @@ def main(model_class: type[pl.LightningModule], method_name: str,
     path = out / "exported_models" / "backbone.pt"
     knn = next((c for c in trainer.callbacks if isinstance(c, KNNEvaluation)), None)
     history = list(knn.history) if knn is not None else []
+    steps_per_epoch = steps_in_an_epoch(trainer)
     if trainer.is_global_zero:
+        data_dir = Path(datamodule.hparams.get("data_dir", ".")).expanduser().resolve()
         recorded = {"data": datamodule.hparams.get("dataset"),  # linear_probe's default data
-                    "data_dir": str(Path(datamodule.hparams.get("data_dir", ".")).expanduser().resolve()),
-                    "epochs": trainer.current_epoch, "steps": trainer.global_step}
+                    "data_dir": str(data_dir), "epochs": trainer.current_epoch, "steps": trainer.global_step}
         export_backbone(model, path, **recorded)
-        metrics = final_metrics(history, trainer)
-        export_pretrained(model, path.with_suffix(""), metrics=metrics, **recorded)
-        best = bool(history) and history[-1][1] >= max(top1 for _, top1, _ in history)
+        knn_metrics, evaluation, knn_line = knn_report(knn, steps_per_epoch, query_split_name(datamodule))
+        metrics = {**knn_metrics, **probe_metrics(trainer)}
+        export_pretrained(model, path.with_suffix(""), metrics=metrics, knn_evaluation=evaluation or None, **recorded)
+        best = bool(history) and history[-1].top1 >= max(entry.top1 for entry in history)
         log_model_artifact(trainer.loggers, path.with_suffix(""), f"{method_name}-{recorded['data']}-backbone",
                            {"method": method_name, **recorded, **metrics}, best=best)
-        if history:
-            print(f"kNN top-1: {history[0][1]:.4f} at start -> {history[-1][1]:.4f} "
-                  f"after {trainer.current_epoch} epochs")
+        if knn_line:
+            print(knn_line)
         print(f"Exported backbone: {path} and {path.with_suffix('')}/ (safetensors, config.json, model card)")
         for logger in trainer.loggers:  # flush and close the W&B run so its files are complete now
             if isinstance(logger, WandbLogger):
                 logger.experiment.finish()
     img_per_s = trainer.callback_metrics.get("train/img_per_s")
-    return {"knn_history": history, "backbone": path, "backbone_folder": path.with_suffix(""), "out": out,
-            "epochs": trainer.current_epoch,
+    return {"knn_history": history, "knn_pixels": knn.pixel_baseline if knn is not None else None,
+            "backbone": path, "backbone_folder": path.with_suffix(""), "out": out, "epochs": trainer.current_epoch,
             "fit_seconds": fit_seconds, "img_per_s": float(img_per_s) if img_per_s is not None else None}

@@ -31,6 +31,7 @@ import pytorch_lightning as pl
 import yaml
 from pytorch_lightning.cli import SaveConfigCallback
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_info
 
 LOGGERS = ("wandb", "csv", "tensorboard", "none")
 WANDB_MODES = ("offline", "online")
@@ -107,6 +108,30 @@ class WandbRunId(pl.Callback):
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger) and trainer.is_global_zero and logger.version:
                 checkpoint[RUN_ID_KEY] = str(logger.version)
+
+
+def steps_in_an_epoch(trainer: pl.Trainer) -> int | None:
+    """Optimizer steps per training epoch of the trainer's ``fit`` (None when unknown, e.g. an unsized stream)."""
+    batches = trainer.num_training_batches
+    if not batches or batches == float("inf"):
+        return None
+    return -(-int(batches) // trainer.accumulate_grad_batches)
+
+
+class LogIntervalToEpoch(pl.Callback):
+    """Lowers ``trainer.log_every_n_steps`` to a quarter of an epoch when an epoch is shorter than it.
+
+    A small folder of 5 batches with the default 10 would log the loss once in two epochs; this logs it
+    about four times an epoch instead, and says so.
+    """
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        steps = steps_in_an_epoch(trainer)
+        if steps and trainer.log_every_n_steps > steps:
+            lowered = max(1, steps // 4)
+            rank_zero_info(f"log_every_n_steps {trainer.log_every_n_steps} is more than the {steps} steps of an "
+                           f"epoch: logging every {lowered} steps instead (--trainer.log_every_n_steps sets it)")
+            trainer.log_every_n_steps = lowered
 
 
 class ConfigToLoggers(SaveConfigCallback):

@@ -16,9 +16,11 @@ from typing import Any
 
 from ssl_siamese.backbones import TORCHVISION_RESNETS, timm_arguments
 
-METRIC_NAMES = {  # metadata["metrics"] key -> what the card calls it
-    "knn_top1": "kNN top-1 (test split)", "knn_top5": "kNN top-5 (test split)",
-    "knn_top1_at_start": "kNN top-1 at initialisation", "probe_top1": "online linear probe top-1 (test split)",
+METRIC_NAMES = {  # metadata["metrics"] key -> what the card calls it; {at}: the step it was measured at
+    "knn_top1": "kNN top-1 at {at}", "knn_top5": "kNN top-5 at {at}",
+    "knn_top1_at_start": "kNN top-1 at initialisation (step 0)",
+    "knn_top1_raw_pixels": "kNN top-1 of the raw pixels (same k, bank and queries: the baseline)",
+    "knn_top5_raw_pixels": "kNN top-5 of the raw pixels", "probe_top1": "online linear probe top-1 at the end",
 }
 
 
@@ -39,7 +41,8 @@ def _training_table(metadata: dict[str, Any]) -> str:
     rows = [("Method", metadata.get("method")), ("Architecture", metadata.get("architecture")
                                                  or f"user module {metadata.get('module_class')}"),
             ("CIFAR stem (3x3 conv, no max-pool)", "yes" if metadata.get("cifar_stem") else None),
-            ("Feature size", metadata.get("feature_dim")), ("Data", metadata.get("data")),
+            ("Feature size", metadata.get("feature_dim")),
+            ("Data", " ".join(f"{metadata[key]}" for key in ("data", "data_dir") if metadata.get(key)) or None),
             ("Epochs", metadata.get("epochs")), ("Optimizer steps", metadata.get("steps")),
             ("Input", f"{size}x{size} RGB, resized (bilinear, no crop)" if size else None),
             ("Normalisation", f"mean {metadata.get('mean')}, std {metadata.get('std')}" if metadata.get("mean")
@@ -54,9 +57,17 @@ def _metrics_table(metadata: dict[str, Any]) -> str:
     metrics = metadata.get("metrics") or {}
     if not metrics:
         return "No evaluation was recorded with this export (the data had no labels, or none was run)."
-    rows = [f"| {METRIC_NAMES.get(name, name)} | {value:.4f} |" if isinstance(value, float)
-            else f"| {METRIC_NAMES.get(name, name)} | {value} |" for name, value in metrics.items()]
-    return "\n".join(["| metric | value |", "|---|---|", *rows])
+    knn = metadata.get("knn_evaluation") or {}
+    at = knn.get("measured_at") or "the end"
+    rows = [f"| {METRIC_NAMES.get(name, name).format(at=at)} | "
+            f"{f'{value:.4f}' if isinstance(value, float) else value} |" for name, value in metrics.items()]
+    table = "\n".join(["| metric | value |", "|---|---|", *rows])
+    if knn.get("queries_from"):
+        protocol = (f"k={knn['k']}, temperature {knn['temperature']}, a bank of {knn['bank']} training images, "
+                    if "k" in knn else "")
+        table += (f"\n\nQueries (kNN and probe): {knn['queries_from']}. kNN: {protocol}cosine similarity of "
+                  "the backbone's features; the raw-pixel row is the same kNN on the normalised images flattened.")
+    return table
 
 
 def _images_line(metadata: dict[str, Any]) -> str:

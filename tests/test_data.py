@@ -1,6 +1,8 @@
 """Data loading: real Fashion-MNIST and CIFAR-10 JPEGs (found by conftest.py), image folders, cache, datamodule."""
 
+import csv
 import gzip
+import json
 import logging
 import os
 import shutil
@@ -492,11 +494,20 @@ def test_recipe_on_a_labelled_folder_without_test_split_measures_knn(tmp_path, m
             "--out", str(tmp_path / "out")])
     assert f"no test/ or val/ folder in {folder}: holding out 30 of 300 training images (val_fraction 0.1" \
         in caplog.text
-    assert [epoch for epoch, _, _ in summary["knn_history"]] == [-1, 0], "kNN at start and after the epoch"
-    assert all(0.0 <= top1 <= 1.0 for _, top1, _ in summary["knn_history"])
+    assert [epoch for epoch, *_ in summary["knn_history"]] == [-1, 0], "kNN at start and after the epoch"
+    assert all(0.0 <= entry.top1 <= 1.0 for entry in summary["knn_history"])
     metrics = "".join(path.read_text() for path in (tmp_path / "out").rglob("metrics.csv"))
     assert "probe/val_top1" in metrics and "knn/top1" in metrics
     assert list((tmp_path / "out" / "pictures").glob("*.png")), "embedding pictures drawn"
+    # small folders: 4 steps an epoch log the loss more than once (log_every_n_steps 10 is lowered), kNN's k=200
+    # is capped at the 27 bank images per class, and the card names the held-out share and the folder
+    with next((tmp_path / "out").rglob("metrics.csv")).open() as rows:
+        assert sum(bool(row.get("train/loss")) for row in csv.DictReader(rows)) >= 4
+    exported = tmp_path / "out" / "exported_models" / "backbone"
+    assert json.loads((exported / "config.json").read_text())["ssl_siamese"]["knn_evaluation"]["k"] == 27
+    card = (exported / "README.md").read_text()
+    assert f"| Data | folder {folder} |" in card and "(test split)" not in card
+    assert f"Queries (kNN and probe): 0.1 of each class of {folder} held out (seed 0), not trained on" in card
 
 
 def test_too_small_image_size_is_refused_with_the_minimum_and_why(tmp_path):

@@ -263,7 +263,7 @@ def test_simclr_recipe_export_loads_in_timm_torchvision_and_onnxruntime(tmp_path
     assert metadata["architecture"] == "timm/resnet18" and metadata["data"] == "fashion_mnist"
     assert metadata["steps"] == 2 and set(metadata["metrics"]) >= {"knn_top1", "knn_top5", "probe_top1"}
     card = (folder / "README.md").read_text()
-    assert f"| kNN top-1 (test split) | {metadata['metrics']['knn_top1']:.4f} |" in card
+    assert f"| kNN top-1 at step 2 (1 epoch) | {metadata['metrics']['knn_top1']:.4f} |" in card
     raw = torch.from_numpy(read_idx(next(fashion_mnist_dir().glob("t10k-images-idx3-ubyte*")), 3)[:10].copy())
     images = transform(raw.unsqueeze(1))  # real test images, resized and normalised as recorded
     expected = backbone(images)

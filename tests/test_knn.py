@@ -19,7 +19,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from torch.utils.data import DataLoader, TensorDataset
 
 from ssl_siamese.evaluation.features import ValidationFeatures, gather_rows
-from ssl_siamese.evaluation.knn import KNNEvaluation, topk_accuracy, weighted_knn_scores
+from ssl_siamese.evaluation.knn import KNNEvaluation, capped_k, topk_accuracy, weighted_knn_scores
 
 NUM_CLASSES, DIM = 10, 16
 
@@ -114,12 +114,30 @@ def test_callback_logs_the_knn_accuracy_of_the_validation_features():
     knn = KNNEvaluation(k=20, temperature=0.1, chunk_size=4)
     trainer = tiny_trainer(knn)
     trainer.validate(FixedFeatures(), dataloaders=val_loaders, verbose=False)
-    expected = reference_scores(query, bank, bank_labels, k=20, t=0.1)
+    assert knn.protocol == {"k": 12, "temperature": 0.1, "bank": 120, "queries": 30}  # 120 images, 10 classes
+    expected = reference_scores(query, bank, bank_labels, k=12, t=0.1)
     truth = query_labels.numpy()
     rank = (expected > expected[np.arange(len(truth)), truth][:, None]).sum(axis=1)
     assert float(trainer.callback_metrics["knn/top1"]) == pytest.approx((rank < 1).mean(), abs=1e-6)
     assert float(trainer.callback_metrics["knn/top5"]) == pytest.approx((rank < 5).mean(), abs=1e-6)
-    assert knn.history == [(-1, pytest.approx((rank < 1).mean()), pytest.approx((rank < 5).mean()))]
+    assert knn.history == [(-1, pytest.approx((rank < 1).mean()), pytest.approx((rank < 5).mean()), 0)]
+    # the features are the inputs here, so the raw-pixel baseline, same k, bank and queries, is the same figure
+    assert knn.pixel_baseline.top1 == pytest.approx((rank < 1).mean())
+
+
+def test_capped_k_is_at_most_the_average_class_size_of_the_bank():
+    assert capped_k(200, bank_size=322, num_classes=7) == 46  # the real-folder trial's bank: k=200 was most of it
+    assert capped_k(200, bank_size=5000, num_classes=10) == 200 and capped_k(5, bank_size=3, num_classes=7) == 1
+
+
+def test_a_max_steps_stop_mid_epoch_is_measured_at_its_last_step():
+    """4 batches per epoch, max_steps 6: the last kNN figure was that of step 4, older than the final weights."""
+    val_loaders, _ = loaders()
+    train = DataLoader(TensorDataset(torch.zeros(16, 1)), batch_size=4)
+    knn = KNNEvaluation(k=20)
+    tiny_trainer(knn, max_epochs=5, max_steps=6).fit(FixedFeatures(), train_dataloaders=train,
+                                                     val_dataloaders=val_loaders)
+    assert [(entry.epoch, entry.step) for entry in knn.history] == [(0, 4), (1, 6)]
 
 
 def test_every_n_epochs_computes_on_every_nth_and_the_last_epoch():
@@ -128,7 +146,7 @@ def test_every_n_epochs_computes_on_every_nth_and_the_last_epoch():
     knn = KNNEvaluation(k=20, every_n_epochs=2)
     trainer = tiny_trainer(knn, max_epochs=5)
     trainer.fit(FixedFeatures(), train_dataloaders=train, val_dataloaders=val_loaders)
-    assert [epoch for epoch, _, _ in knn.history] == [1, 3, 4]  # 0-based: 2nd, 4th and the last (5th)
+    assert [epoch for epoch, *_ in knn.history] == [1, 3, 4]  # 0-based: 2nd, 4th and the last (5th)
     trainer.validate(FixedFeatures(), dataloaders=val_loaders, verbose=False)
     assert knn.history[-1][0] == -1  # trainer.validate always computes
     with pytest.raises(ValueError, match="every_n_epochs"):
@@ -167,7 +185,8 @@ def _worker(rank: int, out_dir: str) -> None:
         bank, bank_labels, query, query_labels = rank_data(rank)
         logged: dict[str, float] = {}
         module = SimpleNamespace(device=torch.device("cpu"), log=lambda name, value, **_: logged.update({name: value}))
-        trainer = SimpleNamespace(sanity_checking=False, state=SimpleNamespace(fn="validate"), current_epoch=0)
+        trainer = SimpleNamespace(sanity_checking=False, state=SimpleNamespace(fn="validate"), current_epoch=0,
+                                  global_step=0)
         knn = KNNEvaluation(k=4, temperature=0.1)
         knn.on_validation_epoch_start(trainer, module)
         knn.on_validation_batch_end(trainer, module, {"features": bank, "labels": bank_labels}, None, 0, 0)
@@ -183,7 +202,8 @@ def _worker(rank: int, out_dir: str) -> None:
 def test_two_ranks_with_unequal_features_match_one_process(tmp_path):
     mp.spawn(_worker, args=(str(tmp_path),), nprocs=2, join=True)
     bank, bank_labels, query, query_labels = (torch.cat(parts) for parts in zip(rank_data(0), rank_data(1)))
-    expected = topk_accuracy(weighted_knn_scores(query, bank, bank_labels, NUM_CLASSES, k=4), query_labels)
+    k = capped_k(4, len(bank), len(bank_labels.unique()))
+    expected = topk_accuracy(weighted_knn_scores(query, bank, bank_labels, NUM_CLASSES, k=k), query_labels)
     for rank in (0, 1):
         result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
         assert result["logged"] == pytest.approx({"knn/top1": expected[1], "knn/top5": expected[5]})

@@ -1,5 +1,6 @@
 """The recipes through the real LightningCLI on synthetic data, and their user-facing errors."""
 
+import json
 import subprocess
 import sys
 import time
@@ -10,6 +11,9 @@ import torch
 
 from ssl_siamese import MoCo, SimCLR, SimSiam, load_backbone
 from ssl_siamese.cli import main
+from ssl_siamese.data import SSLDataModule
+
+from conftest import fashion_mnist_dir, needs_fashion_mnist
 
 METHODS = {"simclr": SimCLR, "moco": MoCo, "simsiam": SimSiam}
 TINY = ["--model.backbone", "tiny_cnn", "--data.dataset", "synthetic", "--data.batch_size", "32",
@@ -163,4 +167,47 @@ def test_a_resumed_run_does_not_measure_or_draw_the_untrained_weights_again(tmp_
                                                  "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")])
     assert "at initialisation ..." not in caplog.text and "Resuming: the kNN accuracy" in caplog.text
     assert start_picture.stat().st_mtime_ns == drawn
-    assert resumed["knn_history"][:2] == first["knn_history"] and [e for e, _, _ in resumed["knn_history"]] == [-1, 0, 1]
+    assert resumed["knn_history"][:2] == first["knn_history"] and [e for e, *_ in resumed["knn_history"]] == [-1, 0, 1]
+
+
+@needs_fashion_mnist
+def test_knn_figures_name_their_step_beside_the_raw_pixel_baseline_and_the_last_is_the_final_weights(
+        tmp_path, capsys):
+    """Stopped by max_steps mid-epoch (6 steps, 4 per epoch) without the kNN at start: before, the step-4
+    figure was printed as "at start -> ... after 2 epochs" and written beside "steps": 6, with no raw-pixel
+    baseline. Now the last figure is measured at step 6 and says so, and the raw pixels' kNN, from the same
+    bank and queries, is printed, logged and exported (checked against a float64 reference here)."""
+    from test_knn import reference_scores
+
+    out = tmp_path / "out"
+    summary = main(SimCLR, "simclr", [
+        "--model.backbone", "tiny_cnn", "--data.dataset", "fashion_mnist", "--data.data_dir", str(fashion_mnist_dir()),
+        "--data.batch_size", "16", "--data.train_subset", "64", "--data.knn_bank_subset", "64",
+        "--data.val_subset", "32", "--trainer.max_steps", "6", "--trainer.accelerator", "cpu",
+        "--trainer.enable_progress_bar", "false", "--knn_at_start", "false", "--knn.k", "5", "--log_to", "csv",
+        "--pictures_every_n_epochs", "0", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert [(m.epoch, m.step) for m in summary["knn_history"]] == [(0, 4), (1, 6)]
+    last = summary["knn_history"][-1]
+    # the raw-pixel reference: the recipe's bank and queries, normalised as for evaluation, flattened
+    data = SSLDataModule("fashion_mnist", str(fashion_mnist_dir()), batch_size=16, train_subset=64,
+                         knn_bank_subset=64, val_subset=32)
+    data.setup("fit")
+    normalise = SimCLR(backbone="tiny_cnn", view_size=28, mean=data.mean, std=data.std).augmentation.normalize
+    bank, query = (normalise(split.images).flatten(1).double() for split in (data.bank_data, data.query_data))
+    scores = reference_scores(query, bank, data.bank_data.labels, k=5, t=0.1)
+    pixels_top1 = float((scores.argmax(1) == data.query_data.labels.numpy()).mean())
+    assert summary["knn_pixels"].top1 == pytest.approx(pixels_top1, abs=1e-6)
+    assert (f"kNN top-1: {summary['knn_history'][0].top1:.4f} at step 4 (1 epoch) -> {last.top1:.4f} at step 6 "
+            f"(1.5 epochs); raw pixels {pixels_top1:.4f} (same k, bank and queries)  [k=5, t=0.1, bank 64 training "
+            "images, 32 queries: test split of fashion_mnist]") in printed
+    folder = out / "exported_models" / "backbone"
+    config = json.loads((folder / "config.json").read_text())["ssl_siamese"]
+    assert config["steps"] == config["knn_evaluation"]["step"] == 6
+    assert config["metrics"]["knn_top1"] == pytest.approx(last.top1)
+    assert config["metrics"]["knn_top1_raw_pixels"] == pytest.approx(pixels_top1)
+    card = (folder / "README.md").read_text()
+    assert f"| kNN top-1 at step 6 (1.5 epochs) | {last.top1:.4f} |" in card
+    assert f"| Data | fashion_mnist {Path(fashion_mnist_dir()).resolve()} |" in card
+    assert "Queries (kNN and probe): test split of fashion_mnist" in card and "(test split)" not in card
+    assert "knn/pixels_top1" in "".join(path.read_text() for path in out.rglob("metrics.csv"))
