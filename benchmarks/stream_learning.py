@@ -3,7 +3,10 @@
 Runs the real recipe path (``ssl_siamese.cli.main``, as ``python -m ssl_siamese.recipes.simclr``) with
 ``--data.dataset stream`` on a shard folder prepared from Imagenette (real 224 px photos, written with the
 shorter side capped by ``--short_side``), and prints the kNN top-1 on the val split of the SAME backbone at
-initialisation (the recipe measures it before training) and after ``--minutes`` of training.
+initialisation (the recipe measures it before training) and after ``--minutes`` of training. First it
+reads one epoch of the recipes' streaming loader at ``--mix_batch_size`` and prints the mean number of
+classes per batch beside a uniform shuffle's exact expectation (issue 23: class-sorted shards gave 1.25 of
+Imagenette's 10 classes per batch of 64).
 
     # CPU: prepare Imagenette at 80 px once (about 1 min), then 10 minutes of SimCLR at 64 px
     python benchmarks/stream_learning.py --minutes 10 --json stream_learning.json
@@ -20,10 +23,14 @@ import sys
 import tarfile
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from ssl_siamese.cli import main
+from ssl_siamese.data import SSLDataModule
+from ssl_siamese.data.mixing import distinct_classes_per_batch, uniform_distinct_classes
+from ssl_siamese.data.prepare import read_shards
 from ssl_siamese.methods.simclr import SimCLR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,9 +67,25 @@ def prepared(args: argparse.Namespace, work: Path) -> Path:
     return out
 
 
+def batch_mix(shards: Path, batch_size: int, workers: int) -> dict[str, Any]:
+    """Classes per batch over one epoch of the recipes' streaming loader vs a uniform shuffle (exact)."""
+    datamodule = SSLDataModule("stream", data_dir=str(shards), batch_size=batch_size, num_workers=workers)
+    datamodule.setup("fit")
+    distinct = distinct_classes_per_batch(datamodule.train_dataloader())
+    counts = Counter(int(sample["label"]) for sample in read_shards(shards, "train"))
+    uniform, sd = uniform_distinct_classes(list(counts.values()), batch_size)
+    mix = {"batch_size": batch_size, "classes": len(counts), "batches": len(distinct),
+           "classes_per_batch": sum(distinct) / len(distinct), "single_class_batches": distinct.count(1),
+           "uniform_classes_per_batch": uniform, "uniform_sd": sd}
+    print(f"classes per batch of {batch_size}: {mix['classes_per_batch']:.2f} of {len(counts)} over {len(distinct)} "
+          f"batches ({mix['single_class_batches']} of a single class); a uniform shuffle: {uniform:.2f} ± {sd:.2f}")
+    return mix
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="stream_learning_") as tmp:
         shards = prepared(args, Path(tmp))
+        mix = batch_mix(shards, 8 if args.quick else args.mix_batch_size, args.workers)
         if args.quick:
             model = ["--model.backbone", "tiny_cnn", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3",
                      "--data.batch_size", "16", "--data.image_size", "32"]
@@ -78,11 +101,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "--pictures_every_n_epochs", "0", "--seed_everything", "0", "--out", str(Path(tmp) / "run")])
         seconds = time.perf_counter() - start
     history = summary["knn_history"]
-    at_init = next(top1 for epoch, top1, _ in history if epoch == -1)
+    at_init = next(measured[1] for measured in history if measured[0] == -1)  # (epoch, top1, top5, ...)
     result = {"backbone": "tiny_cnn" if args.quick else args.backbone, "image_size": 32 if args.quick else args.image_size,
               "minutes": args.minutes, "epochs": summary["epochs"], "seconds": seconds,
               "knn_top1_at_init": at_init, "knn_top1_after": history[-1][1], "knn_history": history,
-              "img_per_s": summary.get("img_per_s")}
+              "img_per_s": summary.get("img_per_s"), "batch_mix": mix}
     print(f"| backbone | px | epochs | kNN top-1 at init | kNN top-1 after | difference |\n|---|---|---|---|---|---|\n"
           f"| {result['backbone']} | {result['image_size']} | {result['epochs']} | {at_init:.4f} | "
           f"{result['knn_top1_after']:.4f} | {result['knn_top1_after'] - at_init:+.4f} |")
@@ -100,6 +123,7 @@ def main_cli(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--bank", type=int, default=5000, help="kNN bank images (training split)")
     parser.add_argument("--queries", type=int, default=2000, help="kNN query images (val split)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--mix_batch_size", type=int, default=64, help="batch size of the classes-per-batch figure")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", help="write the result here")
     args = parser.parse_args(argv)

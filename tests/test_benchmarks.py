@@ -72,3 +72,6 @@ def test_stream_learning_benchmark_quick(tmp_path):
     assert "kNN top-1 at init" in stdout
     assert report["knn_history"][0][0] == -1 and report["epochs"] == 1
     assert 0.0 <= report["knn_top1_at_init"] <= 1.0 and 0.0 <= report["knn_top1_after"] <= 1.0
+    mix = report["batch_mix"]  # classes per batch of the recipes' loader beside a uniform shuffle's (issue 23)
+    assert "classes per batch of 8" in stdout and mix["classes"] == 3 and mix["batches"] > 0
+    assert 1 <= mix["classes_per_batch"] <= 3 and 1 < mix["uniform_classes_per_batch"] <= 3

@@ -105,7 +105,8 @@ def test_labels_indices_sizes_and_original_bytes(source, prepared):
     files, _ = list_image_files(source)
     classes = sorted(p.name for p in source.iterdir())
     meta = json.loads((out / "dataset.json").read_text())
-    assert meta["format"] == "ssl_siamese.shards" and meta["version"] == 1 and meta["engine"] == "litdata"
+    assert meta["format"] == "ssl_siamese.shards" and meta["version"] == 2 and meta["engine"] == "litdata"
+    assert meta["order"] == "shuffled" and meta["order_seed"] == 0
     assert meta["classes"] == classes and meta["split_rule"] == "hash" and meta["encoding"] == "jpeg"
     samples = _samples(out)
     assert set(samples) == {"train", "val"} and all(samples.values())
@@ -114,8 +115,10 @@ def test_labels_indices_sizes_and_original_bytes(source, prepared):
     unreadable = {"truncated.jpg", "garbage.png"}
     readable = [i for i, path in enumerate(files) if path.name not in unreadable]
     assert sorted(index for index, _, _ in written) == readable  # each readable file once, across splits
-    for split in samples.values():
-        assert [index for index, _, _ in split] == sorted(index for index, _, _ in split)
+    jobs = prep.plan(source, KW["val_fraction"])[0]
+    for split, stored in samples.items():  # every split in its seeded random order, not the sorted listing
+        order = [job.index for job in prep_listing.storage_order(jobs[split], seed=0) if job.index in readable]
+        assert [index for index, _, _ in stored] == order != sorted(order)
     for index, label, data in written:
         path = files[index]
         assert label == classes.index(path.parent.name)
@@ -143,7 +146,7 @@ def test_skipped_files_counted_and_listed(prepared):
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no work folders left behind
 
 
-def test_two_runs_identical_and_rerun_is_a_no_op(source, prepared, tmp_path, capsys):
+def test_two_runs_identical_rerun_is_a_no_op_and_a_sorted_folder_is_rewritten(source, prepared, tmp_path, capsys):
     out, _ = prepared
     with pytest.warns(UserWarning, match="skipped"):
         again = prep.prepare(source, tmp_path / "again", **KW)
@@ -156,6 +159,13 @@ def test_two_runs_identical_and_rerun_is_a_no_op(source, prepared, tmp_path, cap
     assert report.already_complete and report.splits == again.splits
     assert "is complete" in capsys.readouterr().out
     assert before == {p: p.stat().st_mtime_ns for p in (tmp_path / "again").rglob("*")}
+    meta = json.loads((tmp_path / "again" / "dataset.json").read_text())  # as versions before issue 23 wrote it
+    old = {**{key: value for key, value in meta.items() if not key.startswith("order")}, "version": 1}
+    (tmp_path / "again" / "dataset.json").write_text(json.dumps(old))
+    with pytest.warns(UserWarning, match="skipped"):
+        rewritten = prep.prepare(source, tmp_path / "again", **{**KW, "verbose": True})
+    assert not rewritten.already_complete and "written in sorted order" in capsys.readouterr().out
+    assert _samples(tmp_path / "again") == _samples(out)
 
 
 def _command(source: Path, out: Path) -> list[str]:
@@ -201,6 +211,9 @@ def test_hash_split_is_a_function_of_the_path(tmp_path):
     assert rule == "hash" and classes == [] and all(j.label == -1 for js in jobs.values() for j in js)
     assert val == {f"{i:03d}.png" for i in range(200) if prep_listing._hash_fraction(f"{i:03d}.png") < 0.2}
     assert 20 < len(val) < 60
+    order = prep_listing.storage_order(jobs["train"], seed=0)  # unlabelled folders are written shuffled too
+    assert sorted(order, key=lambda job: job.index) == jobs["train"] != order
+    assert order == prep_listing.storage_order(jobs["train"], seed=0) != prep_listing.storage_order(jobs["train"], 1)
 
 
 def test_clear_errors(tmp_path, prepared):

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shutil
 import subprocess
 import sys
 import tarfile
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,6 +23,8 @@ from PIL import Image
 from ssl_siamese.augment import ViewAugmentation
 from ssl_siamese.data import SSLDataModule
 from ssl_siamese.data.info import DataNotFoundError
+from ssl_siamese.data.mixing import distinct_classes_per_batch, uniform_distinct_classes
+from ssl_siamese.data.prepare import read_shards
 from ssl_siamese.data.streamed import ShardFolder, StreamingTrainLoader, shard_images
 
 from conftest import find_data_file
@@ -97,6 +102,35 @@ def test_streamed_labels_match_the_files_and_each_image_is_read_once_per_epoch(s
     loader = StreamingTrainLoader(ShardFolder(shards), batch_size=5, num_workers=2, seed=0, drop_last=False)
     labels = torch.cat([batch[1] for batch in loader])
     assert len(labels) == len(dataset) and sorted(labels.tolist()) == sorted(seen)
+
+
+@needs_imagenette
+def test_streamed_batches_hold_as_many_classes_as_a_uniform_shuffle(shards):
+    """Issue 23: prepare wrote the sorted (class-grouped) listing and litdata's shuffle only permutes chunks
+    and windows inside them, so a streamed batch held one class or two. Through the recipes' loader, over
+    four epochs, batches now hold as many classes as a uniform shuffle's (exact expectation, 4 standard errors)."""
+    dm = SSLDataModule("stream", data_dir=str(shards), batch_size=8, num_workers=2, image_size=32)
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    distinct = [n for _ in range(4) for n in distinct_classes_per_batch(loader)]
+    counts = Counter(int(sample["label"]) for sample in read_shards(shards, "train"))
+    mean, sd = uniform_distinct_classes(list(counts.values()), 8)
+    observed = sum(distinct) / len(distinct)
+    assert observed > mean - 4 * sd / len(distinct) ** 0.5, f"{observed:.2f} classes per batch, uniform {mean:.2f}"
+
+
+@needs_imagenette
+def test_a_folder_prepared_in_sorted_order_is_refused_with_the_command_to_redo_it(shards, tmp_path):
+    """A folder written before issue 23 (dataset.json version 1, no "order") would stream one-class batches:
+    training stops and gives the prepare command that rewrites it."""
+    old = tmp_path / "old"
+    shutil.copytree(shards, old)
+    meta = json.loads((old / "dataset.json").read_text())
+    meta = {**{key: value for key, value in meta.items() if not key.startswith("order")}, "version": 1}
+    (old / "dataset.json").write_text(json.dumps(meta))
+    command = f"python -m ssl_siamese.data.prepare {meta['source']} {old}"
+    with pytest.raises(ValueError, match=rf"(?s)sorted order.*one or two classes.*{re.escape(command)}"):
+        SSLDataModule("stream", data_dir=str(old), batch_size=4, num_workers=0).prepare_data()
 
 
 def _epoch(loader) -> list[list[int]]:

@@ -2,7 +2,8 @@
 
 A folder written by ``python -m ssl_siamese.data.prepare`` holds encoded JPEG/PNG samples in litdata chunks
 (``train/``, ``val/``, ``dataset.json``). Training reads it with litdata's ``StreamingDataset`` (chunks
-spread over ranks and workers, shuffled per epoch, local paths or ``s3://`` / ``gs://``): the images are
+spread over ranks and workers, local paths or ``s3://`` / ``gs://``; shuffled per epoch: chunks permuted, the items
+of each chunk permuted, which mixes classes because ``prepare`` writes them in a seeded random order): the images are
 decoded in the DataLoader workers (libjpeg-turbo through ``torchvision.io``) and padded into one uint8
 batch with their sizes, and the random views are made on the device, as for the in-memory path
 (:class:`ssl_siamese.augment.ViewAugmentation` crops each image inside its own size). With
@@ -37,11 +38,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from ssl_siamese.data.info import DataNotFoundError, ImageTensors
+from ssl_siamese.data.info import DataNotFoundError
+from ssl_siamese.data.prepare.output import FORMAT, ORDER, reprepare_command
 from ssl_siamese.images import resize_center_crop
 from ssl_siamese.padded import pad_images
 
-FORMAT = "ssl_siamese.shards"
 REMOTE_PREFIXES = ("s3://", "gs://", "gcs://", "azure://", "hf://")
 DECODE_MODES = ("workers", "device")
 
@@ -90,7 +91,8 @@ def looks_prepared(data_dir: str | Path) -> bool:
 class ShardFolder:
     """A prepared shard folder: its root (local path or bucket URL) and ``dataset.json``.
 
-    Raises :class:`DataNotFoundError` naming the folder when it is missing, empty or not a prepared folder.
+    Raises :class:`DataNotFoundError` naming the folder when it is missing, empty or not a prepared folder,
+    and ValueError with the command that rewrites it when it was prepared in sorted order (before issue 23).
     """
 
     root: str
@@ -120,6 +122,15 @@ class ShardFolder:
         if self.meta.get("format") != FORMAT:
             raise DataNotFoundError(f"{self.root}/dataset.json is not an ssl_siamese shard description "
                                     f"(format {self.meta.get('format')!r}); {how}.")
+        if self.meta.get("order") != ORDER:
+            local = "LOCAL_FOLDER" if is_remote(self.root) else self.root
+            upload = f", then upload LOCAL_FOLDER to {self.root}" if is_remote(self.root) else ""
+            raise ValueError(
+                f"{self.root} was prepared by an older ssl_siamese (dataset.json version "
+                f"{self.meta.get('version')}), which wrote the images in sorted order, class by class: streamed "
+                f"batches would hold one or two classes instead of a shuffle, and a contrastive method takes its "
+                f"negatives from the batch. Prepare it again (the same command rewrites it in a seeded random "
+                f"order): `{reprepare_command(self.meta, local)}`{upload}.")
 
     @property
     def classes(self) -> list[str]:
@@ -247,8 +258,12 @@ class StreamingTrainLoader:
         if decode not in DECODE_MODES:
             raise ValueError(f"decode must be one of {DECODE_MODES}, not {decode!r}.")
         extra = {"max_cache_size": max_cache_size} if is_remote(shards.root) else {}
+        # item_shuffle_window=0: a full permutation inside each chunk. litdata's default shuffles 256-item blocks
+        # (for its batch_decode, unused here), so an image's batch-mates came from the same 255 images in every
+        # epoch: 240 distinct ones over 10 epochs of Imagenette at 64 per batch, 590 with 0 (a uniform shuffle:
+        # 609); chunks are read whole, so the order inside one costs nothing (BENCHMARKS.md, issue 23)
         self.dataset = shard_images(shards.split_dir("train"), mode="encoded" if decode == "device" else "train",
-                                    shuffle=True, seed=seed, drop_last=drop_last, **extra)
+                                    shuffle=True, seed=seed, drop_last=drop_last, item_shuffle_window=0, **extra)
         bound_worker_heap()  # in this process too: the forked workers start from its heap and settings
         self.loader = StreamingDataLoader(
             self.dataset, batch_size=batch_size, num_workers=num_workers, drop_last=drop_last,
@@ -303,18 +318,3 @@ def eval_loader(shards: ShardFolder, split: str, size: int, indices: list[int] |
         dataset = Subset(dataset, indices)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0)
-
-
-def read_split(shards: ShardFolder, split: str, size: int, batch_size: int = 256, num_workers: int = 0) -> ImageTensors:
-    """A whole split held in memory for evaluation (a linear probe, fine-tuning): uint8 ``(N, 3, size, size)``,
-    resized and centre-cropped as the kNN monitor's images are, in the order of the shards, with their labels
-    (-1 where unlabelled) and the folder's classes.
-
-    Example:
-        >>> test = read_split(ShardFolder("shards/"), "val", size=64)  # doctest: +SKIP
-        >>> test.images.shape, test.classes[:2]
-        (torch.Size([469, 3, 64, 64]), ['n01440764', 'n02102040'])
-    """
-    batches = list(eval_loader(shards, split, size, None, batch_size, num_workers))  # split_dir: never empty
-    images, labels = zip(*batches)
-    return ImageTensors(torch.cat(images), torch.cat(labels).to(torch.int64), shards.classes)

@@ -6,9 +6,13 @@ datasets of ``{"image": encoded JPEG/PNG bytes, "label": int (-1 unlabelled), "i
 (:func:`~ssl_siamese.images.list_image_files`, :func:`~ssl_siamese.images.read_image`); an RGB or grayscale
 JPEG whose short side is within the cap is stored as its original bytes.
 
+Each split is written in a random order seeded by ``seed`` (recorded in dataset.json as ``order_seed``):
+the sorted listing groups classes, and litdata's reading shuffle cannot mix them back (issue 23).
+
 Resumable: each split is written to ``OUT_DIR/.incomplete-<split>/`` and renamed to ``OUT_DIR/<split>/``
 when done, so rerunning the same command after a kill redoes only the unfinished split and gives the same
-samples in the same order. A finished ``OUT_DIR`` is left alone unless ``overwrite``.
+samples in the same order. A finished ``OUT_DIR`` is left alone unless ``overwrite`` (or it was written in
+the sorted order of older versions: then it is rewritten).
 
 Example:
     python -m ssl_siamese.data.prepare photos/ shards/ --short_side 256 --num_workers 4
@@ -38,6 +42,7 @@ from ssl_siamese.data.prepare.encode import Encoding
 from ssl_siamese.data.prepare.output import (
     DATASET_JSON,
     FORMAT,
+    ORDER,
     SETTINGS_JSON,
     SKIPPED_TXT,
     SPLITS,
@@ -50,7 +55,7 @@ from ssl_siamese.data.prepare.output import (
     write_atomically,
     write_split,
 )
-from ssl_siamese.data.prepare.listing import plan
+from ssl_siamese.data.prepare.listing import plan, storage_order
 
 
 @dataclass
@@ -87,7 +92,7 @@ class PrepareReport:
 def prepare(src: str | os.PathLike, out_dir: str | os.PathLike, short_side: int | None = 256, quality: int = 90,
             lossless: bool = False, val_fraction: float = DEFAULT_VAL_FRACTION, num_workers: int | None = None,
             chunk_bytes: int | str = "64MB", overwrite: bool = False, verbose: bool = True,
-            start_method: str | None = None) -> PrepareReport:
+            start_method: str | None = None, seed: int = 0) -> PrepareReport:
     """Write the images under ``src`` to ``out_dir`` as litdata shards (see the module docstring).
 
     Args:
@@ -104,6 +109,7 @@ def prepare(src: str | os.PathLike, out_dir: str | os.PathLike, short_side: int 
         verbose: litdata's progress bar and the summary line.
         start_method: how litdata starts its workers: None = litdata's default ("spawn": safe, a few seconds
             per split to start); "fork" starts at once (used by the tests).
+        seed: seeds the random order the samples of each split are written in (the same seed, the same shards).
 
     Raises:
         FileNotFoundError / NotADirectoryError: ``src`` missing; ValueError: no images in it.
@@ -122,15 +128,15 @@ def prepare(src: str | os.PathLike, out_dir: str | os.PathLike, short_side: int 
     if not src.is_dir():
         raise NotADirectoryError(f"SRC {src} is not a folder of images.")
     encoding = Encoding(short_side, quality, lossless)
-    settings = {"source": str(src), **asdict(encoding), "val_fraction": val_fraction}
-    done = prepare_out_dir(out, src, settings, overwrite)
+    settings = {"source": str(src), **asdict(encoding), "val_fraction": val_fraction, "order_seed": seed}
+    done = prepare_out_dir(out, src, settings, overwrite, verbose)
     if done is not None:
         report = PrepareReport(str(out), done["splits"], done["skipped"], folder_bytes(out),
                                time.perf_counter() - start, True, done["split_rule"], done["classes"])
         if verbose:
             print(f"prepare: {out} is complete ({report.images:,} images); nothing to do (--overwrite redoes it).")
             asked = {"source": str(src), "encoding": "png" if lossless else "jpeg", "short_side": short_side,
-                     "val_fraction": val_fraction, **({} if lossless else {"quality": quality})}
+                     "val_fraction": val_fraction, "order_seed": seed, **({} if lossless else {"quality": quality})}
             differing = [f"{key} {done.get(key)!r}" for key, value in asked.items() if done.get(key) != value]
             if differing:
                 print(f"prepare: note: it was written with other settings ({', '.join(differing)}).")
@@ -146,8 +152,8 @@ def prepare(src: str | os.PathLike, out_dir: str | os.PathLike, short_side: int 
             if verbose:
                 print(f"prepare: {split} was finished by an earlier run; keeping it.")
         else:
-            write_split(out, split, split_jobs, encoding, num_workers or os.cpu_count() or 1, chunk_bytes, verbose,
-                         start_method)
+            write_split(out, split, storage_order(split_jobs, seed), encoding, num_workers or os.cpu_count() or 1,
+                        chunk_bytes, verbose, start_method)
         lines += skipped_lines(out, split)
     lines.sort()
     write_atomically(out / SKIPPED_TXT, "".join(lines))
@@ -156,7 +162,8 @@ def prepare(src: str | os.PathLike, out_dir: str | os.PathLike, short_side: int 
     counts = {split: split_count(out / split) for split in SPLITS if (out / split).is_dir()}
     meta = {"format": FORMAT, "version": VERSION, "engine": "litdata", "classes": classes, "splits": counts,
             "encoding": "png" if lossless else "jpeg", "quality": quality, "short_side": short_side,
-            "val_fraction": val_fraction, "split_rule": rule, "source": str(src), "skipped": len(lines),
+            "val_fraction": val_fraction, "split_rule": rule, "order": ORDER, "order_seed": seed,
+            "source": str(src), "skipped": len(lines),
             "litdata_version": litdata.__version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
     write_atomically(out / DATASET_JSON, json.dumps(meta, indent=1) + "\n")
@@ -174,7 +181,8 @@ def prepare(src: str | os.PathLike, out_dir: str | os.PathLike, short_side: int 
 
 
 def read_shards(out_dir: str | os.PathLike, split: str = "train", **kwargs: Any) -> "litdata.StreamingDataset":  # noqa: F821
-    """One split of a prepared folder as a ``litdata.StreamingDataset`` (in stored order unless ``shuffle=True``).
+    """One split of a prepared folder as a ``litdata.StreamingDataset`` (in stored order, a seeded random one,
+    unless ``shuffle=True``).
 
     Each sample is ``{"image": memoryview of the encoded bytes, "label": int, "index": int}``;
     ``torch.frombuffer(sample["image"], dtype=torch.uint8)`` feeds ``torchvision.io.decode_image``.
@@ -199,13 +207,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num_workers", type=int, default=None, help="worker processes (default: CPU count)")
     parser.add_argument("--chunk_bytes", default="64MB", help="chunk size, e.g. 64MB")
     parser.add_argument("--overwrite", action="store_true", help="replace whatever is in OUT_DIR")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random order the samples are written in")
     parser.add_argument("--start_method", choices=["spawn", "fork"], default=None,
                         help="how worker processes start (default: litdata's, spawn; fork starts faster)")
     args = parser.parse_args(argv)
     chunk_bytes = int(args.chunk_bytes) if args.chunk_bytes.isdigit() else args.chunk_bytes
     try:
         prepare(args.src, args.out_dir, args.short_side or None, args.quality, args.lossless, args.val_fraction,
-                args.num_workers, chunk_bytes, args.overwrite, start_method=args.start_method)
+                args.num_workers, chunk_bytes, args.overwrite, start_method=args.start_method, seed=args.seed)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,14 +1,17 @@
-"""Listing a source folder and splitting it (the plan of a prepare run): which file goes to which split, with which label.
+"""Listing a source folder and splitting it (the plan of a prepare run): which file goes to which split, with
+which label, and in which order it is written.
 
 Example:
     >>> jobs, classes, skipped, rule = plan(Path("photos/"), val_fraction=0.1)  # doctest: +SKIP
     >>> rule, len(jobs["train"]), classes[:2]
     ('hash', 9000, ['cat', 'dog'])
+    >>> written = storage_order(jobs["train"], seed=0)  # the same seeded permutation on every run
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,3 +87,16 @@ def plan(src: Path, val_fraction: float) -> tuple[dict[str, list[Job]], list[str
                 "val": [job for job in jobs["train"] if job.index in held]}
     return {split: js for split, js in jobs.items() if js}, classes, skipped, rule
 
+
+
+def storage_order(jobs: list[Job], seed: int) -> list[Job]:
+    """``jobs`` in the order they are written: a permutation seeded by ``seed`` (the same on every run).
+
+    The sorted listing groups classes (and, in an unlabelled folder, similar images), and litdata's reading
+    shuffle only permutes chunks and the items inside each chunk, so shards written in listing order stream
+    batches of one class or two (issue 23). Written in a random order, as WebDataset and FFCV advise, every
+    chunk is a uniform sample of the split and so is every batch read from it.
+    """
+    order = list(jobs)
+    random.Random(seed).shuffle(order)
+    return order

@@ -2,7 +2,8 @@
 
 Each split is written to ``OUT_DIR/.incomplete-<split>/`` and renamed to ``OUT_DIR/<split>/`` when done;
 ``.prepare.json`` marks an unfinished run (and the settings a rerun must match); ``dataset.json`` is
-written last, atomically.
+written last, atomically. Version 2 folders hold their samples in a seeded random order (``"order":
+"shuffled"``, ``"order_seed"``); a version 1 folder (sorted order, issue 23) is rewritten by a rerun.
 
 Example:
     >>> lines = write_split(out, "train", jobs["train"], Encoding(), num_workers=4, chunk_bytes="64MB",
@@ -21,7 +22,9 @@ from ssl_siamese.data.prepare.encode import Encoding, _SampleWriter
 from ssl_siamese.data.prepare.listing import Job
 
 FORMAT = "ssl_siamese.shards"
-VERSION = 1
+VERSION = 2
+ORDER = "shuffled"
+"""dataset.json's "order" since version 2: samples written in a seeded random order (listing.storage_order)."""
 SPLITS = ("train", "val")
 DATASET_JSON = "dataset.json"
 SKIPPED_TXT = "skipped.txt"
@@ -60,11 +63,19 @@ def clear(*paths: Path) -> None:
             path.unlink()
 
 
-def prepare_out_dir(out: Path, src: Path, settings: dict[str, Any], overwrite: bool) -> dict[str, Any] | None:
+def reprepare_command(meta: dict[str, Any], out: str) -> str:
+    """The prepare command that writes ``out`` again with the settings recorded in its dataset.json."""
+    encoding = "--lossless" if meta.get("encoding") == "png" else f"--quality {meta.get('quality', 90)}"
+    return (f"python -m ssl_siamese.data.prepare {meta.get('source', 'IMAGE_FOLDER')} {out} --short_side "
+            f"{meta.get('short_side') or 0} {encoding} --val_fraction {meta.get('val_fraction')}")
+
+
+def prepare_out_dir(out: Path, src: Path, settings: dict[str, Any], overwrite: bool,
+                    verbose: bool = False) -> dict[str, Any] | None:
     """Make ``out`` ready to write; returns its dataset.json when it is already complete (and not overwritten).
 
     Refuses a non-empty folder this module did not write (unless ``overwrite``), and says clearly when
-    ``out`` cannot be written to.
+    ``out`` cannot be written to. A complete folder in the sorted order of version 1 is rewritten.
     """
     if out == src or out in src.parents or src in out.parents:
         raise ValueError(f"OUT_DIR {out} and SRC {src} overlap; write the shards to a folder outside the source.")
@@ -79,8 +90,13 @@ def prepare_out_dir(out: Path, src: Path, settings: dict[str, Any], overwrite: b
             found = ", ".join(sorted(path.name for path in out.iterdir())[:5])
             raise FileExistsError(f"OUT_DIR {out} is not empty and was not written by ssl_siamese.data.prepare "
                                   f"(it holds {found}); choose a new folder, or pass --overwrite to replace it.")
-        elif done is not None:
+        elif done is not None and done.get("order") == ORDER:
             return done
+        elif done is not None:  # complete, but class-sorted: it would stream one-class batches
+            if verbose:
+                print(f"prepare: {out} was written in sorted order by an older version (batches of one class); "
+                      f"rewriting it in a seeded random order.", flush=True)
+            clear(*out.iterdir())
         elif read_json(out / SETTINGS_JSON) != settings:  # an unfinished run with other settings: start over
             clear(*out.iterdir())
     try:
