@@ -38,7 +38,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
-from ssl_siamese.data.info import DataNotFoundError
+from ssl_siamese.data.info import DataNotFoundError, ImageTensors
 from ssl_siamese.data.prepare.output import FORMAT, ORDER, reprepare_command
 from ssl_siamese.images import resize_center_crop
 from ssl_siamese.padded import pad_images
@@ -318,3 +318,18 @@ def eval_loader(shards: ShardFolder, split: str, size: int, indices: list[int] |
         dataset = Subset(dataset, indices)
     return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0)
+
+
+def read_split(shards: ShardFolder, split: str, size: int, batch_size: int = 256, num_workers: int = 0) -> ImageTensors:
+    """A whole split held in memory for evaluation (a linear probe, fine-tuning): uint8 ``(N, 3, size, size)``,
+    resized and centre-cropped as the kNN monitor's images are, in the order of the shards, with their labels
+    (-1 where unlabelled) and the folder's classes.
+
+    Example:
+        >>> test = read_split(ShardFolder("shards/"), "val", size=64)  # doctest: +SKIP
+        >>> test.images.shape, test.classes[:2]
+        (torch.Size([469, 3, 64, 64]), ['n01440764', 'n02102040'])
+    """
+    batches = list(eval_loader(shards, split, size, None, batch_size, num_workers))  # split_dir: never empty
+    images, labels = zip(*batches)
+    return ImageTensors(torch.cat(images), torch.cat(labels).to(torch.int64), shards.classes)
