@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import fashion_mnist_dir, needs_fashion_mnist
+from conftest import adwaita_theme, fashion_mnist_dir, needs_fashion_mnist
 
 from ssl_siamese import SimCLR, SSLDataModule, export_backbone, load_backbone
 from ssl_siamese.cli import main as pretrain
@@ -181,8 +181,8 @@ def test_load_classifier_refuses_a_backbone_without_head(tmp_path):
 # ----------------------------------------------------------------------------- item 15: what embed accepts
 
 def adwaita_icons(count: int) -> list[Path]:
-    """Real RGBA PNG icons and one SVG from Debian's adwaita-icon-theme; skip when it is not installed."""
-    theme = Path("/usr/share/icons/Adwaita")
+    """Real RGBA PNG icons and one SVG from Debian's adwaita-icon-theme (installed when missing and run as root)."""
+    theme = adwaita_theme()
     pngs = sorted(theme.glob("48x48/*/*.png"))[:count]
     svgs = sorted(theme.glob("scalable/*/*.svg"))[:1]
     if len(pngs) < count or not svgs:
