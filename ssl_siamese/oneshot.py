@@ -19,22 +19,33 @@ Example:
     >>> classifier.register("bag", bag_images)
     >>> classifier.calibrate_threshold(held_out_images, held_out_names, false_reject_rate=0.05)
     >>> classifier.classify(["a.png", "b.webp"])                # [("bag", 0.83), ("unknown", 0.41)]
+    >>> classifier.classify(files, on_error="skip")             # ("unreadable", nan) for a broken file
+    >>> classifier.skipped                                      # [(path, reason), ...] of that call
+
+Files that cannot be read (a truncated download, the ``._name.png`` files macOS leaves) raise
+``ImageReadError`` by default; ``on_error="skip"`` leaves them out, as the recipes do, and records each with
+its reason in ``skipped`` (and a warning). List folders with ``ssl_siamese.images.list_image_files``, which
+ignores hidden and ``._`` files.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_siamese.embeddings import Images, embed_images
+from ssl_siamese.images import ImageReadError, read_image
 
 UNKNOWN = "unknown"
+UNREADABLE = "unreadable"  # classify(..., on_error="skip")'s answer for a file that could not be read
+OnError = Literal["raise", "skip"]
 SAME_IMAGE_COSINE = 1.0 - 1e-6  # a held-out embedding this close to a reference is that reference
 
 
@@ -55,6 +66,7 @@ class OneShotClassifier:
         self.device, self.batch_size = device, batch_size
         self.false_reject_rate: float | None = None  # set by calibrate_threshold
         self.references: dict[str, Tensor] = {}
+        self.skipped: list[tuple[str, str]] = []  # (file, reason) left out by the last call with on_error="skip"
 
     @property
     def classes(self) -> list[str]:
@@ -67,13 +79,45 @@ class OneShotClassifier:
         features = embed_images(self.backbone, images, self.metadata, self.batch_size, self.device, progress=False)
         return F.normalize(features, dim=1)
 
-    def register(self, class_name: str, images: Images) -> int:
+    def readable(self, images: Images, on_error: OnError = "raise") -> tuple[Images, list[int] | None]:
+        """``(images, positions kept)``: with ``on_error="skip"`` the files that cannot be read are left out
+        (read here at the backbone's size, as ``embed`` would) and recorded in ``skipped`` with their reason;
+        positions are None when nothing was checked (``"raise"``, or no file among ``images``)."""
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}.")
+        self.skipped = []
+        entries = [images] if isinstance(images, (str, os.PathLike)) else images
+        if on_error == "raise" or not isinstance(entries, (list, tuple)):
+            return images, None
+        size = int(self.metadata.get("image_size") or 0) or None
+        kept, positions = [], []
+        for position, entry in enumerate(entries):
+            if isinstance(entry, (str, os.PathLike)):
+                try:
+                    entry = read_image(entry, size)
+                except (ImageReadError, FileNotFoundError) as error:
+                    self.skipped.append((str(entries[position]), str(error)))
+                    continue
+            kept.append(entry)
+            positions.append(position)
+        if self.skipped:
+            warnings.warn(f"Skipped {len(self.skipped)} of {len(entries)} files that could not be read (see "
+                          f".skipped), first: {self.skipped[0][1]}", stacklevel=3)
+        return kept, positions
+
+    def register(self, class_name: str, images: Images, on_error: OnError = "raise") -> int:
         """Add reference images of ``class_name`` (a new class or more shots); returns its reference count.
 
-        A threshold calibrated before is kept as is: calibrate again after changing the references.
+        ``on_error="skip"`` leaves out files that cannot be read (``skipped`` says which and why); at least
+        one must be readable. A threshold calibrated before is kept as is: calibrate again after changing the
+        references.
         """
-        if class_name == UNKNOWN:
-            raise ValueError(f"{UNKNOWN!r} is reserved for rejected images; choose another class name.")
+        if class_name in (UNKNOWN, UNREADABLE):
+            raise ValueError(f"{class_name!r} is reserved for rejected or unreadable images; choose another class name.")
+        images, positions = self.readable(images, on_error)
+        if positions is not None and not positions:
+            raise ValueError(f"None of the images of {class_name!r} could be read: "
+                             + "; ".join(reason for _, reason in self.skipped[:3]))
         embeddings = self.embed(images)
         if class_name in self.references:
             embeddings = torch.cat([self.references[class_name], embeddings])
@@ -94,15 +138,28 @@ class OneShotClassifier:
         """Cosine similarity ``(N, C)`` of each image to each class prototype (columns: ``classes``)."""
         return self.embed(images) @ self.prototypes().T
 
-    def classify(self, images: Images) -> list[tuple[str, float]]:
-        """``(class_name or "unknown", best cosine similarity)`` for each image (files, tensors or a list)."""
-        best, index = self.similarities(images).max(dim=1)
+    def classify(self, images: Images, on_error: OnError = "raise") -> list[tuple[str, float]]:
+        """``(class_name or "unknown", best cosine similarity)`` for each image (files, tensors or a list).
+
+        ``on_error="skip"``: a file that cannot be read gets ``("unreadable", nan)`` in its place (the list
+        still matches ``images`` one to one) and is recorded in ``skipped``.
+        """
+        readable, positions = self.readable(images, on_error)
+        if positions is not None and not positions:
+            return [(UNREADABLE, math.nan)] * len(self.skipped)
+        best, index = self.similarities(readable).max(dim=1)
         names = self.classes
-        return [(UNKNOWN if self.threshold is not None and score < self.threshold else names[i], score)
-                for score, i in zip(best.tolist(), index.tolist())]
+        answers = [(UNKNOWN if self.threshold is not None and score < self.threshold else names[i], score)
+                   for score, i in zip(best.tolist(), index.tolist())]
+        if positions is None:
+            return answers
+        placed: list[tuple[str, float]] = [(UNREADABLE, math.nan)] * (len(positions) + len(self.skipped))
+        for position, answer in zip(positions, answers):
+            placed[position] = answer
+        return placed
 
     def calibrate_threshold(self, images: Images, class_names: Sequence[str], false_reject_rate: float = 0.05,
-                            accept_rate: float | None = None) -> float:
+                            accept_rate: float | None = None, on_error: OnError = "raise") -> float:
         """Set and return the threshold that rejects ``false_reject_rate`` of held-out images of known classes.
 
         ``images`` are labelled images of registered classes that are NOT references (a reference is as similar
@@ -111,7 +168,8 @@ class OneShotClassifier:
         ``classify`` compares with it, so ``classify`` rejects that fraction of them and, on further images
         like them, about that fraction. ``class_names`` must name registered classes; they are used only to
         check that. ``accept_rate`` is the older spelling: ``false_reject_rate = 1 - accept_rate``.
-        Calibrate after the last ``register``: new references move the prototypes.
+        Calibrate after the last ``register``: new references move the prototypes. ``on_error="skip"`` leaves
+        out files that cannot be read, with their class names (``skipped`` says which and why).
         """
         if accept_rate is not None:
             false_reject_rate = 1.0 - accept_rate
@@ -120,6 +178,11 @@ class OneShotClassifier:
         unknown = sorted(set(class_names) - set(self.references))
         if unknown:
             raise ValueError(f"Classes not registered: {unknown}; register them before calibrating.")
+        images, positions = self.readable(images, on_error)
+        if positions is not None:
+            if len(class_names) != len(positions) + len(self.skipped):
+                raise ValueError(f"{len(class_names)} class names for {len(positions) + len(self.skipped)} images.")
+            class_names = [class_names[position] for position in positions]
         embeddings = self.embed(images)
         if len(class_names) != len(embeddings):
             raise ValueError(f"{len(class_names)} class names for {len(embeddings)} images.")
