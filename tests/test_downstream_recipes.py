@@ -339,6 +339,8 @@ def test_probe_of_a_folder_without_test_split_tests_on_what_pretraining_held_out
     tuned = finetune.main(["--backbone", str(export), "--data.val_fraction", "0.2", "--data.seed", "1",
                            "--epochs", "1", "--batch_size", "16", "--out", str(tmp_path / "ft"), "--log_to", "none"])
     assert (tuned["num_train"], tuned["num_test"]) == (3 * 24, 3 * 6) and "seed 1" in tuned["test_split"]
+    with pytest.raises(SystemExit, match=r"--data.val_fraction must be in \[0, 1\), not 1.5"):
+        linear_probe.main(["--backbone", str(export), "--data.val_fraction", "1.5", "--log_to", "none"])
 
 
 @needs_fashion_mnist

@@ -53,6 +53,9 @@ def evaluation_splits(dataset: str, data_dir: str | Path = "./data", image_size:
         DataNotFoundError: the data is not there.
         ValueError: data without labels, or a folder of which nothing is held out.
     """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"--data.val_fraction must be in [0, 1), not {val_fraction}: the share of each class of a "
+                         "labelled folder without test/ that pretraining held out (0.1 by default).")
     redirected = dataset == "folder" and looks_prepared(data_dir)
     dataset = "stream" if redirected else dataset
     info = check_dataset(dataset)
