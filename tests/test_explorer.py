@@ -10,12 +10,15 @@ import base64
 import fnmatch
 import io
 import re
+import shutil
+import tarfile
 import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import needs_data_file
 from PIL import Image
 
 from ssl_siamese.evaluation.plots import pca_2d
@@ -189,4 +192,67 @@ def test_recipe_options_round_trip_through_print_config(tmp_path, capsys):
     (tmp_path / "explore.yaml").write_text(capsys.readouterr().out)
     args = parse_args(["--config", str(tmp_path / "explore.yaml")])
     assert (args.embeddings, args.images, args.k, args.duplicates, args.thumbnail) == ("e.npz", "photos", 5, None, 0)
-    assert parse_args(["--embeddings", "e.npz"]).duplicates == 0.98
+    assert parse_args(["--embeddings", "e.npz"]).duplicates == "auto"
+    assert parse_args(["--embeddings", "e.npz", "--duplicates", "0.97"]).duplicates == 0.97
+
+
+CIFAR_JPG = "cifar10-jpg/cifar10-jpg.tar.gz"
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """400 real CIFAR-10 test images (40 a class) and 20 planted near duplicates of 20 of them: per class an exact
+    copy and a re-encoding at JPEG quality 60, embedded through the embed recipe by a random tiny ConvNet."""
+    from conftest import find_data_file
+
+    from ssl_siamese import SimCLR, export_backbone
+    from ssl_siamese.recipes.embed import run_embed
+
+    folder = tmp_path_factory.mktemp("planted")
+    with tarfile.open(find_data_file(CIFAR_JPG)) as tar:
+        by_class: dict[str, list] = {}
+        for member in tar.getmembers():
+            if member.isfile() and member.name.startswith("test/"):
+                by_class.setdefault(Path(member.name).parent.name, []).append(member)
+        tar.extractall(folder, members=[m for ms in by_class.values() for m in sorted(ms, key=lambda m: m.name)[:40]],
+                       filter="data")
+    root, planted = folder / "test", []
+    for directory in sorted(root.iterdir()):
+        files = sorted(directory.iterdir())
+        shutil.copy(files[0], directory / "planted_copy.jpg")
+        Image.open(files[1]).save(directory / "planted_q60.jpg", quality=60)
+        planted += [(f"{directory.name}/{files[0].name}", f"{directory.name}/planted_copy.jpg"),
+                    (f"{directory.name}/{files[1].name}", f"{directory.name}/planted_q60.jpg")]
+    torch.manual_seed(0)
+    backbone = export_backbone(SimCLR(backbone="tiny_cnn", view_size=32), folder / "backbone.pt")
+    run_embed(backbone, root, folder / "embeddings.npz", device="cpu", progress=False)
+    embeddings = load_embeddings(folder / "embeddings.npz")
+    index = {path: i for i, path in enumerate(embeddings.paths)}
+    return embeddings, {tuple(sorted((index[a], index[b]))) for a, b in planted}
+
+
+@needs_data_file(CIFAR_JPG)
+def test_default_duplicate_threshold_finds_the_planted_pairs_where_a_fixed_098_floods(planted, tmp_path):
+    embeddings, truth = planted
+    data = explorer_data(embeddings, k=10)
+    duplicates = data["duplicates"]
+    threshold = duplicates["threshold"]
+    listed = [(a, b) for a, b, s in zip(duplicates["first"], duplicates["second"], duplicates["similarity"])
+              if s >= threshold]
+    found = set(listed) & truth
+    precision, recall = len(found) / max(len(listed), 1), len(found) / len(truth)
+    cosine = cosine64(embeddings.features)
+    old = {(i, j) for i, j in zip(*np.nonzero(np.triu(cosine >= 0.98, 1)))}
+    old_precision = len(old & truth) / len(old)
+    print(f"auto threshold {threshold:.6f}: {len(listed)} pairs, precision {precision:.3f}, recall {recall:.3f}; "
+          f"cosine 0.98: {len(old)} pairs, precision {old_precision:.4f}")
+    assert recall == 1.0 and precision >= 0.8, (precision, recall)
+    assert len(old) > 20 * len(truth) and old_precision < 0.05  # the fixed rule floods with non-duplicates
+    assert duplicates["total"] == len(listed) and "nearest neighbour" in duplicates["rule"]
+    stored = np.asarray(duplicates["similarity"])  # stored below the threshold, for the page's slider
+    assert stored.min() >= duplicates["floor"] and duplicates["floor"] < threshold and len(stored) > len(listed)
+    exact = {(i, j) for i, j in zip(*np.nonzero(np.triu(cosine >= duplicates["floor"] - 1e-6, 1)))}
+    assert {(a, b) for a, b in zip(duplicates["first"], duplicates["second"])} <= exact
+    assert len(stored) >= len({p for p in exact if cosine[p] >= duplicates["floor"] + 1e-6})  # none left out
+    capped = explorer_data(embeddings, k=10, max_pairs=len(listed) + 5)["duplicates"]
+    assert len(capped["first"]) == len(listed) + 5 and capped["floor"] == capped["similarity"][-1]

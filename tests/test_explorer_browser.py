@@ -25,6 +25,7 @@ import torch
 from conftest import find_data_file, install_debian_packages, needs_data_file
 
 from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
 
 from ssl_siamese.explorer import read_page_data
@@ -174,6 +175,23 @@ def test_page_in_chromium_shows_every_point_and_a_click_lists_the_brute_force_ne
         unit = explored.features / np.linalg.norm(explored.features, axis=1, keepdims=True)
         cosine = unit @ unit.T
         assert len(duplicates) == (np.triu(cosine, 1) >= 0.9999).sum()
+        assert driver.find_element("id", "duplicate-threshold").get_attribute("value") == "0.999900"
+        slider = driver.find_element("id", "duplicate-slider")  # a click near its left end lowers the threshold
+        ActionChains(driver).move_to_element_with_offset(slider, -slider.size["width"] // 2 + 3, 0).click().perform()
+        wait_for(driver, "return explorer.duplicateChanges > 0")
+        lowered = driver.execute_script("return explorer.duplicateThreshold")
+        rows = listed(driver, "duplicate-list")
+        above = np.triu(cosine, 1)[np.triu_indices(len(cosine), 1)]
+        assert lowered < 0.999 and len(rows) > len(duplicates)
+        assert abs(len(rows) - (above >= lowered).sum()) <= (np.abs(above - lowered) < 1e-5).sum()
+        assert all(cosine[first, second] >= lowered - 1e-5 for first, _, _, second in rows)
+        assert f"{len(rows):,} pairs with cosine similarity" in driver.find_element("id", "duplicate-summary").text
+        box = driver.find_element("id", "duplicate-threshold")  # typing a threshold lists the pairs above it again
+        box.clear()
+        box.send_keys("0.9999", Keys.ENTER, Keys.TAB)
+        wait_for(driver, "return explorer.duplicateThreshold === 0.9999")
+        assert listed(driver, "duplicate-list") == duplicates
+        assert "chosen" not in driver.find_element("id", "duplicate-rule").text  # given by hand, and it says so
 
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         for target in (tmp_path / "explorer.png", ARTIFACTS / "explorer.png"):

@@ -6,9 +6,16 @@ near-duplicate pairs are read off the neighbour lists; only the rows whose whole
 threshold (they may have more such partners than ``k``) are compared with every row again, so the pairs are
 exact, not an approximation bounded by ``k``.
 
+No fixed cosine means "duplicate": a small ConvNet's nearest neighbours are all above 0.98 (0.98 listed 7,444
+pairs among 402 real images, one real duplicate in eight), a ResNet's spread wider. :func:`duplicate_threshold`
+reads the threshold off the set itself: a near duplicate is far closer to its partner than images usually are
+to their nearest neighbour, an outlier of the nearest-neighbour distances ``1 - cosine`` on a log scale
+(median minus ``deviations`` robust standard deviations, MAD x 1.4826).
+
 Example:
     >>> indices, similarities = nearest_neighbours(torch.randn(500, 64), k=10)   # (500, 10) each, self excluded
-    >>> pairs = near_duplicate_pairs(features, indices, similarities, threshold=0.98)
+    >>> threshold, rule = duplicate_threshold(similarities)                      # cosine, and how it was chosen
+    >>> pairs, total = near_duplicate_pairs(features, indices, similarities, threshold)
     >>> pairs.first, pairs.second, pairs.similarity   # i < j, most similar first
 """
 
@@ -23,6 +30,8 @@ from torch import Tensor
 
 from ssl_siamese.embeddings import EmbeddingIndex
 
+DUPLICATE_DEVIATIONS = 4.0  # robust standard deviations below the typical log nearest-neighbour distance
+MIN_SPREAD = 0.1  # floor of that deviation (log units), so a set of equally spaced images lists none
 SEARCH_CHUNK = 1024  # query rows per matrix product: 1024 x N float32 similarities (200 MB for N = 50,000)
 
 
@@ -83,3 +92,28 @@ def near_duplicate_pairs(features: Tensor | np.ndarray, indices: np.ndarray, sim
     first = np.asarray([pair[0] for pair, _ in kept], dtype=np.int64)
     second = np.asarray([pair[1] for pair, _ in kept], dtype=np.int64)
     return DuplicatePairs(first, second, np.asarray([s for _, s in kept], dtype=np.float32)), len(ordered)
+
+
+def duplicate_threshold(similarities: np.ndarray, deviations: float = DUPLICATE_DEVIATIONS) -> tuple[float, str]:
+    """The cosine similarity at and above which a pair counts as a near duplicate in this set, and how it was chosen.
+
+    ``similarities`` are :func:`nearest_neighbours`' ``(N, k)``. With ``d`` each image's distance ``1 - cosine``
+    to its nearest neighbour, the threshold is the distance ``exp(median(log d) - deviations * 1.4826 *
+    MAD(log d))``: pairs far closer than images of this set usually are to their nearest neighbour (exact
+    copies, re-encodings), whatever the backbone's range of cosines.
+
+    Example:
+        >>> threshold, rule = duplicate_threshold(nearest_neighbours(features, k=10)[1])
+    """
+    if similarities.shape[1] == 0:
+        return 1.0, "no pairs: fewer than two images"
+    distance = np.clip(1.0 - similarities[:, 0].astype(np.float64), 1e-12, None)
+    logs = np.log(distance)
+    median = float(np.median(logs))
+    spread = max(1.4826 * float(np.median(np.abs(logs - median))), MIN_SPREAD)
+    limit = float(np.exp(median - deviations * spread))
+    threshold = 1.0 - limit
+    rule = (f"chosen from these embeddings: the typical distance (1 - cosine) of an image to its nearest neighbour "
+            f"is {np.exp(median):.3g} (median); pairs {np.exp(median) / limit:.0f}x closer than that, {deviations:g} "
+            f"robust deviations below it on a log scale, count as near duplicates: cosine >= {threshold:.6f}")
+    return threshold, rule

@@ -5,7 +5,9 @@ The page (``explorer.html``, shipped beside this module) draws the 2-D map of :m
 view; it pans (drag) and zooms (wheel, buttons). Clicking a point shows its image and its ``k`` nearest
 neighbours with their cosine similarity and distance (``1 - similarity``), computed here by
 :mod:`.neighbours` and stored in the page; a box searches file names; a list holds the near-duplicate pairs
-above a similarity threshold. The numbers travel as base64 little-endian typed arrays in one JSON block;
+above a cosine threshold read off the set's own nearest-neighbour similarities
+(:func:`.neighbours.duplicate_threshold`, or given), which a slider on the page moves: the page stores the
+pairs down to the typical nearest-neighbour similarity (at most ``max_pairs``, the most similar). The numbers travel as base64 little-endian typed arrays in one JSON block;
 50,000 points are drawn 0.7-2.8 s after opening on 2 busy cores (``benchmarks/explorer_page.py``,
 BENCHMARKS.md). A page of 50,000 images is about 27 MB: 19.5 MB of 32 px thumbnails (:func:`thumbnail_size`;
 about 390 bytes each in base64, sprite sheets of JPEG quality 75), 5.3 MB of neighbours (10 indices and
@@ -30,7 +32,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ssl_siamese.explorer.neighbours import near_duplicate_pairs, nearest_neighbours
+from ssl_siamese.explorer.neighbours import duplicate_threshold, near_duplicate_pairs, nearest_neighbours
 from ssl_siamese.explorer.projection import map_2d
 from ssl_siamese.explorer.thumbnails import SHEET_COLUMNS, thumbnail_sheets
 
@@ -81,14 +83,41 @@ def _base64(array: np.ndarray, dtype: str) -> str:
     return base64.b64encode(np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()).decode()
 
 
+def duplicate_data(features: np.ndarray, indices: np.ndarray, similarities: np.ndarray, threshold: float | str,
+                   max_pairs: int) -> dict[str, Any]:
+    """The page's near-duplicate pairs: at ``threshold`` (a cosine, or ``"auto"``: :func:`duplicate_threshold`)
+    and below it, down to ``floor``, so the page's slider can lower it.
+
+    ``floor`` is the typical (median) nearest-neighbour similarity, raised until at most ``max_pairs`` pairs
+    lie above it; every pair at or above ``floor`` is stored, most similar first. ``total`` counts the pairs at
+    ``threshold`` (exact, also when more than ``max_pairs``).
+    """
+    if threshold == "auto":
+        threshold, rule = duplicate_threshold(similarities)
+    else:
+        threshold, rule = float(threshold), f"given: cosine >= {float(threshold):g}"
+    ranked = np.sort(similarities.ravel())[::-1]  # each pair is in one or two neighbour lists
+    typical = float(np.median(similarities[:, 0])) if ranked.size else 1.0
+    floor = min(threshold, max(typical, float(ranked[min(ranked.size, 2 * max_pairs) - 1]) if ranked.size else 1.0))
+    pairs, stored_total = near_duplicate_pairs(features, indices, similarities, floor, max_pairs)
+    if stored_total > len(pairs.first):  # capped: the stored list is complete down to its last pair
+        floor = float(pairs.similarity[-1]) if len(pairs.first) else threshold
+    total = int((pairs.similarity >= threshold).sum()) if threshold >= floor else \
+        near_duplicate_pairs(features, indices, similarities, threshold, 0)[1]
+    return {"threshold": round(threshold, 6), "rule": rule, "typical": round(typical, 6), "floor": round(floor, 6),
+            "total": total, "first": pairs.first.tolist(), "second": pairs.second.tolist(),
+            "similarity": [round(float(s), 6) for s in pairs.similarity]}
+
+
 def explorer_data(embeddings: Embeddings, image_root: str | Path | None = None, k: int = 10,
-                  duplicate_threshold: float | None = 0.98, max_pairs: int = 2000, projection: str = "pca",
+                  duplicate_threshold: float | str | None = "auto", max_pairs: int = 2000, projection: str = "pca",
                   thumbnail: int | None = None, quality: int = 75, title: str = "Embedding explorer") -> dict:
     """The page's data (JSON-ready): map coordinates, labels, names, neighbours, duplicate pairs, thumbnails.
 
     ``image_root`` is the folder the paths are relative to (the ``--data`` folder given to the embed
     recipe); without it the page has no thumbnails. ``thumbnail`` is the thumbnail side in pixels (None:
-    :func:`thumbnail_size`; 0: none). ``duplicate_threshold`` None lists no duplicate pairs.
+    :func:`thumbnail_size`; 0: none). ``duplicate_threshold``: ``"auto"`` reads it off the embeddings
+    (:func:`duplicate_data`), a cosine fixes it, None lists no duplicate pairs.
     """
     features, paths, labels, classes = embeddings
     count = len(features)
@@ -104,10 +133,7 @@ def explorer_data(embeddings: Embeddings, image_root: str | Path | None = None, 
         "k": int(indices.shape[1]), "neighbours": _base64(indices, "int32"),
         "similarities": _base64(similarities, "float32"), "duplicates": None, "thumbnails": None}
     if duplicate_threshold is not None:
-        pairs, total = near_duplicate_pairs(features, indices, similarities, duplicate_threshold, max_pairs)
-        data["duplicates"] = {"threshold": duplicate_threshold, "total": total, "first": pairs.first.tolist(),
-                              "second": pairs.second.tolist(),
-                              "similarity": [round(float(s), 6) for s in pairs.similarity]}
+        data["duplicates"] = duplicate_data(features, indices, similarities, duplicate_threshold, max_pairs)
     size = thumbnail_size(count) if thumbnail is None else thumbnail
     if image_root is not None and size > 0:
         root = Path(image_root)
@@ -142,8 +168,8 @@ def read_page_data(path: str | Path) -> dict:
 def write_explorer(embeddings: Embeddings, out: str | Path = "explore.html", **options: Any) -> dict[str, Any]:
     """Write the page for ``embeddings`` to ``out``; ``options`` are :func:`explorer_data`'s.
 
-    Returns ``out``, ``points``, ``bytes``, ``thumbnail`` (pixels, 0 for none), ``missing_images`` and
-    ``duplicate_pairs`` (the total above the threshold; None when not searched).
+    Returns ``out``, ``points``, ``bytes``, ``thumbnail`` (pixels, 0 for none), ``missing_images``,
+    ``duplicate_pairs`` (the total at the threshold; None when not searched) and ``duplicate_threshold``.
     """
     data = explorer_data(embeddings, **options)
     page = render_page(data)
@@ -154,4 +180,5 @@ def write_explorer(embeddings: Embeddings, out: str | Path = "explore.html", **o
     return {"out": str(out), "points": data["count"], "bytes": out.stat().st_size,
             "thumbnail": thumbnails["size"] if thumbnails else 0,
             "missing_images": len(thumbnails["missing"]) if thumbnails else 0,
-            "duplicate_pairs": duplicates["total"] if duplicates else None}
+            "duplicate_pairs": duplicates["total"] if duplicates else None,
+            "duplicate_threshold": duplicates["threshold"] if duplicates else None}

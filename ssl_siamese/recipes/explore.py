@@ -10,8 +10,9 @@ names only). ``--backbone`` + ``--data`` embed the images first, as the embed re
 what embed takes: an exported ``.pt`` file or folder, a Lightning checkpoint, ...). The page opens
 offline in any browser: a zoomable map (PCA, or ``--projection tsne``), thumbnails coloured by label, a
 click shows an image's ``--k`` nearest neighbours with their cosine similarity and distance, a search box
-finds file names, and the pairs with cosine similarity >= ``--duplicates`` are listed (``--duplicates off``
-for none). See :mod:`ssl_siamese.explorer.page`.
+finds file names, and near-duplicate pairs are listed: ``--duplicates auto`` (the default) reads the cosine
+threshold off the embeddings' own nearest-neighbour similarities (the page says how, and a slider moves it),
+a number fixes it, ``off`` lists none. See :mod:`ssl_siamese.explorer.page`.
 
 Example:
     >>> main(["--embeddings", "embeddings.npz", "--images", "photos", "--out", "explore.html"])["points"]
@@ -35,14 +36,17 @@ from ssl_siamese.recipes._backbone import add_backbone_option
 PROG = "python -m ssl_siamese.recipes.explore"
 
 
-def _threshold(text: str) -> float | None:
-    """``--duplicates``: a cosine similarity in [-1, 1], or None for 'off'."""
+def _threshold(text: str) -> float | str | None:
+    """``--duplicates``: "auto", a cosine similarity in [-1, 1], or None for 'off'."""
     if str(text).lower() in ("off", "none", "no"):
         return None
+    if str(text).lower() == "auto":
+        return "auto"
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"--duplicates: expected a cosine similarity in [-1, 1] or 'off', got {text!r}") from None
+        raise ValueError(f"--duplicates: expected 'auto', a cosine similarity in [-1, 1] or 'off', got {text!r}") \
+            from None
     if not -1.0 <= value <= 1.0:
         raise ValueError(f"--duplicates: a cosine similarity lies in [-1, 1], got {value}")
     return value
@@ -62,9 +66,11 @@ def parse_args(argv: list[str] | None = None) -> Namespace:
     page = parser.add_argument_group("the page")
     page.add_argument("--out", default="explore.html", help="The HTML file to write.")
     page.add_argument("--k", type=int, default=10, help="Nearest neighbours listed for each image.")
-    page.add_argument("--duplicates", default="0.98", metavar="COSINE",
-                      help="List the pairs at least this cosine-similar ('off': none).")
-    page.add_argument("--max_pairs", type=int, default=2000, help="At most this many duplicate pairs listed.")
+    page.add_argument("--duplicates", default="auto", metavar="auto|COSINE|off",
+                      help="Near-duplicate pairs: 'auto' reads the cosine threshold off the embeddings' nearest-"
+                           "neighbour similarities; a number fixes it; 'off' lists none.")
+    page.add_argument("--max_pairs", type=int, default=2000,
+                      help="At most this many duplicate pairs stored in the page (the most similar).")
     page.add_argument("--projection", choices=PROJECTIONS, default="pca",
                       help="The 2-D map: pca (fast) or tsne (scikit-learn; minutes for tens of thousands).")
     page.add_argument("--thumbnail", type=Optional[int], default=None, metavar="PIXELS",
@@ -112,7 +118,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     duplicates = summary["duplicate_pairs"]
     print(f"Explorer page for {summary['points']} images ({summary['bytes'] / 1e6:.1f} MB, thumbnails "
           f"{summary['thumbnail'] or 'none'}{' px' if summary['thumbnail'] else ''}"
-          + ("" if duplicates is None else f", {duplicates} near-duplicate pairs") + f") -> {summary['out']}")
+          + ("" if duplicates is None else f", {duplicates} near-duplicate pairs at cosine >= "
+                                              f"{summary['duplicate_threshold']:.6f}") + f") -> {summary['out']}")
     return summary
 
 
