@@ -16,18 +16,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ssl_siamese._lazy import lazy_exports
+from ssl_siamese.methods.registry import METHODS
 
 _EXPORTS = {
-    "SimCLR": "ssl_siamese.methods.simclr",
-    "MoCo": "ssl_siamese.methods.moco",
-    "SimSiam": "ssl_siamese.methods.simsiam",
-    "BYOL": "ssl_siamese.methods.byol",
-    "BarlowTwins": "ssl_siamese.methods.barlow_twins",
-    "VICReg": "ssl_siamese.methods.vicreg",
-    "DINO": "ssl_siamese.methods.dino",
-    "MAE": "ssl_siamese.methods.mae",
+    **METHODS,  # SimCLR, MoCo, ... SupervisedSiamese: registered in ssl_siamese/methods/registry.py
     "SiameseModule": "ssl_siamese.methods.base",
-    "SupervisedSiamese": "ssl_siamese.methods.siamese",
     "SSLDataModule": "ssl_siamese.data",
     "ViewAugmentation": "ssl_siamese.augment",
     "build_backbone": "ssl_siamese.backbones",

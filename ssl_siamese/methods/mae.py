@@ -30,13 +30,17 @@ from typing import Any
 
 import torch
 from lightly.models import utils
-from lightly.models.modules import MaskedVisionTransformerDecoderTIMM, MaskedVisionTransformerTIMM
-from lightly.models.modules.masked_vision_transformer_timm import init_weights
 from torch import Tensor, nn
 
 from ssl_siamese.augment import ViewAugmentation
 from ssl_siamese.backbones import check_input_size, vit_pooling
+from ssl_siamese.extras import require
 from ssl_siamese.methods.base import SiameseModule
+
+# lightly defines its masked ViT pieces only when timm is installed: without timm, say which extra to install
+require("timm", "MAE (a timm ViT encoder in lightly's masked-ViT modules)")
+from lightly.models.modules import MaskedVisionTransformerDecoderTIMM, MaskedVisionTransformerTIMM  # noqa: E402
+from lightly.models.modules.masked_vision_transformer_timm import init_weights  # noqa: E402
 
 
 def masked_patch_loss(predictions: Tensor, patches: Tensor, mask: Tensor, normalize: bool = True,
