@@ -3,8 +3,8 @@
 The file holds only tensors and plain metadata, so it loads with ``torch.load(weights_only=True)``:
 opening a file never runs code from it. For torchvision ResNets the weights load into
 ``torchvision.models.resnet18()`` (with ``fc = Identity`` and, when ``metadata["cifar_stem"]``, the
-3x3 stem) with ``strict=True``. ``load_backbone`` also reads a Lightning checkpoint of SimCLR, MoCo,
-SimSiam or SupervisedSiamese (weights-only as well) and returns the backbone inside it.
+3x3 stem) with ``strict=True``. ``load_backbone`` also reads a Lightning checkpoint of any registered method
+(``ssl_siamese.methods.registry``; weights-only as well) and returns the backbone inside it.
 
 ``export_pretrained`` writes the same weights and metadata as a folder other tools load
 (``ssl_siamese.pretrained_folder``): ``model.safetensors`` (metadata in its header; plain torchvision and
@@ -32,6 +32,7 @@ from torch import nn
 from ssl_siamese.backbones import BACKBONE_NAMES, TORCHVISION_RESNETS, build_backbone, vit_pooling
 from ssl_siamese.checkpoints import EXPORT_FORMAT, bare_state_dict, read_checkpoint
 from ssl_siamese.embeddings import RESIZE, Preprocess, preprocessing
+from ssl_siamese.methods.registry import METHODS, method_class
 from ssl_siamese.pretrained_folder import looks_like_safetensors, read_pretrained
 
 FORMAT = EXPORT_FORMAT
@@ -156,9 +157,10 @@ def load_backbone(path: str | Path, trainable: bool = False) -> LoadedBackbone:
     ``backbone(transform(images))`` gives plain features (``.numpy()`` works, no graph is kept). To fine-tune
     it, pass ``trainable=True`` or unfreeze it yourself: ``backbone.requires_grad_(True).train()``.
 
-    Weights-only loading: a file holding pickled objects is refused, never unpickled. A checkpoint's method
-    is found by building each of our methods from its ``hyper_parameters`` and keeping the one whose
-    ``state_dict`` loads strictly.
+    Weights-only loading: a file holding pickled objects is refused, never unpickled. A checkpoint is rebuilt
+    from its ``hyper_parameters`` with the method it records (``checkpoint["ssl_siamese_method"]``, a name of
+    ``ssl_siamese.methods.registry.METHODS``) and its ``state_dict`` loaded strictly; a checkpoint written
+    before methods were recorded, with the first registered method whose ``state_dict`` loads strictly.
 
     Example:
         >>> backbone, transform, metadata = load_backbone("out/simclr/checkpoints/last.ckpt")
@@ -169,6 +171,8 @@ def load_backbone(path: str | Path, trainable: bool = False) -> LoadedBackbone:
         ValueError: a truncated or unreadable file, pickled objects, a file that is neither an export nor
             a checkpoint of our methods, weights that do not fit the architecture they name, or the
             weights of a user module (rebuild that module yourself and load its ``state_dict``).
+        ImportError: the checkpoint's method needs an extra that is not installed (MAE: timm); the message
+            says what to install.
     """
     path = Path(path)
     if path.is_dir() or looks_like_safetensors(path):
@@ -226,15 +230,6 @@ def _from_export(payload: dict[str, Any], path: Path) -> tuple[nn.Module, dict[s
     return backbone, metadata
 
 
-def _method_classes() -> tuple[type[nn.Module], ...]:
-    # imported here: the methods import this module (SupervisedSiamese starts from an exported backbone)
-    from ssl_siamese.methods import MoCo, SimCLR, SimSiam
-    from ssl_siamese.methods.mae import MAE
-    from ssl_siamese.methods.siamese import SupervisedSiamese
-
-    return SimCLR, MoCo, SimSiam, SupervisedSiamese, MAE
-
-
 def _constructor_arguments(cls: type) -> set[str]:
     """The keyword arguments ``cls(...)`` accepts, following ``**kwargs`` up to the base classes."""
     names: set[str] = set()
@@ -248,29 +243,53 @@ def _constructor_arguments(cls: type) -> set[str]:
     return names
 
 
+def _rebuild(method: type[nn.Module], hparams: dict[str, Any], state_dict: dict[str, Any]) -> nn.Module:
+    """``method`` built from a checkpoint's hyper-parameters (those it accepts), its weights loaded strictly."""
+    accepted = _constructor_arguments(method)
+    model = method(**{key: value for key, value in hparams.items() if key in accepted})
+    model.load_state_dict(state_dict, strict=True)
+    return model
+
+
+_USER_BACKBONE = ("A checkpoint of a method trained on a user backbone module cannot be rebuilt here: export its "
+                 "backbone with ssl_siamese.export_backbone instead.")
+
+
+def _recorded_method(payload: dict[str, Any], hparams: dict[str, Any], path: Path) -> nn.Module:
+    """The checkpoint's method rebuilt: the one it records, or (older checkpoints) the first registered that fits."""
+    recorded = payload.get("ssl_siamese_method")
+    if recorded is None:  # written before SiameseModule recorded its class: try each registered method in turn
+        for name in METHODS:
+            try:
+                return _rebuild(method_class(name), hparams, payload["state_dict"])
+            except (ImportError, TypeError, ValueError, RuntimeError):
+                continue
+        raise ValueError(f"The checkpoint {path} records no method and does not match any of {', '.join(METHODS)} "
+                         f"(hyper-parameters {sorted(hparams)}). {_USER_BACKBONE}")
+    if recorded not in METHODS:
+        raise ValueError(f"The checkpoint {path} was written by {recorded}, which is not a registered method "
+                         f"({', '.join(METHODS)}): rebuild it with {recorded}.load_from_checkpoint(path) and export "
+                         "its backbone with ssl_siamese.export_backbone (or register the method in "
+                         "ssl_siamese/methods/registry.py).")
+    try:
+        return _rebuild(method_class(recorded), hparams, payload["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"The checkpoint {path} of {recorded} does not rebuild from its hyper-parameters "
+                         f"{sorted(hparams)}: {str(error)[:300]}. {_USER_BACKBONE}") from error
+
+
 def _from_checkpoint(payload: dict[str, Any], path: Path) -> tuple[nn.Module, dict[str, Any]]:
     hparams = {key: value for key, value in dict(payload["hyper_parameters"]).items() if not key.startswith("_")}
     hparams.pop("pretrained", None)  # the checkpoint's weights replace any initial backbone file
-    for method in _method_classes():
-        accepted = _constructor_arguments(method)
-        try:
-            model = method(**{key: value for key, value in hparams.items() if key in accepted})
-            model.load_state_dict(payload["state_dict"], strict=True)
-        except (TypeError, ValueError, RuntimeError):
-            continue
-        metadata = {"method": method.__name__, "architecture": hparams.get("backbone"),
-                    "cifar_stem": bool(hparams.get("cifar_stem", False))
-                    and hparams.get("backbone") in TORCHVISION_RESNETS,
-                    "feature_dim": int(model.feature_dim),
-                    **backbone_options(model.backbone, hparams.get("backbone_kwargs")),
-                    "image_size": int(hparams.get("view_size", 0)), "mean": [float(v) for v in hparams.get("mean", ())],
-                    "std": [float(v) for v in hparams.get("std", ())], "epochs": payload.get("epoch"),
-                    "steps": payload.get("global_step")}
-        data = payload.get("datamodule_hyper_parameters") or {}  # saved by Lightning for a datamodule's hparams
-        if data.get("dataset"):
-            metadata.update(data=data["dataset"], data_dir=data.get("data_dir"))
-        return model.backbone, metadata
-    names = ", ".join(m.__name__ for m in _method_classes())
-    raise ValueError(f"The checkpoint {path} does not match any of {names} (hyper-parameters {sorted(hparams)}). "
-                     "A checkpoint of a method trained on a user backbone module cannot be rebuilt here: "
-                     "export its backbone with ssl_siamese.export_backbone instead.")
+    model = _recorded_method(payload, hparams, path)
+    metadata = {"method": type(model).__name__, "architecture": hparams.get("backbone"),
+                "cifar_stem": bool(hparams.get("cifar_stem", False)) and hparams.get("backbone") in TORCHVISION_RESNETS,
+                "feature_dim": int(model.feature_dim),
+                **backbone_options(model.backbone, hparams.get("backbone_kwargs")),
+                "image_size": int(hparams.get("view_size", 0)), "mean": [float(v) for v in hparams.get("mean", ())],
+                "std": [float(v) for v in hparams.get("std", ())], "epochs": payload.get("epoch"),
+                "steps": payload.get("global_step")}
+    data = payload.get("datamodule_hyper_parameters") or {}  # saved by Lightning for a datamodule's hparams
+    if data.get("dataset"):
+        metadata.update(data=data["dataset"], data_dir=data.get("data_dir"))
+    return model.backbone, metadata

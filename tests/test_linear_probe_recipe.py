@@ -1,7 +1,7 @@
-"""The linear-probe recipe on real Fashion-MNIST: exported backbones, Lightning checkpoints, bad files.
+"""The linear-probe recipe on real Fashion-MNIST: exported backbones, fine-tuning, W&B artifacts, bad files.
 
-Loading a Lightning checkpoint is ``load_backbone``'s job; it is tested here with checkpoints written by
-a plain ``Trainer`` and by the recipes' LightningCLI (whose hyper-parameters carry ``_instantiator``).
+Every method's Lightning checkpoint (a plain ``Trainer``'s, and the recipes' LightningCLI's whose
+hyper-parameters carry ``_instantiator``) goes through ``load_backbone`` and this recipe in tests/test_registry.py.
 """
 
 import json
@@ -11,8 +11,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-from ssl_siamese import MoCo, SimCLR, SSLDataModule, export_backbone, load_backbone
-from ssl_siamese.cli import main as cli_main
+from ssl_siamese import SimCLR, SSLDataModule, export_backbone, load_backbone
 from ssl_siamese.recipes.linear_probe import main, run_linear_probe
 
 from conftest import fashion_mnist_dir, needs_fashion_mnist
@@ -56,36 +55,6 @@ def test_exported_backbone_is_well_above_chance(tmp_path):
     assert list((tmp_path / "out").glob("wandb/offline-run-*"))
     interactive = "wandb/offline-run-*/files/media/table/linear_probe/confusion_matrix_interactive_table_*.table.json"
     assert list((tmp_path / "out").glob(interactive))  # W&B's own confusion matrix beside the PNG
-
-
-@pytest.mark.parametrize("method, kwargs", [(SimCLR, {}), (MoCo, {"queue_size": 64})])
-def test_lightning_checkpoint_is_recognised(tmp_path, method, kwargs):
-    model = lightning_checkpoint(method, tmp_path / "last.ckpt", **kwargs)
-    backbone, transform, metadata = load_backbone(tmp_path / "last.ckpt")
-    assert metadata["method"] == method.__name__ and metadata["image_size"] == 28 and transform is not None
-    model.eval()
-    images = torch.randn(4, 3, 28, 28)
-    torch.testing.assert_close(backbone(images), model(images))
-    if method is SimCLR:
-        result = run_linear_probe(tmp_path / "last.ckpt", out=tmp_path / "out", log_to="none", **QUICK)
-        assert result["method"] == "SimCLR" and result["top1"] > 0.5
-
-
-def test_checkpoint_written_by_the_cli_recipe_is_recognised(tmp_path):
-    cli_main(SimCLR, "simclr", [
-        "--model.backbone", "tiny_cnn", "--data.dataset", "synthetic", "--data.batch_size", "32",
-        "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.max_epochs", "1",
-        "--trainer.limit_train_batches", "2", "--data.val_subset", "64", "--data.knn_bank_subset", "256",
-        "--log_to", "csv", "--out", str(tmp_path)])
-    ckpt = tmp_path / "checkpoints" / "last.ckpt"
-    assert "_instantiator" in torch.load(ckpt, weights_only=True)["hyper_parameters"]  # what used to break it
-    backbone, transform, metadata = load_backbone(ckpt)
-    exported, _, _ = load_backbone(tmp_path / "exported_models" / "backbone.pt")
-    assert metadata["method"] == "SimCLR" and metadata["architecture"] == "tiny_cnn"
-    images = transform(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8))
-    torch.testing.assert_close(backbone(images), exported(images))
-    result = run_linear_probe(ckpt, out=tmp_path / "probe", log_to="none", **{**QUICK, "subset": 500, "epochs": 5})
-    assert result["method"] == "SimCLR" and result["top1"] > 0.3
 
 
 def test_truncated_checkpoint_is_a_clear_error(tmp_path, capsys):
