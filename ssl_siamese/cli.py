@@ -35,6 +35,7 @@ from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint, r
 from ssl_siamese.cli_args import closest_option
 from ssl_siamese.data import SSLDataModule
 from ssl_siamese.data.folders import folder_split_dir
+from ssl_siamese.data.streamed import is_remote
 from ssl_siamese.evaluation.knn import KNNEvaluation
 from ssl_siamese.evaluation.online_probe import OnlineLinearProbe
 from ssl_siamese.evaluation.pictures import EmbeddingPictures
@@ -228,12 +229,25 @@ def epochs_label(step: int, steps_per_epoch: int | None) -> str:
     return f"step {step} ({count} epoch{'' if count == '1' else 's'})"
 
 
+def recorded_data(datamodule: SSLDataModule) -> dict[str, Any]:
+    """What an export records of its pretraining data, so ``linear_probe`` and ``finetune`` evaluate on the same
+    data with the same held-out rule by default: the dataset, its folder (a bucket URL kept as given), and the
+    data seed and held-out share that drew the images pretraining did not train on."""
+    hp = datamodule.hparams
+    data_dir = str(hp.get("data_dir", "."))
+    if not is_remote(data_dir):
+        data_dir = str(Path(data_dir).expanduser().resolve())
+    return {"data": hp.get("dataset"), "data_dir": data_dir, "data_seed": hp.get("seed"),
+            "val_fraction": hp.get("val_fraction")}
+
+
 def query_split_name(datamodule: SSLDataModule) -> str:
     """Where the kNN and probe queries come from, as a user would look for them."""
     hp = datamodule.hparams
-    data_dir = Path(hp.data_dir).expanduser().resolve()
+    data_dir = recorded_data(datamodule)["data_dir"]
     if datamodule.streamed:
         return f"val split of the shards in {data_dir}"
+    data_dir = Path(data_dir)
     if hp.dataset != "folder":
         return f"{datamodule.info.query_split} split of {hp.dataset}"
     held_out = folder_split_dir(data_dir, "test")
@@ -344,9 +358,7 @@ def main(model_class: type[pl.LightningModule], method_name: str,
     history = list(knn.history) if knn is not None else []
     steps_per_epoch = steps_in_an_epoch(trainer)
     if trainer.is_global_zero:
-        data_dir = Path(datamodule.hparams.get("data_dir", ".")).expanduser().resolve()
-        recorded = {"data": datamodule.hparams.get("dataset"),  # linear_probe's default data
-                    "data_dir": str(data_dir), "epochs": trainer.current_epoch, "steps": trainer.global_step}
+        recorded = {**recorded_data(datamodule), "epochs": trainer.current_epoch, "steps": trainer.global_step}
         export_backbone(model, path, **recorded)
         knn_metrics, evaluation, knn_line = knn_report(knn, steps_per_epoch, query_split_name(datamodule))
         metrics = {**knn_metrics, **probe_metrics(trainer)}

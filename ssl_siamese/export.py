@@ -291,5 +291,6 @@ def _from_checkpoint(payload: dict[str, Any], path: Path) -> tuple[nn.Module, di
                 "steps": payload.get("global_step")}
     data = payload.get("datamodule_hyper_parameters") or {}  # saved by Lightning for a datamodule's hparams
     if data.get("dataset"):
-        metadata.update(data=data["dataset"], data_dir=data.get("data_dir"))
+        metadata.update(data=data["dataset"], data_dir=data.get("data_dir"), data_seed=data.get("seed"),
+                        val_fraction=data.get("val_fraction"))  # the held-out rule linear_probe reproduces
     return model.backbone, metadata

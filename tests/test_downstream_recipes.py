@@ -302,15 +302,17 @@ def test_every_recipe_says_the_same_about_a_missing_backbone(recipe, tmp_path):
 
 @pytest.fixture(scope="module")
 def held_out_runs(tmp_path_factory):
-    """SimCLR pretrained by the recipe on a labelled folder without test/ (it holds out 10% per class) and on
-    shards prepared from that folder (prepare holds out about 10% by path hash): {dataset: (export, data)}."""
+    """SimCLR pretrained by the recipe on a labelled folder without test/ (holding out 20% per class, data seed 3:
+    not the defaults, which the export must record) and on shards prepared from that folder (prepare holds out
+    about 10% by path hash): {dataset: (export, data)}."""
     root = tmp_path_factory.mktemp("held_out")
     folder = write_labelled_folder(root / "clothes", train=30, test=0) / "train"  # clothes/train/<class>/*.png
     shards = root / "shards"
     assert prepare([str(folder), str(shards), "--num_workers", "1", "--start_method", "fork"]) == 0
     runs = {}
-    for dataset, data in (("folder", folder), ("stream", shards)):
-        pretrain(SimCLR, "simclr", [
+    held_out = ["--data.seed", "3", "--data.val_fraction", "0.2"]
+    for dataset, data, options in (("folder", folder, held_out), ("stream", shards, [])):
+        pretrain(SimCLR, "simclr", [*options,
             "--model.backbone", "tiny_cnn", "--data.dataset", dataset, "--data.data_dir", str(data),
             "--data.image_size", "28", "--data.batch_size", "16", "--data.num_workers", "0",
             "--trainer.accelerator", "cpu", "--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false",
@@ -329,11 +331,15 @@ def test_probe_of_a_folder_without_test_split_tests_on_what_pretraining_held_out
     result = linear_probe.main(["--backbone", str(export), "--epochs", "5", "--out", str(tmp_path / "lp"),
                                 "--log_to", "none"])
     assert result["dataset"] == "folder" and Path(result["data_dir"]) == folder
-    assert (result["num_train"], result["num_test"]) == (3 * 27, 3 * 3)  # round(10% of 30) per class held out
+    assert (result["num_train"], result["num_test"]) == (3 * 24, 3 * 6)  # 20% of 30 per class held out, recorded
+    checkpoint = export.parent.parent / "checkpoints" / "last.ckpt"  # the checkpoint records the same rule
+    from_checkpoint = linear_probe.main(["--backbone", str(checkpoint), "--epochs", "1", "--out", str(tmp_path / "c"),
+                                         "--log_to", "none"])
+    assert (from_checkpoint["num_train"], from_checkpoint["num_test"]) == (3 * 24, 3 * 6)
     assert "held out" in result["test_split"] and result["test_split"] in capsys.readouterr().out
-    pretraining = SSLDataModule("folder", data_dir=str(folder), image_size=28, batch_size=16)
+    pretraining = SSLDataModule("folder", data_dir=str(folder), image_size=28, batch_size=16, seed=3, val_fraction=0.2)
     pretraining.setup("fit")  # its kNN bank and queries: what it trained on and what it held out
-    splits = evaluation_splits("folder", folder, image_size=28)
+    splits = evaluation_splits("folder", folder, image_size=28, seed=3, val_fraction=0.2)
     assert torch.equal(splits.test.images, pretraining.query_data.images)
     assert torch.equal(splits.train.images, pretraining.bank_data.images)
     tuned = finetune.main(["--backbone", str(export), "--data.val_fraction", "0.2", "--data.seed", "1",
