@@ -29,7 +29,6 @@ from torch import Tensor, nn
 
 from ssl_siamese.backbones import build_backbone
 from ssl_siamese.crossmodal.loss import CLIPLoss
-from ssl_siamese.text.builtin_encoder import BuiltinTextEncoder
 from ssl_siamese.text.encoder import build_text_encoder
 
 
@@ -80,8 +79,8 @@ class CrossModalCLIP(pl.LightningModule):
         datamodule.tokenizer = self.text_encoder.tokenizer
 
     def fit_tokenizer(self, texts: Any) -> None:
-        """Train the built-in text encoder's tokenizer on ``texts`` unless it has one (others come with theirs)."""
-        if isinstance(self.text_encoder, BuiltinTextEncoder) and not self.text_encoder.has_tokenizer:
+        """Train the text encoder's tokenizer on ``texts`` unless it has one (most come with theirs)."""
+        if not self.text_encoder.has_tokenizer:
             self.text_encoder.fit_tokenizer(texts)
 
     @torch.no_grad()

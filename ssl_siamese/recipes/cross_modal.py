@@ -64,7 +64,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         if cli.config_init["ckpt_path"]:
             check_resume_checkpoint(model, cli.config_init["ckpt_path"])
             state = read_checkpoint(cli.config_init["ckpt_path"])["state_dict"]
-            model.text_encoder.set_extra_state(state.get("text_encoder._extra_state"))
+            if not model.text_encoder.has_tokenizer:  # the tokenizer it trained with
+                model.text_encoder.load_tokenizer(state, prefix="text_encoder.")
     except (FileNotFoundError, ValueError) as error:  # IconThemesMissing among them
         sys.exit(f"ssl_siamese.recipes.cross_modal: error: {error}")
     print(dm.report)

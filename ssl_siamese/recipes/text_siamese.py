@@ -36,7 +36,6 @@ from ssl_siamese.checkpoints import check_resume_checkpoint, read_checkpoint
 from ssl_siamese.cli import SSLCLI, ShortHelpFormatter, default_precision
 from ssl_siamese.evaluation.ranking import ranking_metrics
 from ssl_siamese.loggers import LOGGERS, WANDB_MODES, WandbRunId
-from ssl_siamese.text.builtin_encoder import BuiltinTextEncoder
 from ssl_siamese.text.datamodule import TextPairDataModule
 from ssl_siamese.text.export import export_text_encoder
 from ssl_siamese.text.module import TextSiamese
@@ -145,13 +144,13 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         sys.exit(f"ssl_siamese.recipes.text_siamese: error: {error}")
     print(dm.split.report)
     encoder = model.encoder
-    if isinstance(encoder, BuiltinTextEncoder) and cli.config_init["ckpt_path"]:  # the tokenizer it trained with
-        encoder.set_extra_state(read_checkpoint(cli.config_init["ckpt_path"])["state_dict"].get("encoder._extra_state"))
-    if isinstance(encoder, BuiltinTextEncoder) and not encoder.has_tokenizer:
+    if not encoder.has_tokenizer and cli.config_init["ckpt_path"]:  # the tokenizer it trained with
+        encoder.load_tokenizer(read_checkpoint(cli.config_init["ckpt_path"])["state_dict"], prefix="encoder.")
+    if not encoder.has_tokenizer:
         started = time.perf_counter()
         encoder.fit_tokenizer(dm.training_texts())
-        print(f"built-in tokenizer: {encoder._tokenizer.get_vocab_size()} WordPiece tokens trained on the training "
-              f"texts in {time.perf_counter() - started:.1f} s")
+        print(f"{type(encoder).__name__}: tokenizer trained on the training texts in "
+              f"{time.perf_counter() - started:.1f} s")
     dm.tokenizer = encoder.tokenizer
     queries, documents, relevant = evaluation_set(dm.test_pairs)
     print(f"evaluation: {len(queries)} held-out queries against {len(documents)} held-out documents")

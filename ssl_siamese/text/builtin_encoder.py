@@ -14,7 +14,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
@@ -22,20 +22,16 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 from torch import Tensor, nn
 
-from ssl_siamese.text.encoder import TextEncoder
+from ssl_siamese.text.encoder import TextEncoder, masked_mean
 from ssl_siamese.text.tokenizer import PaddedTokenizer, train_tokenizer
 
 KINDS = ("bag", "transformer")
 
 
-def masked_mean(hidden: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``hidden`` ``(B, L, D)`` over the positions where ``mask`` ``(B, L)`` is 1."""
-    mask = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)
-
-
 class BuiltinTextEncoder(TextEncoder):
     """Embedding bag (with hashed bigrams) or small Transformer over a corpus-trained WordPiece tokenizer."""
+
+    export_file = "builtin_encoder.pt"
 
     def __init__(self, vocab_size: int = 8000, dim: int = 256, kind: str = "bag", bigram_buckets: int = 32768,
                  layers: int = 2, heads: int = 4, max_length: int = 128, normalize: bool = False) -> None:
@@ -62,6 +58,18 @@ class BuiltinTextEncoder(TextEncoder):
     @property
     def has_tokenizer(self) -> bool:
         return self._tokenizer is not None
+
+    def load_tokenizer(self, state_dict: Mapping[str, Any], prefix: str = "") -> None:
+        """The tokenizer of a state dict that holds this encoder under ``prefix`` (none there: none here)."""
+        self.set_extra_state(state_dict.get(f"{prefix}_extra_state"))
+
+    def options(self) -> dict[str, Any]:
+        """The constructor arguments (what an export records)."""
+        options = {"vocab_size": self.vocab_size, "dim": self.dim, "kind": self.kind,
+                   "bigram_buckets": self.bigram_buckets, "max_length": self.max_length, "normalize": self.normalize}
+        if self.kind == "transformer":
+            options.update(layers=len(self.transformer.layers), heads=self.transformer.layers[0].self_attn.num_heads)
+        return options
 
     @property
     def tokenizer(self) -> PaddedTokenizer:

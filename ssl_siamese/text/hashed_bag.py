@@ -131,6 +131,7 @@ class HashedBagEncoder(TextEncoder):
     """
 
     sparse_gradients = True  # TextSiamese steps the table with SparseAdam (see use_sparse_gradients)
+    export_file = "hashed_bag.pt"
 
     def __init__(self, dim: int = 256, buckets: int = 2 ** 18, word_ngrams: int = 2, char_ngrams: int = 3,
                  normalize: bool = False) -> None:

@@ -14,8 +14,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssl_siamese.text.builtin_encoder import masked_mean
-from ssl_siamese.text.encoder import TextEncoder
+from ssl_siamese.text.encoder import TextEncoder, masked_mean
 from ssl_siamese.extras import require
 
 POOLINGS = ("mean", "cls")

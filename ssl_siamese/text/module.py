@@ -22,7 +22,6 @@ from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from ssl_siamese.metric_losses import ContrastiveLoss
-from ssl_siamese.text.builtin_encoder import BuiltinTextEncoder
 from ssl_siamese.text.encoder import build_text_encoder
 from ssl_siamese.text.losses import CosineSimilarityLoss, InBatchNegativesLoss
 
@@ -39,12 +38,13 @@ def sparse_all_reduce_available() -> bool:
 class TextSiamese(pl.LightningModule):
     """A text bi-encoder trained on pairs (see the module docstring for the losses).
 
-    ``encoder``: ``"builtin"``, a Hugging Face model name or folder, or a sentence-transformers folder
-    (:func:`ssl_siamese.text.encoder.build_text_encoder`); ``pooling``, ``normalize`` and ``max_length``
-    apply to the Hugging Face case, ``kind``, ``dim``, ``vocab_size``, ``bigram_buckets``, ``layers`` and
-    ``heads`` to the built-in one, ``dim``, ``buckets``, ``word_ngrams`` and ``char_ngrams`` to ``"hashed"``
-    (:class:`~ssl_siamese.text.hashed_bag.HashedBagEncoder`). ``lr`` is the optimizer's peak learning rate:
-    AdamW's, or SparseAdam's (no weight decay) for an encoder with sparse gradients (``"hashed"``).
+    ``encoder``: ``"builtin"``, ``"hashed"``, a Hugging Face model name or folder, or a sentence-transformers
+    folder (:func:`ssl_siamese.text.encoder.build_text_encoder`, the names of :mod:`ssl_siamese.text.registry`);
+    ``pooling``, ``normalize`` and ``max_length`` apply to the Hugging Face case, ``kind``, ``dim``, ``vocab_size``,
+    ``bigram_buckets``, ``layers`` and ``heads`` to the built-in one, ``dim``, ``buckets``, ``word_ngrams`` and
+    ``char_ngrams`` to ``"hashed"`` (:class:`~ssl_siamese.text.hashed_bag.HashedBagEncoder`). ``lr`` is the
+    optimizer's peak learning rate: AdamW's, or SparseAdam's (no weight decay) for an encoder with sparse gradients
+    (``"hashed"``).
     """
 
     def __init__(self, encoder: str = "builtin", pooling: str = "mean", normalize: bool = False,
@@ -76,14 +76,14 @@ class TextSiamese(pl.LightningModule):
     def setup(self, stage: str) -> None:
         """Hand the encoder's tokenizer to a datamodule that has none (training the built-in one if needed); under
         DDP on a backend that cannot all-reduce sparse tensors (NCCL), give a sparse encoder dense gradients."""
-        if getattr(self.encoder, "sparse_gradients", False) and not sparse_all_reduce_available():
+        if self.encoder.sparse_gradients and not sparse_all_reduce_available():
             self.encoder.use_sparse_gradients(False)
             rank_zero_info("the hashed encoder's table gets dense gradients and Adam: the DDP backend "
                            f"({torch.distributed.get_backend()}) cannot all-reduce sparse ones (gloo can)")
         datamodule = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if datamodule is None or getattr(datamodule, "tokenizer", "absent") is not None:
             return
-        if isinstance(self.encoder, BuiltinTextEncoder) and not self.encoder.has_tokenizer:
+        if not self.encoder.has_tokenizer:
             self.encoder.fit_tokenizer(datamodule.training_texts())
         datamodule.tokenizer = self.encoder.tokenizer
 
@@ -110,7 +110,7 @@ class TextSiamese(pl.LightningModule):
     def configure_optimizers(self) -> Any:
         decay = [p for n, p in self.named_parameters() if p.ndim > 1 and "embedding" not in n]
         rest = [p for n, p in self.named_parameters() if not (p.ndim > 1 and "embedding" not in n)]
-        if getattr(self.encoder, "sparse_gradients", False):  # only the rows a batch uses are updated
+        if self.encoder.sparse_gradients:  # only the rows a batch uses are updated
             optimizer = torch.optim.SparseAdam(list(self.parameters()), lr=self.hparams.lr)
         elif getattr(self.encoder, "use_sparse_gradients", None) is not None:  # the hashed table, made dense (NCCL)
             optimizer = torch.optim.Adam(list(self.parameters()), lr=self.hparams.lr)
