@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -75,3 +76,30 @@ def test_recipe_names_a_missing_pair_file(tmp_path):
 
     with pytest.raises(SystemExit, match="no pair file"):
         main(["--data.source", str(tmp_path / "absent.jsonl"), "--log_to", "none", "--out", str(tmp_path)])
+
+
+def test_recipe_resumes_the_builtin_encoder_with_the_tokenizer_its_checkpoint_holds(tmp_path, monkeypatch):
+    from ssl_siamese.recipes.text_siamese import main
+    from ssl_siamese.text.builtin_encoder import BuiltinTextEncoder
+    from ssl_siamese.text.export import load_text_encoder
+
+    rng = random.Random(0)
+    words = [f"word{i}" for i in range(100)]
+    queries = [rng.sample(words, 5) for _ in range(160)]
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("\n".join(json.dumps({"query": " ".join(q), "positive": " ".join(rng.sample(q, 3) + rng.sample(
+        words, 2)), "group": f"g{i}"}) for i, q in enumerate(queries)))
+    out = tmp_path / "run"
+    args = ["--data.source", str(data), "--data.test_fraction", "0.25", "--data.batch_size", "40", "--model.dim", "16",
+            "--model.vocab_size", "120", "--model.bigram_buckets", "64", "--trainer.accelerator", "cpu",
+            "--trainer.enable_progress_bar", "false", "--log_to", "none", "--out", str(out)]
+    first = main([*args, "--trainer.max_epochs", "1"])
+    vocabulary = load_text_encoder(first["encoder_path"]).tokenizer.tokenizer.get_vocab()
+
+    def retrain(self, texts):
+        raise AssertionError("the resumed run trained a new tokenizer instead of taking its checkpoint's")
+
+    monkeypatch.setattr(BuiltinTextEncoder, "fit_tokenizer", retrain)
+    resumed = main([*args, "--trainer.max_epochs", "2", "--ckpt_path", str(out / "checkpoints" / "last.ckpt")])
+    assert resumed["epochs"] == 2 and resumed["steps"] == 2 * first["steps"]
+    assert load_text_encoder(resumed["encoder_path"]).tokenizer.tokenizer.get_vocab() == vocabulary
