@@ -28,6 +28,7 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "tokenizers": ("text", "tokenizers"),
     "sentence_transformers": ("text", "sentence-transformers"),
     "bm25s": ("text", "bm25s"),
+    "sklearn": ("text", "scikit-learn"),
     "faiss": ("faiss", "faiss-cpu"),
 }
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssl_siamese.extras import require
 from ssl_siamese.text.encoder import TextEncoder
 
 WORD_PATTERN = r"(?u)\b\w+\b"  # every run of letters/digits is a word (one-letter words included)
@@ -50,7 +51,8 @@ class HashedFeatures:
         self._vectorizers = self._build()
 
     def _build(self) -> list[Any]:
-        from sklearn.feature_extraction.text import HashingVectorizer
+        HashingVectorizer = require("sklearn.feature_extraction.text",
+                                    "The hashed text encoder").HashingVectorizer
 
         common = {"n_features": self.buckets, "alternate_sign": False, "norm": None, "dtype": np.float32,
                   "lowercase": self.lowercase}
