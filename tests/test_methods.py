@@ -59,7 +59,7 @@ def test_moco_momentum_update_is_the_ema_formula():
                 b.add_(torch.rand_like(b))
     query = [p.clone() for p in model.query_encoder().parameters()]
     key = [p.clone() for p in model.key_encoder.parameters()]
-    model.update_key_encoder(0.9)
+    model.update_target(0.9)
     for new, k, q in zip(model.key_encoder.parameters(), key, query):
         torch.testing.assert_close(new, 0.9 * k + 0.1 * q)
     for key_buffer, query_buffer in zip(model.key_encoder.buffers(), model.query_encoder().buffers()):

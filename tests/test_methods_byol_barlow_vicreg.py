@@ -4,7 +4,7 @@ recipe command on real Fashion-MNIST.
 
 References are written from the papers (Barlow Twins eq. 1-2 with batch-standardised embeddings; VICReg
 eq. 1-6 with the official code's halved variance term, which lightly follows; BYOL eq. 2 and its cosine
-momentum schedule), in float64 and without lightly's code.
+momentum schedule), in float64 and without lightly's code. The EMA target's test runs MoCo and DINO too.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, TensorDataset
 
-from ssl_siamese.methods import BYOL, BarlowTwins, SimCLR, VICReg
+from ssl_siamese.methods import BYOL, DINO, BarlowTwins, MoCo, SimCLR, VICReg
 from ssl_siamese.methods.ema import ema_copy, ema_momentum, update_ema
 
 from conftest import fashion_mnist_dir, free_port, needs_fashion_mnist
@@ -179,21 +179,23 @@ def quiet_trainer(**kwargs) -> pl.Trainer:
 
 
 class RecordEMA(pl.Callback):
-    """Per step: the momentum used and whether the target moved by exactly the EMA formula."""
+    """Per step: the momentum the method remembered, and how far its target (``ema_networks()``) is from the
+    float64 EMA formula ``m * target + (1 - m) * online`` of the networks as they were before the step."""
 
     def __init__(self) -> None:
         self.momenta: list[float] = []
         self.errors: list[float] = []
 
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        self.online = [p.detach().double().clone() for p in module.online_encoder().parameters()]
-        self.target = [p.detach().double().clone() for p in module.target_encoder.parameters()]
+        online, target = module.ema_networks()
+        self.online = [p.detach().double().clone() for p in online.parameters()]
+        self.target = [p.detach().double().clone() for p in target.parameters()]
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         m = module.ema_momentum.item()
         self.momenta.append(m)
         self.errors.append(max((t.double() - (m * t0 + (1 - m) * o)).abs().max().item() for t, t0, o
-                               in zip(module.target_encoder.parameters(), self.target, self.online)))
+                               in zip(module.ema_networks()[1].parameters(), self.target, self.online)))
 
 
 def test_byol_trainer_steps_follow_the_schedule_with_adamw_and_clipping():
@@ -207,11 +209,44 @@ def test_byol_trainer_steps_follow_the_schedule_with_adamw_and_clipping():
     assert record.momenta == pytest.approx([ema_momentum(s, total, 0.9) for s in range(total)], abs=1e-6)
     assert record.momenta[0] == pytest.approx(0.9) and record.momenta[-1] == 1.0
     assert max(record.errors) < 1e-6
+    assert trainer.callback_metrics["train/ema_momentum"].item() == 1.0 and "ema_momentum" in model.state_dict()
     optimizer = trainer.optimizers[0]
     assert isinstance(optimizer, torch.optim.AdamW)
     decay = {group["name"]: group["weight_decay"] for group in optimizer.param_groups}
     assert decay == {"decay": 0.05, "no_decay": 0.0}
     assert all(p.ndim <= 1 for group in optimizer.param_groups if group["name"] == "no_decay" for p in group["params"])
+
+
+def cosine_from_09(step: int) -> float:
+    """BYOL's schedule from 0.9 to 1.0 over 6 steps."""
+    return 1 - 0.1 * (math.cos(math.pi * step / 5) + 1) / 2
+
+
+EMA_METHODS = {  # (method, options, the momentum of each of the 6 steps); BYOL: the test above
+    "moco": (MoCo, {"queue_size": 8, "momentum_ema": 0.9}, lambda step: 0.9),
+    "moco_cosine": (MoCo, {"queue_size": 8, "momentum_ema": 0.9, "momentum_cosine": True}, cosine_from_09),
+    "dino": (DINO, {"output_dim": 32, "hidden_dim": 24, "bottleneck_dim": 8, "local_views": 2, "local_size": 8,
+                    "base_momentum": 0.9}, cosine_from_09),
+}
+
+
+@pytest.mark.parametrize("name", list(EMA_METHODS))
+def test_ema_targets_follow_their_schedule_through_a_trainer(name):
+    """MoCo's key encoder and DINO's teacher, as BYOL's target, through the one ``EMATarget``: before each step's
+    forward the target moves by the EMA formula with the scheduled momentum (``update_ema``, tested above, also
+    copies the buffers) and the momentum is logged; MoCo keeps its checkpoint keys (no ``ema_momentum`` in its
+    state_dict), BYOL and DINO keep their ``ema_momentum``."""
+    method, options, schedule = EMA_METHODS[name]
+    torch.manual_seed(0)
+    model = method(backbone="tiny_cnn", backbone_kwargs={"width": 8}, view_size=16, batch_size=4,
+                   mean=(0.5,) * 3, std=(0.25,) * 3, **options)
+    record = RecordEMA()
+    trainer = quiet_trainer(max_epochs=2, callbacks=[record])
+    trainer.fit(model, uint8_loader(n=12, batch=4))
+    assert record.momenta == pytest.approx([schedule(step) for step in range(6)], abs=1e-7)
+    assert max(record.errors) < 1e-6
+    assert trainer.callback_metrics["train/ema_momentum"].item() == pytest.approx(record.momenta[-1])
+    assert ("ema_momentum" in model.state_dict()) == (method is not MoCo)
 
 
 def test_gradient_clipping_bounds_the_first_sgd_step():

@@ -13,19 +13,20 @@ from lightly.models.modules import BYOLPredictionHead, BYOLProjectionHead
 from torch import Tensor, nn
 
 from ssl_siamese.methods.base import SiameseModule
-from ssl_siamese.methods.ema import ema_copy, ema_momentum, update_ema
+from ssl_siamese.methods.ema import EMATarget, ema_copy
 
 
-class BYOL(SiameseModule):
+class BYOL(EMATarget, SiameseModule):
     """BYOL: online ``q(g(f(x)))`` regresses the target's ``g'(f'(x'))``; symmetric negative-cosine loss.
 
     The target network (``target_encoder``: backbone, flatten, projector) is an exponential moving average of
     the online backbone and projector, never trained by gradient: its parameters do not require one and it
     runs under ``no_grad``. At every training step, before the forward, ``target <- m * target + (1 - m) *
     online`` with ``m`` rising from ``base_momentum`` to 1.0 on a cosine over the run's optimizer steps
-    (``ema_momentum``; the step position comes from the Trainer and is restored on resume, the target's
-    weights are in the checkpoint); BatchNorm buffers are copied from the online network, as MoCo's key
-    encoder. With gradient accumulation each micro-batch updates the target (with the same ``m``).
+    (``update_target``, ``methods/ema.py``; the step position comes from the Trainer and is restored on resume,
+    the target's weights are in the checkpoint, the last ``m`` is the ``ema_momentum`` buffer, logged as
+    ``train/ema_momentum``); BatchNorm buffers are copied from the online network, as MoCo's key encoder.
+    With gradient accumulation each micro-batch updates the target (with the same ``m``).
     The loss is ``-(cos(p0, z1') + cos(p1, z0')) / 2`` averaged over the batch (the paper's
     ``2 - 2 cos`` summed over both directions is ``4 + 4 *`` this: same minimiser, a quarter of its gradient).
 
@@ -43,11 +44,10 @@ class BYOL(SiameseModule):
                  **kwargs) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=self.hparams_ignore)
-        ema_momentum(0, 1, base_momentum)  # a clear error for a momentum outside [0, 1], now
+        self.init_ema_target(base_momentum)
         self.projection_head = BYOLProjectionHead(self.feature_dim, hidden_dim, projection_dim)
         self.prediction_head = BYOLPredictionHead(projection_dim, hidden_dim, projection_dim)
         self.target_encoder = ema_copy(nn.Sequential(self.backbone, nn.Flatten(1), self.projection_head))
-        self.register_buffer("ema_momentum", torch.tensor(float(base_momentum)))  # the last one used
         self.criterion = NegativeCosineSimilarity()
 
     def online_encoder(self) -> nn.Module:
@@ -62,25 +62,15 @@ class BYOL(SiameseModule):
         """Projector, predictor and the target's projector."""
         return [self.projection_head, self.prediction_head, self.target_encoder[2]]
 
-    def current_momentum(self) -> float:
-        """The EMA momentum of this step: ``ema_momentum`` of the Trainer's step position."""
-        return ema_momentum(*self.schedule_position(), self.hparams.base_momentum)
-
-    def update_target(self, momentum: float) -> None:
-        """One EMA step of the target network (``update_ema``), remembered in the ``ema_momentum`` buffer."""
-        update_ema(self.online_encoder(), self.target_encoder, momentum)
-        self.ema_momentum.fill_(momentum)
+    def ema_networks(self) -> tuple[nn.Module, nn.Module]:
+        """The online backbone and projector, and their EMA, the target network."""
+        return self.online_encoder(), self.target_encoder
 
     def shared_step(self, view0: Tensor, view1: Tensor) -> tuple[Tensor, Tensor]:
-        self.update_target(self.current_momentum())
+        self.update_target()
         z = self.projection_head(self.encode_views(view0, view1))
         p0, p1 = self.prediction_head(z).float().chunk(2)
         with torch.no_grad():
             t0, t1 = self.target_encoder(torch.cat([view0, view1])).float().chunk(2)
         loss = 0.5 * (self.criterion(p0, t1) + self.criterion(p1, t0))
         return loss, z.float().chunk(2)[0]
-
-    def training_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
-        output = super().training_step(batch, batch_idx)
-        self.log("train/ema_momentum", self.ema_momentum.float(), sync_dist=False)
-        return output

@@ -26,11 +26,11 @@ from torch import Tensor, nn
 
 from ssl_siamese.augment import ViewAugmentation
 from ssl_siamese.methods.base import SiameseModule
-from ssl_siamese.methods.ema import ema_copy, ema_momentum, update_ema
+from ssl_siamese.methods.ema import EMATarget, ema_copy
 from ssl_siamese.methods.views import default_local_size, dino_augmentations
 
 
-class DINO(SiameseModule):
+class DINO(EMATarget, SiameseModule):
     """DINO with multi-crop: ``loss = mean over pairs (t, s), t != s, of H(P_t(x_t), P_s(x_s))`` where the
     teacher's ``P_t = softmax((g_t(x) - c) / teacher_temp)`` sees the 2 global views, the student's
     ``P_s = softmax(g_s(x) / student_temp)`` sees all ``2 + local_views`` views, and ``c`` is an EMA (momentum
@@ -39,7 +39,8 @@ class DINO(SiameseModule):
     The teacher (``teacher``: backbone, flatten, DINO head) is an exponential moving average of the student
     (``backbone`` + ``projection_head``), never trained by gradient; its momentum rises from ``base_momentum``
     to 1.0 on a cosine over the run's optimizer steps, updated before each step's forward and restored on
-    resume (as BYOL's target, ``methods/ema.py``); BatchNorm buffers are copied from the student. The teacher
+    resume (as BYOL's target: ``update_target``, ``methods/ema.py``; the last momentum is the ``ema_momentum``
+    buffer, logged as ``train/ema_momentum``); BatchNorm buffers are copied from the student. The teacher
     temperature warms up linearly per epoch from ``warmup_teacher_temp`` to ``teacher_temp`` over
     ``warmup_teacher_temp_epochs`` (lightly's schedule, the paper's ``np.linspace``). The exported backbone
     (``backbone``) is the student, as BYOL's online network; the teacher's is ``teacher[0]`` in the
@@ -93,7 +94,7 @@ class DINO(SiameseModule):
                          **kwargs)
         self.hparams_ignore = self.hparams_ignore + ["local_augmentation"]
         self.save_hyperparameters(ignore=self.hparams_ignore)
-        ema_momentum(0, 1, base_momentum)  # a clear error for a momentum outside [0, 1], now
+        self.init_ema_target(base_momentum)
         if local_views < 0:
             raise ValueError(f"local_views must be >= 0 (0: only the two global views), got {local_views}.")
         if min(student_temp, teacher_temp, warmup_teacher_temp) <= 0:
@@ -118,7 +119,6 @@ class DINO(SiameseModule):
         self.criterion = DINOLoss(output_dim, warmup_teacher_temp=warmup_teacher_temp, teacher_temp=teacher_temp,
                                   warmup_teacher_temp_epochs=warmup_teacher_temp_epochs,
                                   student_temp=student_temp, center_momentum=center_momentum)
-        self.register_buffer("ema_momentum", torch.tensor(float(base_momentum)))  # the last one used
 
     # ---- views ---------------------------------------------------------------------------------------
     def view_augmentations(self) -> list[ViewAugmentation]:
@@ -138,6 +138,10 @@ class DINO(SiameseModule):
     def student(self) -> nn.Module:
         """The trained backbone and head laid out like ``teacher``."""
         return nn.Sequential(self.backbone, nn.Flatten(1), self.projection_head)
+
+    def ema_networks(self) -> tuple[nn.Module, nn.Module]:
+        """The student and its EMA, the teacher."""
+        return self.student(), self.teacher
 
     def encoders(self) -> list[nn.Module]:
         """The student's backbone and the teacher's."""
@@ -162,9 +166,7 @@ class DINO(SiameseModule):
         """Teacher on the 2 global views, student on all; returns the loss and the student's view-0 features."""
         if len(views) < 2:
             raise ValueError(f"DINO needs at least the two global views, got {len(views)} view(s).")
-        momentum = ema_momentum(*self.schedule_position(), self.hparams.base_momentum)
-        update_ema(self.student(), self.teacher, momentum)
-        self.ema_momentum.fill_(momentum)
+        self.update_target()
         features = [self.encode_views(views[0], views[1])]
         if len(views) > 2:
             features.append(self.backbone(torch.cat(views[2:])).flatten(1))
@@ -178,7 +180,6 @@ class DINO(SiameseModule):
 
     def training_step(self, batch, batch_idx: int) -> dict[str, Tensor]:
         output = super().training_step(batch, batch_idx)
-        self.log("train/ema_momentum", self.ema_momentum.float(), sync_dist=False)
         self.log("train/teacher_temp", self.teacher_temperature(self.current_epoch), sync_dist=False)
         return output
 

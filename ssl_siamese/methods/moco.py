@@ -7,28 +7,27 @@ Example:
 
 from __future__ import annotations
 
-import copy
-
 import torch
 from lightly.models.modules import MoCoProjectionHead
-from lightly.models.utils import batch_shuffle, batch_unshuffle, deactivate_requires_grad, update_momentum
+from lightly.models.utils import batch_shuffle, batch_unshuffle
 from lightly.utils.dist import world_size
-from lightly.utils.scheduler import cosine_schedule
 from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from ssl_siamese.losses import InfoNCELoss
 from ssl_siamese.methods.base import SiameseModule
+from ssl_siamese.methods.ema import EMATarget, ema_copy
 from ssl_siamese.queue import KeyQueue
 
 
-class MoCo(SiameseModule):
+class MoCo(EMATarget, SiameseModule):
     """MoCo v2 with the symmetric loss.
 
     The query encoder is ``backbone + projection_head``; the key encoder's parameters are an exponential
     moving average of the query encoder's, never trained by gradient, and its BatchNorm buffers (running
     means and variances, batch counts) are copies of the query encoder's, made at every step before the
-    keys are computed (``update_key_encoder``). Each view is a query
+    keys are computed (``update_target``, ``methods/ema.py``; the momentum used is logged as
+    ``train/ema_momentum`` and kept in a buffer left out of checkpoints). Each view is a query
     for the other view's key; the negatives are the queue as it was BEFORE this step, and the step's
     keys (from all ranks) are enqueued only after both losses, so a query never meets its own key as
     a negative.
@@ -55,11 +54,10 @@ class MoCo(SiameseModule):
                  momentum_cosine: bool = False, shuffle_bn: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
         self.save_hyperparameters(ignore=self.hparams_ignore)
+        self.init_ema_target(momentum_ema, cosine=momentum_cosine, persistent=False)
         hidden = hidden_dim or self.feature_dim
         self.projection_head = MoCoProjectionHead(self.feature_dim, hidden, projection_dim)
-        self.key_encoder = nn.Sequential(copy.deepcopy(self.backbone), nn.Flatten(1),
-                                         copy.deepcopy(self.projection_head))
-        deactivate_requires_grad(self.key_encoder)
+        self.key_encoder = ema_copy(self.query_encoder())
         self.queue = KeyQueue(queue_size, projection_dim)
         self.criterion = InfoNCELoss(temperature)
 
@@ -75,16 +73,9 @@ class MoCo(SiameseModule):
         """The query head and its EMA copy in the key encoder."""
         return [self.projection_head, self.key_encoder[2]]
 
-    def momentum_at(self, step: int, total_steps: int) -> float:
-        """EMA momentum at ``step``: constant, or cosine from ``momentum_ema`` to 1.0 at the end."""
-        if not self.hparams.momentum_cosine:
-            return self.hparams.momentum_ema
-        return cosine_schedule(step, max(1, total_steps), self.hparams.momentum_ema, 1.0)
-
-    def current_momentum(self) -> float:
-        if self._trainer is None:
-            return self.momentum_at(0, 1)
-        return self.momentum_at(self.global_step, int(self.trainer.estimated_stepping_batches))
+    def ema_networks(self) -> tuple[nn.Module, nn.Module]:
+        """The query encoder and its EMA, the key encoder."""
+        return self.query_encoder(), self.key_encoder
 
     def on_train_start(self) -> None:
         super().on_train_start()
@@ -111,14 +102,6 @@ class MoCo(SiameseModule):
                 f"{images} (e.g. {suggestion}).")
 
     @torch.no_grad()
-    def update_key_encoder(self, momentum: float) -> None:
-        """EMA of the parameters (lightly's ``update_momentum``) and a copy of the BN buffers."""
-        query = self.query_encoder()
-        update_momentum(query, self.key_encoder, momentum)
-        for key_buffer, query_buffer in zip(self.key_encoder.buffers(), query.buffers()):
-            key_buffer.copy_(query_buffer)
-
-    @torch.no_grad()
     def keys(self, views: Tensor) -> Tensor:
         """Key-encoder outputs of ``views``, computed on a batch shuffled over ranks with ``shuffle_bn``."""
         if not (self.hparams.get("shuffle_bn") and world_size() > 1):
@@ -127,7 +110,7 @@ class MoCo(SiameseModule):
         return batch_unshuffle(self.key_encoder(shuffled), order, distributed=True)
 
     def shared_step(self, view0: Tensor, view1: Tensor) -> tuple[Tensor, Tensor]:
-        self.update_key_encoder(self.current_momentum())
+        self.update_target()
         q0, q1 = self.projection_head(self.encode_views(view0, view1)).chunk(2)
         k0, k1 = self.keys(torch.cat([view0, view1])).chunk(2)
         negatives = self.queue.keys.clone()
