@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ssl_siamese import MoCo, SimCLR, SimSiam
+from ssl_siamese import DINO, MoCo, SimCLR, SimSiam
+from ssl_siamese.augment import ViewAugmentation
 from ssl_siamese.backbones import build_backbone
 
 SMALL = dict(backbone="tiny_cnn", view_size=16)
@@ -91,6 +92,19 @@ def test_moco_cosine_momentum_schedule_reaches_one():
     assert schedule[0] == pytest.approx(0.99) and schedule[-1] == pytest.approx(1.0)
     assert all(a <= b for a, b in zip(schedule, schedule[1:]))
     assert make(MoCo).momentum_at(50, 100) == pytest.approx(0.99)  # constant by default
+
+
+def test_methods_save_their_own_arguments_through_the_base_call():
+    """``SiameseModule``'s one ``save_hyperparameters`` keeps each method's own arguments (checkpoints rebuild the
+    model from them) and leaves out modules and the method's ``hparams_not_saved``."""
+    moco = make(MoCo, momentum_cosine=True)
+    assert moco.hparams.momentum_cosine is True and moco.hparams.queue_size == 64
+    assert moco.hparams.backbone == "tiny_cnn"
+    augmentation = ViewAugmentation(16)
+    dino = DINO(**SMALL, output_dim=32, hidden_dim=24, bottleneck_dim=8, local_views=3,
+                augmentation=augmentation, local_augmentation=augmentation)
+    assert dino.hparams.local_views == 3 and dino.hparams.optimizer == "adamw"  # DINO's default, given to the base
+    assert not {"augmentation", "augmentation_view1", "local_augmentation"} & set(dino.hparams)
 
 
 def test_simsiam_stop_gradient_on_target():

@@ -46,7 +46,6 @@ class BarlowTwins(SiameseModule):
     def __init__(self, projection_dim: int = 8192, hidden_dim: int = 8192, lambda_param: float = 5e-3,
                  **kwargs) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=self.hparams_ignore)
         self.projection_head = BarlowTwinsProjectionHead(self.feature_dim, hidden_dim, projection_dim)
         self.criterion = BarlowTwinsLoss(lambda_param=lambda_param, gather_distributed=False)
 

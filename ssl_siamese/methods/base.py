@@ -5,7 +5,9 @@ after transfer (two by default, one augmentation for both or one per view; a met
 groups, ``view_groups``, as DINO's multi-crop), the optimizer with warm-up + cosine
 schedule and batch-size scaling, the step position for per-step schedules (EMA momentum), and the features
 used for evaluation. A method implements ``shared_step(view0, view1) -> (loss, embeddings)`` (with more
-views: ``shared_step(*views)``).
+views: ``shared_step(*views)``). Its own ``__init__`` arguments land in ``hparams`` (and checkpoints) through the
+base's ``save_hyperparameters``, which Lightning makes collect every subclass's arguments; ``hparams_not_saved``
+names those to leave out (modules, file paths).
 
 Example (a complete method):
     >>> class MyMethod(SiameseModule):
@@ -73,6 +75,7 @@ class SiameseModule(pl.LightningModule):
     """
 
     augmentation_preset_name = "simclr"
+    hparams_not_saved: tuple[str, ...] = ()  # a method's own arguments left out of ``hparams`` (modules, paths)
 
     def __init__(
         self,
@@ -98,9 +101,10 @@ class SiameseModule(pl.LightningModule):
         super().__init__()
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"Unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}.")
-        ignore = ["augmentation", "augmentation_view1"] + (["backbone"] if isinstance(backbone, nn.Module) else [])
-        self.hparams_ignore = ignore  # methods save their own arguments with the same exclusions
-        self.save_hyperparameters(ignore=ignore)
+        ignore = ["augmentation", "augmentation_view1", *self.hparams_not_saved]
+        ignore += ["backbone"] if isinstance(backbone, nn.Module) else []
+        self.hparams_ignore = ignore  # the exclusions, for a subclass that still saves its arguments itself
+        self.save_hyperparameters(ignore=ignore)  # Lightning collects the arguments of every subclass __init__ too
         self.backbone, self.feature_dim = build_backbone(backbone, cifar_stem, feature_dim, **(backbone_kwargs or {}))
         preset0, preset1 = self.preset_augmentations(view_size, mean, std) if augmentation is None else (None, None)
         self.augmentation = augmentation or preset0

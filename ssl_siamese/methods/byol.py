@@ -43,7 +43,6 @@ class BYOL(EMATarget, SiameseModule):
     def __init__(self, projection_dim: int = 256, hidden_dim: int = 4096, base_momentum: float = 0.99,
                  **kwargs) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=self.hparams_ignore)
         self.init_ema_target(base_momentum)
         self.projection_head = BYOLProjectionHead(self.feature_dim, hidden_dim, projection_dim)
         self.prediction_head = BYOLPredictionHead(projection_dim, hidden_dim, projection_dim)

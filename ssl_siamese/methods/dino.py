@@ -79,6 +79,7 @@ class DINO(EMATarget, SiameseModule):
     """
 
     augmentation_preset_name = "byol"  # replaced by DINO's global views below unless ``augmentation`` is given
+    hparams_not_saved = ("local_augmentation",)
 
     def __init__(self, output_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
                  batch_norm_head: bool = False, norm_last_layer: bool = True, freeze_last_layer_epochs: int = 1,
@@ -92,8 +93,6 @@ class DINO(EMATarget, SiameseModule):
                  warmup_epochs: float = 10.0, **kwargs) -> None:
         super().__init__(optimizer=optimizer, lr=lr, weight_decay=weight_decay, warmup_epochs=warmup_epochs,
                          **kwargs)
-        self.hparams_ignore = self.hparams_ignore + ["local_augmentation"]
-        self.save_hyperparameters(ignore=self.hparams_ignore)
         self.init_ema_target(base_momentum)
         if local_views < 0:
             raise ValueError(f"local_views must be >= 0 (0: only the two global views), got {local_views}.")

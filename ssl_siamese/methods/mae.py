@@ -111,7 +111,6 @@ class MAE(SiameseModule):
             raise ValueError(f"mask_ratio must be in [0, 1) (the fraction of patches hidden), got {mask_ratio}.")
         super().__init__(backbone=backbone, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                          warmup_epochs=warmup_epochs, **kwargs)
-        self.save_hyperparameters(ignore=self.hparams_ignore)
         vit = self.backbone
         if not (hasattr(vit, "patch_embed") and hasattr(vit, "num_prefix_tokens") and hasattr(vit, "blocks")):
             raise ValueError(f"MAE needs a timm Vision Transformer backbone, got {type(vit).__name__} ({backbone!r}): "

@@ -53,7 +53,6 @@ class MoCo(EMATarget, SiameseModule):
                  temperature: float = 0.1, queue_size: int = 4096, momentum_ema: float = 0.99,
                  momentum_cosine: bool = False, shuffle_bn: bool = False, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=self.hparams_ignore)
         self.init_ema_target(momentum_ema, cosine=momentum_cosine, persistent=False)
         hidden = hidden_dim or self.feature_dim
         self.projection_head = MoCoProjectionHead(self.feature_dim, hidden, projection_dim)

@@ -84,6 +84,8 @@ class SupervisedSiamese(SiameseModule):
             ``augmentation=None`` uses :func:`metric_learning_views`.
     """
 
+    hparams_not_saved = ("pretrained",)  # a checkpoint holds the weights themselves
+
     def __init__(self, embedding_dim: int = 128, head: str = "mlp", normalize: bool = True,
                  loss: str = "triplet", mining: str = "semi_hard", margin: float | None = None,
                  metric: str = "euclidean", pretrained: str | None = None, **kwargs: Any) -> None:
@@ -97,7 +99,6 @@ class SupervisedSiamese(SiameseModule):
             kwargs.setdefault("cifar_stem", info.get("cifar_stem", False))
             kwargs.setdefault("feature_dim", info.get("feature_dim"))
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=self.hparams_ignore + ["pretrained"])
         if kwargs.get("augmentation") is None:
             self.augmentation = metric_learning_views(self.hparams.view_size, self.hparams.mean, self.hparams.std)
         if initial is not None:

@@ -35,7 +35,6 @@ class SimCLR(SiameseModule):
     def __init__(self, projection_dim: int = 128, hidden_dim: int | None = None,
                  temperature: float = 0.5, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=self.hparams_ignore)
         hidden = hidden_dim or self.feature_dim
         self.projection_head = SimCLRProjectionHead(self.feature_dim, hidden, projection_dim)
         self.criterion = NTXentLoss(temperature=temperature, gather_distributed=True)

@@ -32,7 +32,6 @@ class SimSiam(SiameseModule):
     def __init__(self, projection_dim: int = 2048, predictor_hidden_dim: int | None = None,
                  **kwargs) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=self.hparams_ignore)
         bottleneck = predictor_hidden_dim or projection_dim // 4
         self.projection_head = SimSiamProjectionHead(self.feature_dim, projection_dim, projection_dim)
         self.prediction_head = SimSiamPredictionHead(projection_dim, bottleneck, projection_dim)

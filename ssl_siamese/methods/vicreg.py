@@ -41,7 +41,6 @@ class VICReg(SiameseModule):
                  invariance_weight: float = 25.0, variance_weight: float = 25.0, covariance_weight: float = 1.0,
                  **kwargs) -> None:
         super().__init__(**kwargs)
-        self.save_hyperparameters(ignore=self.hparams_ignore)
         if num_layers < 2:
             raise ValueError(f"VICReg's expander needs num_layers >= 2 (3 in the paper), got {num_layers}.")
         self.projection_head = VICRegProjectionHead(self.feature_dim, hidden_dim, projection_dim, num_layers)
