@@ -7,7 +7,8 @@ one process with seed 1, whose difference to the first run is the seed-to-seed s
 must be read against. Each process gets ``global batch / devices`` images per step; BatchNorm
 normalises per process unless ``--sync_batchnorm``. Every trained backbone, and the shared random init,
 is then scored in this process: weighted kNN top-1 (k=200, t=0.1) and linear-probe top-1, bank and probe
-training set from the training split, queries from the test split.
+training set from the training split, queries from the test split; the raw pixels (normalised like the
+backbone's input, flattened) are scored the same way, the reference a learnt backbone must beat.
 
     # CPU: 2 gloo processes (ddp_spawn) against one, tiny_cnn with the quickstart's settings
     python benchmarks/ddp_accuracy.py --data_dir ../shared/data/fashion-mnist --json ddp.json
@@ -30,6 +31,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from torch import nn
 
 from ssl_siamese import SimCLR, SSLDataModule, ViewAugmentation, embed_images, fit_linear_probe
 from ssl_siamese.evaluation import topk_accuracy, weighted_knn_scores
@@ -62,12 +64,13 @@ def train(args: argparse.Namespace, devices: int, seed: int) -> tuple[SimCLR, fl
     return model, (time.perf_counter() - start) / 60
 
 
-def evaluate(model: SimCLR, data: SSLDataModule, args: argparse.Namespace) -> dict[str, float]:
-    """kNN top-1 and linear-probe top-1 of the model's backbone (bank / probe train: training subset)."""
+def evaluate(backbone: nn.Module, data: SSLDataModule, args: argparse.Namespace) -> dict[str, float]:
+    """kNN top-1 and linear-probe top-1 of ``backbone`` (bank / probe train: training subset); ``nn.Flatten()``
+    scores the raw pixels."""
     metadata = {"mean": args.norm["mean"], "std": args.norm["std"], "image_size": args.image_size}
     bank, queries = data.bank_data, data.query_data
-    train = embed_images(model.backbone, bank.images, metadata, progress=False)
-    test = embed_images(model.backbone, queries.images, metadata, progress=False)
+    train = embed_images(backbone, bank.images, metadata, progress=False)
+    test = embed_images(backbone, queries.images, metadata, progress=False)
     scores = weighted_knn_scores(test, train, bank.labels, data.num_classes, k=200, temperature=0.1)
     probe = fit_linear_probe(train, bank.labels, test, queries.labels, data.num_classes, epochs=args.probe_epochs)
     return {"knn_top1": topk_accuracy(scores, queries.labels, ks=(1,))[1], "linear_top1": probe.top1}
@@ -108,17 +111,19 @@ def main() -> None:
                          knn_bank_subset=args.eval_train, val_subset=args.eval_test)
     data.setup("validate")
     pl.seed_everything(0, verbose=False)
-    results: dict[str, Any] = {"random init (seed 0)": {**evaluate(build_model(args, args.batch_size), data, args),
-                                                        "minutes": 0.0}}
+    pixels = evaluate(nn.Flatten(), data, args)  # normalised like the backbone's input, then flattened
+    results: dict[str, Any] = {"random init (seed 0)": {**evaluate(build_model(args, args.batch_size).backbone,
+                                                                   data, args), "minutes": 0.0}}
     for name, devices, seed in [("1 process, seed 0", 1, 0), (f"{args.devices} DDP processes, seed 0", args.devices, 0),
                                 ("1 process, seed 1", 1, 1)]:
         model, minutes = train(args, devices, seed)
-        results[name] = {**evaluate(model, data, args), "minutes": minutes, "devices": devices, "seed": seed}
+        results[name] = {**evaluate(model.backbone, data, args), "minutes": minutes, "devices": devices, "seed": seed}
         print(f"{name}: {results[name]}", flush=True)
     single, ddp, other = (results[key] for key in list(results)[1:])
     lines = ["| run | kNN top-1 | linear probe top-1 | train minutes |", "| --- | --- | --- | --- |"]
     lines += [f"| {name} | {r['knn_top1']:.4f} | {r['linear_top1']:.4f} | {r['minutes']:.2f} |"
               for name, r in results.items()]
+    lines.append(f"| raw pixels (reference) | {pixels['knn_top1']:.4f} | {pixels['linear_top1']:.4f} | - |")
     for metric in ("knn_top1", "linear_top1"):
         lines.append(f"| {metric}: DDP - single {ddp[metric] - single[metric]:+.4f}; "
                      f"seed spread {other[metric] - single[metric]:+.4f} | | | |")
@@ -127,7 +132,8 @@ def main() -> None:
         report = {"date": str(date.today()), "args": {k: v for k, v in vars(args).items()},
                   "torch": torch.__version__, "lightning": pl.__version__, "machine": platform.platform(),
                   "device": torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor(),
-                  "results": results, "table": lines}
+                  "results": results, "raw_pixel_knn_top1": pixels["knn_top1"],
+                  "raw_pixel_linear_top1": pixels["linear_top1"], "table": lines}
         with open(args.json, "w") as file:
             json.dump(report, file, indent=2, default=str)
 

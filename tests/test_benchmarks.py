@@ -55,12 +55,16 @@ def test_ddp_accuracy_benchmark_quick(tmp_path):
                              "1 process, seed 1"]
     assert all(0.0 <= r["knn_top1"] <= 1.0 and 0.0 <= r["linear_top1"] <= 1.0 for r in results.values())
     assert "DDP - single" in stdout
+    for key in ("raw_pixel_knn_top1", "raw_pixel_linear_top1"):  # the baseline beside the figures (issue 23)
+        assert isinstance(report[key], float) and 0.0 <= report[key] <= 1.0
+    assert "| raw pixels (reference) |" in stdout
 
 
 def test_weight_decay_groups_benchmark_quick(tmp_path):
     stdout, report = _run_quick("benchmarks/weight_decay_groups.py", tmp_path)
     (row,) = report["rows"]
     assert 0.0 <= row["one_group_knn_top1"] <= 1.0 and 0.0 <= row["two_groups_knn_top1"] <= 1.0
+    assert isinstance(row["raw_pixel_knn_top1"], float) and 0.0 <= row["raw_pixel_knn_top1"] <= 1.0
     assert stdout.count("\n| ") == 3, stdout  # header, separator, one row per seed
 
 
@@ -72,6 +76,8 @@ def test_stream_learning_benchmark_quick(tmp_path):
     assert "kNN top-1 at init" in stdout
     assert report["knn_history"][0][0] == -1 and report["epochs"] == 1
     assert 0.0 <= report["knn_top1_at_init"] <= 1.0 and 0.0 <= report["knn_top1_after"] <= 1.0
+    assert isinstance(report["raw_pixel_knn_top1"], float) and 0.0 <= report["raw_pixel_knn_top1"] <= 1.0
+    assert "raw pixels (same kNN)" in stdout
     mix = report["batch_mix"]  # classes per batch of the recipes' loader beside a uniform shuffle's (issue 23)
     assert "classes per batch of 8" in stdout and mix["classes"] == 3 and mix["batches"] > 0
     assert 1 <= mix["classes_per_batch"] <= 3 and 1 < mix["uniform_classes_per_batch"] <= 3
