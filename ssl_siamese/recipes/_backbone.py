@@ -15,8 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ssl_siamese.loggers import fetch_wandb_artifact
-
 BACKBONE_FORMS = ("an exported backbone (the .pt file or the folder a pretraining recipe writes to "
                   "<out>/exported_models/, or that folder's model.safetensors), a Lightning checkpoint (.ckpt), "
                   "or a W&B model artifact wandb:ENTITY/PROJECT/NAME:ALIAS")
@@ -37,6 +35,8 @@ def backbone_path(backbone: str | Path) -> Path:
         ValueError: a malformed ``wandb:`` reference, or W&B credentials missing.
     """
     if str(backbone).startswith("wandb:"):
+        from ssl_siamese.loggers import fetch_wandb_artifact  # imports Lightning and W&B: only for an artifact
+
         return fetch_wandb_artifact(str(backbone))
     path = Path(backbone).expanduser()
     if not path.exists():
