@@ -14,7 +14,7 @@ if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
   echo "[setup] installing $TORCH_SPEC (a few minutes)"
   .venv/bin/pip install -q --disable-pip-version-check $TORCH_SPEC
 fi
-if ! .venv/bin/python -c "import ssl_siamese, lightly, litdata, pytest, sklearn, matplotlib, nbclient, ipykernel, safetensors, timm, kornia, onnxruntime, transformers, tokenizers, sentence_transformers, bm25s, selenium" 2>/dev/null || [ ! -x .venv/bin/ssl-siamese ]; then
+if ! .venv/bin/python -c "import ssl_siamese, lightly, litdata, pytest, xdist, sklearn, matplotlib, nbclient, ipykernel, safetensors, timm, kornia, onnxruntime, transformers, tokenizers, sentence_transformers, bm25s, selenium" 2>/dev/null || [ ! -x .venv/bin/ssl-siamese ]; then
   echo "[setup] installing ssl_siamese and its dependencies"
   .venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"
 fi
