@@ -151,7 +151,7 @@ def run(name: str, args: argparse.Namespace, out: str, splits: tuple[ImageTensor
     history = summary["knn_history"]
     return {"method": name, "epochs": summary["epochs"], "img_per_s": summary["img_per_s"],
             "fit_minutes": summary["fit_seconds"] / 60, "metadata": metadata,
-            "callback_knn_top1": [top1 for _, top1, _ in history],
+            "callback_knn_top1": [entry.top1 for entry in history],
             "init": evaluate_backbone(initial, metadata, splits, num_classes, args),
             "trained": evaluate_backbone(trained, metadata, splits, num_classes, args)}
 
