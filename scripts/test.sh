@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
 export WANDB_MODE=offline WANDB_SILENT=true
-# One pytest worker per core (pytest-xdist), each test file whole on one worker (its module fixtures built once);
-# every test runs torch on one thread (tests/conftest.py), so two workers use both cores of a 2-core machine.
-# PYTEST_WORKERS=0 runs in one process; extra arguments go to pytest (a later -n wins).
-exec .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-auto}" --dist loadfile "$@"
+# One process by default. PYTEST_WORKERS=auto (or N) runs pytest-xdist workers, each test file whole on one
+# worker; on 2 cores that was slower (2026-12-07: the recipe subprocesses of many tests already use both cores).
+# Extra arguments go to pytest.
+exec .venv/bin/python -m pytest -q -n "${PYTEST_WORKERS:-0}" --dist loadfile "$@"
