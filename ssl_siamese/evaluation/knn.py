@@ -140,16 +140,14 @@ class KNNEvaluation(pl.Callback):
         if not self._active:
             return
         self.features.add(outputs, dataloader_idx)
-        if (self.measure_pixels and self.pixel_baseline is None and isinstance(outputs, dict) and "labels" in outputs
+        if (self.measure_pixels and self.pixel_baseline is None and self._pixel_values <= PIXEL_BUDGET
+                and isinstance(outputs, dict) and "labels" in outputs
                 and isinstance(batch, (list, tuple)) and isinstance(batch[0], Tensor)):
             # the batch as validation_step saw it: the normalised evaluation images (on_after_batch_transfer)
             self.pixels.add({"features": batch[0].flatten(1), "labels": outputs["labels"]}, dataloader_idx)
             self._pixel_values += batch[0].numel()
             if self._pixel_values > PIXEL_BUDGET:
-                self.measure_pixels = False
-                self.pixels.reset()
-                rank_zero_info(f"kNN raw-pixel baseline skipped: the bank and queries hold over {PIXEL_BUDGET:,} "
-                               "pixel values (use a smaller --data.knn_bank_subset / --data.val_subset).")
+                self.pixels.reset()  # over budget on this rank: every rank skips, decided in on_validation_epoch_end
 
     def _score(self, loaders: ValidationFeatures, device: torch.device) -> tuple[dict[int, float], int, int, int]:
         """(top-k accuracies, k used, bank size, query count) of the features in ``loaders``, gathered from all
@@ -183,6 +181,14 @@ class KNNEvaluation(pl.Callback):
         self.history.append(KNNMeasurement(epoch, accuracy[1], accuracy[5], trainer.global_step))
         self.protocol = {"k": k, "temperature": self.temperature, "bank": bank, "queries": queries}
         pixels = ""
+        if self.measure_pixels and self.pixel_baseline is None:
+            # one decision for all ranks: a rank over the budget alone would leave the others waiting in a gather
+            over = torch.tensor([float(self._pixel_values > PIXEL_BUDGET)], device=pl_module.device)
+            if gather_rows(over).max() > 0:
+                self.measure_pixels = False
+                self.pixels.reset()
+                rank_zero_info(f"kNN raw-pixel baseline skipped: the bank and queries hold over {PIXEL_BUDGET:,} "
+                               "pixel values (use a smaller --data.knn_bank_subset / --data.val_subset).")
         if self.measure_pixels and self.pixel_baseline is None:
             on_pixels = self._score(self.pixels, pl_module.device)[0]
             if on_pixels:
