@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ssl_siamese import _moved
 from ssl_siamese._lazy import lazy_exports
 from ssl_siamese.methods.registry import METHODS
 
@@ -64,6 +65,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from ssl_siamese.oneshot import OneShotClassifier
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+_moved.install()  # old module paths (ssl_siamese.augment, ...) answer with the moved modules
 
 __version__ = "0.1.0"
 __all__ = list(_EXPORTS)
