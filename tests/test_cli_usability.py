@@ -9,7 +9,7 @@ import pytest
 from ssl_siamese.cli import main
 from ssl_siamese.methods import MoCo, SimCLR, SimSiam
 
-from conftest import offline_wandb_run_ids
+from helpers import offline_wandb_run_ids
 
 METHODS = {"simclr": SimCLR, "moco": MoCo, "simsiam": SimSiam}
 TINY = ["--model.backbone", "tiny_cnn", "--data.dataset", "synthetic", "--data.batch_size", "32",

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from conftest import run_gloo_ranks
+from helpers import run_gloo_ranks
 from ssl_siamese.crossmodal.loss import CLIPLoss
 
 

@@ -20,7 +20,7 @@ from ssl_siamese import data, images
 from ssl_siamese.data import idx, torchvision_sets
 from ssl_siamese.data import DataNotFoundError, ImageTensors, SSLDataModule, load_split
 
-from conftest import fashion_mnist_dir, find_data_file, needs_data_file, needs_fashion_mnist
+from helpers import fashion_mnist_dir, find_data_file, needs_data_file, needs_fashion_mnist
 
 FASHION = fashion_mnist_dir()
 CIFAR_JPG = "cifar10-jpg/cifar10-jpg.tar.gz"
@@ -107,16 +107,16 @@ def test_missing_fashion_mnist_names_every_place_looked(tmp_path):
 
 @needs_fashion
 def test_tests_find_fashion_mnist_where_the_library_looks(tmp_path, monkeypatch):
-    import conftest
+    import helpers
 
-    monkeypatch.setattr(conftest, "REPO", tmp_path / "repo")
-    monkeypatch.setattr(conftest, "SHARED_DATA", tmp_path / "shared")
-    assert conftest.find_fashion_mnist() is None
-    reason = conftest.fashion_mnist_skip_reason()
+    monkeypatch.setattr(helpers, "REPO", tmp_path / "repo")
+    monkeypatch.setattr(helpers, "SHARED_DATA", tmp_path / "shared")
+    assert helpers.find_fashion_mnist() is None
+    reason = helpers.fashion_mnist_skip_reason()
     for path in data.fashion_mnist_search_paths(tmp_path / "repo" / "data") + [tmp_path / "shared" / "fashion-mnist"]:
         assert str(path) in reason
     copy_fashion_mnist(tmp_path / "repo" / "data" / "fashion-mnist")  # where scripts/setup.sh puts it
-    assert conftest.find_fashion_mnist() == tmp_path / "repo" / "data" / "fashion-mnist"
+    assert helpers.find_fashion_mnist() == tmp_path / "repo" / "data" / "fashion-mnist"
     assert len(load_split("fashion_mnist", "test", tmp_path / "repo" / "data", download=False)) == 10000
 
 

@@ -28,7 +28,7 @@ from ssl_siamese.evaluation.knn import KNNEvaluation
 from ssl_siamese.evaluation.online_probe import OnlineLinearProbe
 from ssl_siamese.methods import MoCo, SimCLR, SimSiam
 
-from conftest import free_port
+from helpers import free_port
 
 WORLD_SIZE = 2
 PER_RANK = 4

@@ -25,7 +25,7 @@ from ssl_siamese.recipes import embed as embed_recipe
 from ssl_siamese.recipes.embed import run_embed
 from ssl_siamese.recipes.finetune import build_init, run_finetune
 
-from conftest import adwaita_theme, fashion_mnist_dir, needs_fashion_mnist
+from helpers import adwaita_theme, fashion_mnist_dir, needs_fashion_mnist
 
 DATA = fashion_mnist_dir()
 FASHION = DATASETS["fashion_mnist"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import adwaita_theme, fashion_mnist_dir, needs_fashion_mnist
+from helpers import adwaita_theme, fashion_mnist_dir, needs_fashion_mnist
 
 from ssl_siamese import SimCLR, SSLDataModule, export_backbone, load_backbone
 from ssl_siamese.cli import main as pretrain

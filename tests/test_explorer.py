@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import needs_data_file
+from helpers import needs_data_file
 from PIL import Image
 
 from ssl_siamese.evaluation.plots import pca_2d
@@ -203,7 +203,7 @@ CIFAR_JPG = "cifar10-jpg/cifar10-jpg.tar.gz"
 def planted(tmp_path_factory):
     """400 real CIFAR-10 test images (40 a class) and 20 planted near duplicates of 20 of them: per class an exact
     copy and a re-encoding at JPEG quality 60, embedded through the embed recipe by a random tiny ConvNet."""
-    from conftest import find_data_file
+    from helpers import find_data_file
 
     from ssl_siamese import SimCLR, export_backbone
     from ssl_siamese.recipes.embed import run_embed

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import find_data_file, install_debian_packages, needs_data_file
+from helpers import find_data_file, install_debian_packages, needs_data_file
 
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.keys import Keys

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from conftest import find_data_file, needs_data_file
+from helpers import find_data_file, needs_data_file
 from torch import nn
 
 from ssl_siamese import LoadedBackbone, OneShotClassifier, SimCLR, SimSiam, embed_images, export_backbone, load_backbone

@@ -22,7 +22,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import REPO, fashion_mnist_dir, needs_fashion_mnist
+from helpers import REPO, fashion_mnist_dir, needs_fashion_mnist
 from test_export import UserNet
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import adwaita_theme
+from helpers import adwaita_theme
 from ssl_siamese.images import DEFAULT_BACKGROUND, ImageReadError, list_image_files, read_image, read_images
 
 def adwaita_icons(mode: str, transparency_info: bool = False, limit: int = 4, under: str = "") -> list[Path]:

@@ -11,7 +11,7 @@ import pytest
 from ssl_siamese import SimCLR
 from ssl_siamese.cli import main
 
-from conftest import fashion_mnist_dir, needs_fashion_mnist
+from helpers import fashion_mnist_dir, needs_fashion_mnist
 
 DATA = fashion_mnist_dir()
 

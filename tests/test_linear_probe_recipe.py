@@ -14,7 +14,7 @@ import torch
 from ssl_siamese import SimCLR, SSLDataModule, export_backbone, load_backbone
 from ssl_siamese.recipes.linear_probe import main, run_linear_probe
 
-from conftest import fashion_mnist_dir, needs_fashion_mnist
+from helpers import fashion_mnist_dir, needs_fashion_mnist
 
 FASHION_MNIST = fashion_mnist_dir()
 pytestmark = [

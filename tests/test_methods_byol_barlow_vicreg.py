@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ssl_siamese.methods import BYOL, DINO, BarlowTwins, MoCo, SimCLR, VICReg
 from ssl_siamese.methods.ema import ema_copy, ema_momentum, update_ema
 
-from conftest import fashion_mnist_dir, free_port, needs_fashion_mnist
+from helpers import fashion_mnist_dir, free_port, needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"projection_dim": 16, "hidden_dim": 32}

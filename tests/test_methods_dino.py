@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from ssl_siamese.augment import ViewAugmentation, _aspect
 from ssl_siamese.methods import DINO
 
-from conftest import average_over_ranks, fashion_mnist_dir, needs_fashion_mnist, run_gloo_ranks
+from helpers import average_over_ranks, fashion_mnist_dir, needs_fashion_mnist, run_gloo_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"output_dim": 32, "hidden_dim": 24, "bottleneck_dim": 8}

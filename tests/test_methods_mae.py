@@ -13,7 +13,7 @@ import sys
 import pytest
 import timm
 import torch
-from conftest import REPO, fashion_mnist_dir, needs_fashion_mnist
+from helpers import REPO, fashion_mnist_dir, needs_fashion_mnist
 from lightly.models import utils
 
 from ssl_siamese import export_backbone, load_backbone

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import fashion_mnist_dir, needs_fashion_mnist
+from helpers import fashion_mnist_dir, needs_fashion_mnist
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")

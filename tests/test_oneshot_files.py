@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import find_data_file, needs_data_file
+from helpers import find_data_file, needs_data_file
 
 from ssl_siamese import OneShotClassifier, SimCLR, export_backbone, load_backbone
 from ssl_siamese.images import ImageReadError, list_image_files

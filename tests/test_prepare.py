@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_image
 
-from conftest import REPO, find_data_file, needs_data_file
+from helpers import REPO, find_data_file, needs_data_file
 from ssl_siamese.data import prepare as prep
 from ssl_siamese.data.prepare import listing as prep_listing
 from ssl_siamese.images import list_image_files, read_image

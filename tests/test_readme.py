@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO, adwaita_theme, fashion_mnist_dir, needs_fashion_mnist
+from helpers import REPO, adwaita_theme, fashion_mnist_dir, needs_fashion_mnist
 from ssl_siamese.cli import main
 from ssl_siamese.data import load_split
 from ssl_siamese.methods.simclr import SimCLR

@@ -13,7 +13,7 @@ from ssl_siamese import MoCo, SimCLR, SimSiam, load_backbone
 from ssl_siamese.cli import main
 from ssl_siamese.data import SSLDataModule
 
-from conftest import fashion_mnist_dir, needs_fashion_mnist
+from helpers import fashion_mnist_dir, needs_fashion_mnist
 
 METHODS = {"simclr": SimCLR, "moco": MoCo, "simsiam": SimSiam}
 TINY = ["--model.backbone", "tiny_cnn", "--data.dataset", "synthetic", "--data.batch_size", "32",

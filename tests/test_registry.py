@@ -26,7 +26,7 @@ from ssl_siamese.methods.registry import METHODS, method_class
 from ssl_siamese.recipes import linear_probe
 from ssl_siamese.recipes.embed import run_embed
 
-from conftest import fashion_mnist_dir, needs_fashion_mnist
+from helpers import fashion_mnist_dir, needs_fashion_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION_MNIST = fashion_mnist_dir()

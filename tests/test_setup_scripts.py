@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-import conftest
-from conftest import REPO, fashion_mnist_skip_reason, install_debian_packages, needs_data_file, skip_summary
+import helpers
+from helpers import REPO, fashion_mnist_skip_reason, install_debian_packages, needs_data_file, skip_summary
 from ssl_siamese.data import DataNotFoundError, idx
 
 DPKG_LOCKED = "E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 4242 (unattended-upgr)"
@@ -114,10 +114,10 @@ def test_debian_packages_for_the_tests_go_through_apt_install_as_root_and_are_sk
 
 
 def test_skipped_tests_are_counted_by_what_they_need(monkeypatch):
-    monkeypatch.setattr(conftest, "ADWAITA", Path("/no/such/icons"))
+    monkeypatch.setattr(helpers, "ADWAITA", Path("/no/such/icons"))
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     with pytest.raises(pytest.skip.Exception) as skipped:
-        conftest.adwaita_theme()
+        helpers.adwaita_theme()
     reasons = [needs_data_file("imagenette-224/imagenette-224.tar").kwargs["reason"],
                needs_data_file("cifar10-jpg/cifar10-jpg.tar.gz").kwargs["reason"],
                needs_data_file("imagenette-224/imagenette-224.tar").kwargs["reason"],

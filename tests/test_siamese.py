@@ -13,7 +13,7 @@ from ssl_siamese.export import export_backbone
 from ssl_siamese.methods.siamese import SupervisedSiamese, contrastive_pairs
 from ssl_siamese.recipes.siamese import main, parse_classes, run_siamese
 
-from conftest import fashion_mnist_dir, needs_fashion_mnist
+from helpers import fashion_mnist_dir, needs_fashion_mnist
 
 DATA = fashion_mnist_dir()
 

@@ -32,7 +32,7 @@ from ssl_siamese.recipes.siamese import checkpoint_callback
 from ssl_siamese.samplers import PKBatchSampler
 from test_resume import Crash, CrashAtStep
 
-from conftest import fashion_mnist_dir, needs_fashion_mnist, offline_wandb_run_ids
+from helpers import fashion_mnist_dir, needs_fashion_mnist, offline_wandb_run_ids
 
 DATA = fashion_mnist_dir()
 BATCHES_PER_EPOCH = 6

@@ -19,7 +19,7 @@ from ssl_siamese.data import load_split
 from ssl_siamese.evaluation.fewshot import fewshot_episodes, max_queries
 from ssl_siamese.recipes.siamese import main, parse_classes
 
-from conftest import fashion_mnist_dir, needs_fashion_mnist
+from helpers import fashion_mnist_dir, needs_fashion_mnist
 
 DATA = fashion_mnist_dir()
 NAMES = ["tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt"]  # sorted differently on purpose

@@ -27,7 +27,7 @@ from ssl_siamese.data.mixing import distinct_classes_per_batch, uniform_distinct
 from ssl_siamese.data.prepare import read_shards
 from ssl_siamese.data.streamed import ShardFolder, StreamingTrainLoader, shard_images
 
-from conftest import find_data_file
+from helpers import find_data_file
 
 REPO = Path(__file__).resolve().parents[1]
 TAR = find_data_file("imagenette-224/imagenette-224.tar")

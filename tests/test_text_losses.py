@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from conftest import run_gloo_ranks
+from helpers import run_gloo_ranks
 
 from ssl_siamese.text.losses import CosineSimilarityLoss, InBatchNegativesLoss, text_keys
 

@@ -15,7 +15,7 @@ import pytest
 import timm
 import torch
 import torchvision
-from conftest import fashion_mnist_dir, needs_fashion_mnist
+from helpers import fashion_mnist_dir, needs_fashion_mnist
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
