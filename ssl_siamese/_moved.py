@@ -21,7 +21,9 @@ import importlib.machinery
 import sys
 from types import ModuleType
 
-MOVED: dict[str, str] = {}
+MOVED: dict[str, str] = {
+    "ssl_siamese.metric_losses": "ssl_siamese.losses.metric",
+}
 
 
 class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -1,8 +1,8 @@
-"""Losses that lightly does not provide in the form we need.
+"""MoCo's InfoNCE loss against a queue of negative keys.
 
 lightly's ``NTXentLoss`` (SimCLR) and ``NegativeCosineSimilarity`` (SimSiam) are used as they are.
 MoCo's InfoNCE is written here because our queue is a separate, checkpointed module (see
-``ssl_siamese.queue``) rather than lightly's memory bank, which is not saved in checkpoints and drops
+``ssl_siamese.methods.queue``) rather than lightly's memory bank, which is not saved in checkpoints and drops
 keys at wrap-around.
 """
 
