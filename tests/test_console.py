@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ssl_siamese import console
+import ssl_siamese.recipes
+from ssl_siamese.cli import console
 from ssl_siamese.recipes import linear_probe, siamese
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*found in sys.modules:RuntimeWarning")  # in-process runs
-RECIPES_DIR = Path(console.__file__).parent / "recipes"
+RECIPES_DIR = Path(ssl_siamese.recipes.__file__).parent
 
 
 def test_every_recipe_module_is_listed_with_a_description(capsys):

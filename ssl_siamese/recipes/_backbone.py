@@ -35,7 +35,7 @@ def backbone_path(backbone: str | Path) -> Path:
         ValueError: a malformed ``wandb:`` reference, or W&B credentials missing.
     """
     if str(backbone).startswith("wandb:"):
-        from ssl_siamese.loggers import fetch_wandb_artifact  # imports Lightning and W&B: only for an artifact
+        from ssl_siamese.cli.loggers import fetch_wandb_artifact  # imports Lightning and W&B: only for an artifact
 
         return fetch_wandb_artifact(str(backbone))
     path = Path(backbone).expanduser()

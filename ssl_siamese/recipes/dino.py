@@ -4,7 +4,7 @@ With no arguments: ResNet-18 with CIFAR stem on CIFAR-10 (downloaded into ./data
 2 global views + 6 local views (``--model.local_views``, ``--model.local_size``).
 """
 
-from ssl_siamese.cli import main
+from ssl_siamese.cli.lightning import main
 from ssl_siamese.methods.dino import DINO
 
 if __name__ == "__main__":

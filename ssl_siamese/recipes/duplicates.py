@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from jsonargparse import Namespace
 
-from ssl_siamese.cli_args import parse_args as parse_checked
-from ssl_siamese.cli_args import recipe_parser
+from ssl_siamese.cli.arguments import parse_args as parse_checked
+from ssl_siamese.cli.arguments import recipe_parser
 from ssl_siamese.duplicates import find_duplicates
 
 

@@ -41,8 +41,8 @@ import numpy as np
 import torch
 from jsonargparse import Namespace
 
-from ssl_siamese.cli_args import parse_args as parse_checked
-from ssl_siamese.cli_args import recipe_parser
+from ssl_siamese.cli.arguments import parse_args as parse_checked
+from ssl_siamese.cli.arguments import recipe_parser
 from ssl_siamese.embeddings import embed_images
 from ssl_siamese.export import load_backbone
 from ssl_siamese.images import IMAGE_EXTENSIONS, decode_files, list_image_files, unreadable_reasons

@@ -27,8 +27,8 @@ from argparse import Namespace
 from pathlib import Path
 from typing import Any, Optional
 
-from ssl_siamese.cli_args import parse_args as parse_checked
-from ssl_siamese.cli_args import recipe_parser
+from ssl_siamese.cli.arguments import parse_args as parse_checked
+from ssl_siamese.cli.arguments import recipe_parser
 from ssl_siamese.explorer.page import load_embeddings, write_explorer
 from ssl_siamese.explorer.projection import PROJECTIONS
 from ssl_siamese.recipes._backbone import add_backbone_option

@@ -28,8 +28,8 @@ from typing import Any
 
 from jsonargparse import Namespace
 
-from ssl_siamese.cli_args import parse_args as parse_checked
-from ssl_siamese.cli_args import recipe_parser
+from ssl_siamese.cli.arguments import parse_args as parse_checked
+from ssl_siamese.cli.arguments import recipe_parser
 
 FORMATS = ("safetensors", "onnx", "torchscript", "torch_export")
 

@@ -58,11 +58,11 @@ from ssl_siamese.data import (
 )
 from ssl_siamese.data.streamed import is_remote
 from ssl_siamese.checkpoints import read_checkpoint
-from ssl_siamese.cli_args import parse_args as parse_checked
-from ssl_siamese.cli_args import recipe_parser
+from ssl_siamese.cli.arguments import parse_args as parse_checked
+from ssl_siamese.cli.arguments import recipe_parser
 from ssl_siamese.embeddings import Preprocess
 from ssl_siamese.export import export_backbone, load_backbone
-from ssl_siamese.loggers import LOGGERS, make_logger
+from ssl_siamese.cli.loggers import LOGGERS, make_logger
 from ssl_siamese.recipes._backbone import BACKBONE_FORMS, backbone_path
 
 

@@ -35,15 +35,15 @@ from typing import Any
 import torch
 from jsonargparse import Namespace
 
-from ssl_siamese.cli_args import parse_args as parse_checked
-from ssl_siamese.cli_args import recipe_parser
+from ssl_siamese.cli.arguments import parse_args as parse_checked
+from ssl_siamese.cli.arguments import recipe_parser
 from ssl_siamese.data import DataNotFoundError
 from ssl_siamese.embeddings import embed_images
 from ssl_siamese.evaluation.linear import fit_linear_probe, weight_decay_sweep
 from ssl_siamese.evaluation.plots import confusion_matrix_figure, log_figure
 from ssl_siamese.evaluation.wandb_media import log_confusion_matrix, pairs_from_confusion
 from ssl_siamese.export import load_backbone
-from ssl_siamese.loggers import LOGGERS, make_logger
+from ssl_siamese.cli.loggers import LOGGERS, make_logger
 from ssl_siamese.recipes._backbone import add_backbone_option, backbone_path
 from ssl_siamese.recipes.finetune import (
     add_held_out_options,

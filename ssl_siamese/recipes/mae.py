@@ -5,7 +5,7 @@ data (the recipe says so and how to size it): give a config (recipes/cifar10_mae
 patches; recipes/imagenette_mae.yaml: ViT-B/16 at 224 px) or --model.backbone_kwargs.
 """
 
-from ssl_siamese.cli import main
+from ssl_siamese.cli.lightning import main
 from ssl_siamese.methods.mae import MAE
 
 if __name__ == "__main__":

@@ -47,15 +47,15 @@ from torch import Tensor
 from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
 from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
 from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint, read_checkpoint
-from ssl_siamese.cli_args import parse_args as parse_checked
-from ssl_siamese.cli_args import recipe_parser
+from ssl_siamese.cli.arguments import parse_args as parse_checked
+from ssl_siamese.cli.arguments import recipe_parser
 from ssl_siamese.data.pk import NEAR_DUPLICATE_MODES, PKDataModule
 from ssl_siamese.evaluation.fewshot import fewshot_episodes, max_queries
 from ssl_siamese.evaluation.plots import log_figure, roc_figure
 from ssl_siamese.evaluation.retrieval import VerificationResult, pair_scores, recall_at_k, verification_roc
 from ssl_siamese.evaluation.wandb_media import log_roc_curve
 from ssl_siamese.export import export_backbone, export_pretrained
-from ssl_siamese.loggers import LOGGERS, WANDB_MODES, WandbRunId, make_logger, stored_wandb_run_id
+from ssl_siamese.cli.loggers import LOGGERS, WANDB_MODES, WandbRunId, make_logger, stored_wandb_run_id
 from ssl_siamese.methods.siamese import SupervisedSiamese
 from ssl_siamese.samplers import balanced_pairs
 

@@ -3,7 +3,7 @@
 With no arguments: ResNet-18 with CIFAR stem on CIFAR-10 (downloaded into ./data), batch 512, 200 epochs.
 """
 
-from ssl_siamese.cli import main
+from ssl_siamese.cli.lightning import main
 from ssl_siamese.methods.simclr import SimCLR
 
 if __name__ == "__main__":

@@ -33,9 +33,9 @@ from pytorch_lightning.loggers import WandbLogger
 
 from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
 from ssl_siamese.checkpoints import check_resume_checkpoint, read_checkpoint
-from ssl_siamese.cli import SSLCLI, ShortHelpFormatter, default_precision
+from ssl_siamese.cli.lightning import SSLCLI, ShortHelpFormatter, default_precision
 from ssl_siamese.evaluation.ranking import ranking_metrics
-from ssl_siamese.loggers import LOGGERS, WANDB_MODES, WandbRunId
+from ssl_siamese.cli.loggers import LOGGERS, WANDB_MODES, WandbRunId
 from ssl_siamese.text.datamodule import TextPairDataModule
 from ssl_siamese.text.export import export_text_encoder
 from ssl_siamese.text.module import TextSiamese

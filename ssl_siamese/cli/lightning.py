@@ -32,7 +32,7 @@ from ssl_siamese.callbacks.interrupt import InterruptCheckpoint
 from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
 from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
 from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint, read_checkpoint
-from ssl_siamese.cli_args import closest_option
+from ssl_siamese.cli.arguments import closest_option
 from ssl_siamese.data import SSLDataModule
 from ssl_siamese.data.folders import folder_split_dir
 from ssl_siamese.data.streamed import is_remote
@@ -40,7 +40,7 @@ from ssl_siamese.evaluation.knn import KNNEvaluation
 from ssl_siamese.evaluation.online_probe import OnlineLinearProbe
 from ssl_siamese.evaluation.pictures import EmbeddingPictures
 from ssl_siamese.export import export_backbone, export_pretrained
-from ssl_siamese.loggers import (
+from ssl_siamese.cli.loggers import (
     LOGGERS,
     WANDB_MODES,
     ConfigToLoggers,
