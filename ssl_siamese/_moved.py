@@ -26,6 +26,7 @@ MOVED: dict[str, str] = {
     "ssl_siamese.console": "ssl_siamese.cli.console",
     "ssl_siamese.loggers": "ssl_siamese.cli.loggers",
     "ssl_siamese.metric_losses": "ssl_siamese.losses.metric",
+    "ssl_siamese.queue": "ssl_siamese.methods.queue",
 }
 
 
