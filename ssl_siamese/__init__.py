@@ -40,14 +40,15 @@ _EXPORTS = {
     "embed_images": "ssl_siamese.embeddings",
     "EmbeddingIndex": "ssl_siamese.embeddings",
     "OneShotClassifier": "ssl_siamese.oneshot",
-    "read_image": "ssl_siamese.images",
-    "read_images": "ssl_siamese.images",
+    "read_image": "ssl_siamese.data.images",
+    "read_images": "ssl_siamese.data.images",
 }
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from ssl_siamese.augment import ViewAugmentation
     from ssl_siamese.backbones import build_backbone
     from ssl_siamese.data import SSLDataModule
+    from ssl_siamese.data.images import read_image, read_images
     from ssl_siamese.embeddings import EmbeddingIndex, Preprocess, embed_images
     from ssl_siamese.evaluation import (
         EmbeddingPictures,
@@ -59,7 +60,6 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         verification_roc,
     )
     from ssl_siamese.export import LoadedBackbone, export_backbone, export_pretrained, load_backbone
-    from ssl_siamese.images import read_image, read_images
     from ssl_siamese.methods import BYOL, DINO, MAE, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam, VICReg
     from ssl_siamese.methods.siamese import SupervisedSiamese
     from ssl_siamese.oneshot import OneShotClassifier

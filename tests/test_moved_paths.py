@@ -21,12 +21,12 @@ def test_an_old_module_path_gives_the_moved_module_itself(old: str) -> None:
 
 
 def test_the_alias_keeps_identity_pickles_and_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(_moved.MOVED, "ssl_siamese.old_images_probe", "ssl_siamese.images")
+    monkeypatch.setitem(_moved.MOVED, "ssl_siamese.old_images_probe", "ssl_siamese.data.images")
     monkeypatch.delitem(sys.modules, "ssl_siamese.old_images_probe", raising=False)
     old = importlib.import_module("ssl_siamese.old_images_probe")
-    import ssl_siamese.images as new
+    import ssl_siamese.data.images as new
 
-    assert old is new and new.__spec__.name == "ssl_siamese.images"
+    assert old is new and new.__spec__.name == "ssl_siamese.data.images"
     from ssl_siamese.old_images_probe import read_image  # from-imports of names work too
 
     assert read_image is new.read_image

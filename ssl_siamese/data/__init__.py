@@ -33,7 +33,7 @@ _EXPORTS = {
                     "ssl_siamese.data.splits"),
     **dict.fromkeys(["evaluation_splits", "EvaluationSplits"], "ssl_siamese.data.evaluation"),
     **dict.fromkeys(["SSLDataModule", "UInt8ImageDataset"], "ssl_siamese.data.module"),
-    **dict.fromkeys(["IMAGE_EXTENSIONS"], "ssl_siamese.images"),  # where folder sources look
+    **dict.fromkeys(["IMAGE_EXTENSIONS"], "ssl_siamese.data.images"),  # where folder sources look
     **dict.fromkeys(["PKDataModule", "near_duplicate_report", "NEAR_DUPLICATE_MODES", "resolve_classes"],
                     "ssl_siamese.data.pk"),
 }
