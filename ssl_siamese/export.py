@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from ssl_siamese.backbones import BACKBONE_NAMES, TORCHVISION_RESNETS, build_backbone, vit_pooling
+from ssl_siamese.backbones import TORCHVISION_RESNETS, build_backbone, is_backbone_name, vit_pooling
 from ssl_siamese.checkpoints import EXPORT_FORMAT, bare_state_dict, read_checkpoint
 from ssl_siamese.embeddings import RESIZE, Preprocess, preprocessing
 from ssl_siamese.methods.registry import METHODS, method_class
@@ -210,7 +210,7 @@ def _describe(payload: Any) -> str:
 def _from_export(payload: dict[str, Any], path: Path) -> tuple[nn.Module, dict[str, Any]]:
     metadata = dict(payload["metadata"])
     arch = metadata.get("architecture")
-    if not isinstance(arch, str) or not (arch in BACKBONE_NAMES or arch.startswith("timm/")):
+    if not is_backbone_name(arch):
         module = metadata.get("module_class") or arch or "unknown"
         weights = f"torch.load({str(path)!r}, weights_only=True)['state_dict']"
         if path.is_dir() or looks_like_safetensors(path):
