@@ -36,10 +36,10 @@ _EXPORTS = {
     "export_pretrained": "ssl_siamese.export",
     "load_backbone": "ssl_siamese.export",
     "LoadedBackbone": "ssl_siamese.export",
-    "Preprocess": "ssl_siamese.embeddings",
-    "embed_images": "ssl_siamese.embeddings",
-    "EmbeddingIndex": "ssl_siamese.embeddings",
-    "OneShotClassifier": "ssl_siamese.oneshot",
+    "Preprocess": "ssl_siamese.search.embeddings",
+    "embed_images": "ssl_siamese.search.embeddings",
+    "EmbeddingIndex": "ssl_siamese.search.embeddings",
+    "OneShotClassifier": "ssl_siamese.search.oneshot",
     "read_image": "ssl_siamese.data.images",
     "read_images": "ssl_siamese.data.images",
 }
@@ -49,7 +49,6 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from ssl_siamese.backbones import build_backbone
     from ssl_siamese.data import SSLDataModule
     from ssl_siamese.data.images import read_image, read_images
-    from ssl_siamese.embeddings import EmbeddingIndex, Preprocess, embed_images
     from ssl_siamese.evaluation import (
         EmbeddingPictures,
         KNNEvaluation,
@@ -62,7 +61,8 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from ssl_siamese.export import LoadedBackbone, export_backbone, export_pretrained, load_backbone
     from ssl_siamese.methods import BYOL, DINO, MAE, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam, VICReg
     from ssl_siamese.methods.siamese import SupervisedSiamese
-    from ssl_siamese.oneshot import OneShotClassifier
+    from ssl_siamese.search.embeddings import EmbeddingIndex, Preprocess, embed_images
+    from ssl_siamese.search.oneshot import OneShotClassifier
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 _moved.install()  # old module paths (ssl_siamese.augment, ...) answer with the moved modules

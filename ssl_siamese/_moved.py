@@ -24,9 +24,12 @@ from types import ModuleType
 MOVED: dict[str, str] = {
     "ssl_siamese.cli_args": "ssl_siamese.cli.arguments",
     "ssl_siamese.console": "ssl_siamese.cli.console",
+    "ssl_siamese.duplicates": "ssl_siamese.search.duplicates",
+    "ssl_siamese.embeddings": "ssl_siamese.search.embeddings",
     "ssl_siamese.images": "ssl_siamese.data.images",
     "ssl_siamese.loggers": "ssl_siamese.cli.loggers",
     "ssl_siamese.metric_losses": "ssl_siamese.losses.metric",
+    "ssl_siamese.oneshot": "ssl_siamese.search.oneshot",
     "ssl_siamese.queue": "ssl_siamese.methods.queue",
 }
 

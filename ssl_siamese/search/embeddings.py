@@ -1,13 +1,13 @@
 """Embed images with an exported backbone, and search the embeddings by cosine similarity.
 
-``embed_images`` preprocesses images exactly like training's evaluation images (:class:`Preprocess`: shorter
-side to the backbone's input size and centre crop, :func:`ssl_siamese.images.resize_center_crop`, then the
-mean and std in its metadata) and runs the backbone in eval mode in batches, on the GPU when there is one. Images may be a batch ``(N, C, H, W)``, one image ``(C, H, W)``, a list of images of
-any sizes, or image files (read by ``ssl_siamese.images.read_image``); pixel values are scaled by dtype
-(``to_unit_rgb``). ``EmbeddingIndex`` keeps L2-normalised embeddings (with optional labels and ids) and
-answers exact k-nearest-neighbour queries by cosine similarity: a chunked matrix product in torch, or
-faiss's ``IndexFlatIP`` (also exact) when faiss is installed and the index holds more than ``FAISS_MIN_SIZE``
-vectors. It saves to and loads from ``.npz``.
+``embed_images`` preprocesses images exactly like training's evaluation images (:class:`Preprocess`: shorter side
+to the backbone's input size and centre crop, :func:`ssl_siamese.data.images.resize_center_crop`, then the mean and
+std in its metadata) and runs the backbone in eval mode in batches, on the GPU when there is one. Images may be a
+batch ``(N, C, H, W)``, one image ``(C, H, W)``, a list of images of any sizes, or image files (read by
+``ssl_siamese.data.images.read_image``); pixel values are scaled by dtype (``to_unit_rgb``). ``EmbeddingIndex``
+keeps L2-normalised embeddings (with optional labels and ids) and answers exact k-nearest-neighbour queries by
+cosine similarity: a chunked matrix product in torch, or faiss's ``IndexFlatIP`` (also exact) when faiss is
+installed and the index holds more than ``FAISS_MIN_SIZE`` vectors. It saves to and loads from ``.npz``.
 
 Example:
     >>> backbone, transform, metadata = load_backbone("out/simclr/exported_models/backbone.pt")
@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ssl_siamese.augment import ViewAugmentation
-from ssl_siamese.images import DEFAULT_BACKGROUND, read_images, resize_center_crop
+from ssl_siamese.data.images import DEFAULT_BACKGROUND, read_images, resize_center_crop
 
 Images = Union[Tensor, np.ndarray, str, os.PathLike, Sequence[Union[Tensor, np.ndarray, str, os.PathLike]]]
 """What the embedding functions take: a batch ``(N, C, H, W)``, one image ``(C, H, W)``, a list of images of
@@ -44,7 +44,7 @@ FLOAT_TOLERANCE = 1e-3  # float images may stray this far outside [0, 1] (resamp
 
 RESIZE = "shorter_side_center_crop"
 """How exports record the preprocessing geometry (metadata ``"resize"``): training's evaluation images,
-shorter side to ``image_size`` then the centre square (``ssl_siamese.images.resize_center_crop``)."""
+shorter side to ``image_size`` then the centre square (``ssl_siamese.data.images.resize_center_crop``)."""
 
 FAISS_MIN_SIZE = 100_000  # below this an exact torch matmul is as fast and needs no extra package
 
@@ -60,7 +60,7 @@ def to_unit_rgb(images: Tensor, background: Sequence[int] = DEFAULT_BACKGROUND) 
 
     Values are scaled by dtype: uint8 by 1/255, uint16 (``torchvision.io.read_image`` of a 16-bit PNG) by
     1/65535; float images must already be in [0, 1] (checked); other dtypes are refused. Alpha is composited
-    onto ``background`` (0-255 RGB, white by default), the rule ``ssl_siamese.images.read_image`` applies to
+    onto ``background`` (0-255 RGB, white by default), the rule ``ssl_siamese.data.images.read_image`` applies to
     training files, so a transparent pixel's hidden colour never shows.
 
     Raises:
@@ -81,7 +81,7 @@ def to_unit_rgb(images: Tensor, background: Sequence[int] = DEFAULT_BACKGROUND) 
     else:
         raise ValueError(f"Images of dtype {images.dtype} are not supported: pass uint8 (0-255), uint16 "
                          "(0-65535) or float in [0, 1], e.g. images.to(torch.uint8) for 8-bit values in an int "
-                         "tensor, or ssl_siamese.images.read_image(path) for a file.")
+                         "tensor, or ssl_siamese.data.images.read_image(path) for a file.")
     if x.shape[1] in (2, 4):
         alpha = x[:, -1:]
         back = torch.tensor(background, dtype=x.dtype, device=x.device).view(1, 3, 1, 1) / 255.0
@@ -94,7 +94,7 @@ class Preprocess(nn.Module):
 
     Images ``(B, C, H, W)`` or one image ``(C, H, W)``, with C = 1 (gray), 2 (gray + alpha), 3 (RGB) or 4
     (RGBA), in uint8, uint16 or [0, 1] float (``to_unit_rgb``: alpha composited onto white), get training's
-    evaluation geometry, :func:`ssl_siamese.images.resize_center_crop` (shorter side to ``size``, centre
+    evaluation geometry, :func:`ssl_siamese.data.images.resize_center_crop` (shorter side to ``size``, centre
     square; never squashed), and are normalised with ``mean`` and ``std`` (``ViewAugmentation.normalize``).
     Integer images are brought to 8-bit RGB first and resized in 8 bits, as ``read_image(path, size)``
     decodes training's folders, so ``Preprocess(...)(read_image(path))`` equals the normalised
@@ -156,7 +156,7 @@ def embed_images(backbone: nn.Module, images: Images, metadata: Mapping[str, Any
     """Backbone features ``(N, D)`` (float32, CPU) of ``images``.
 
     ``images``: a batch ``(N, C, H, W)``, one image ``(C, H, W)``, a list of images of any sizes, or image
-    files (a path or a list; read with ``ssl_siamese.images.read_image``, any mode and bit depth); uint8,
+    files (a path or a list; read with ``ssl_siamese.data.images.read_image``, any mode and bit depth); uint8,
     uint16 or [0, 1] float, 1 to 4 channels (``to_unit_rgb``). The backbone is put in eval mode and moved to
     ``device`` (default: cuda when available).
     """

@@ -24,7 +24,7 @@ Example:
 
 Files that cannot be read (a truncated download, the ``._name.png`` files macOS leaves) raise
 ``ImageReadError`` by default; ``on_error="skip"`` leaves them out, as the recipes do, and records each with
-its reason in ``skipped`` (and a warning). List folders with ``ssl_siamese.images.list_image_files``, which
+its reason in ``skipped`` (and a warning). List folders with ``ssl_siamese.data.images.list_image_files``, which
 ignores hidden and ``._`` files.
 """
 
@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_siamese.embeddings import Images, embed_images
-from ssl_siamese.images import ImageReadError, read_image
+from ssl_siamese.data.images import ImageReadError, read_image
+from ssl_siamese.search.embeddings import Images, embed_images
 
 UNKNOWN = "unknown"
 UNREADABLE = "unreadable"  # classify(..., on_error="skip")'s answer for a file that could not be read
