@@ -1,13 +1,16 @@
 """ViewAugmentation: shapes, determinism, exact identity, parameter distributions and each colour op."""
 
 import math
+from typing import Optional
 
 import numpy as np
 import pytest
 import torch
 import torchvision.transforms.functional as TF
+from jsonargparse import ArgumentParser
 
-from ssl_siamese.augment import ViewAugmentation, augmentation_preset
+from ssl_siamese.views.augment import ViewAugmentation
+from ssl_siamese.views.presets import augmentation_preset, finetune_views, mae_augmentation, metric_learning_views
 
 RAW = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # no normalisation: outputs stay in [0, 1]
 IDENTITY = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), hflip_prob=0.0, jitter_prob=0.0,
@@ -184,3 +187,29 @@ def test_presets():
     assert augmentation_preset("simsiam", 96, mean, std).blur_prob == 0.5
     with pytest.raises(ValueError, match="simclr, moco_v2, simsiam"):
         augmentation_preset("byol", 32, mean, std)
+    import ssl_siamese.augment  # the old module still answers with the presets (benchmarks import them from it)
+
+    assert ssl_siamese.augment.augmentation_preset is augmentation_preset
+
+
+def test_the_other_presets_keep_their_settings():
+    """Metric learning's, MAE's and fine-tuning's views, gathered in ``views/presets.py``, as they were defined."""
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    siamese, mae, finetune = (preset(32, mean, std) for preset in (metric_learning_views, mae_augmentation,
+                                                                    finetune_views))
+    assert (siamese.crop_scale, siamese.saturation, siamese.hue, siamese.grayscale_prob) == ((0.5, 1.0), 0.0, 0.0, 0.0)
+    assert (siamese.jitter_prob, siamese.brightness, siamese.contrast) == (0.8, 0.4, 0.4)
+    assert (mae.crop_scale, mae.hflip_prob, mae.jitter_prob, mae.grayscale_prob, mae.blur_prob) == (
+        (0.2, 1.0), 0.5, 0.0, 0.0, 0.0)
+    assert (finetune.crop_scale, finetune.jitter_prob, finetune.grayscale_prob, finetune.blur_prob) == (
+        (0.5, 1.0), 0.0, 0.0, 0.0)
+
+
+@pytest.mark.parametrize("class_path", ["ssl_siamese.augment.ViewAugmentation",  # the path in recipes/*.yaml
+                                        "ssl_siamese.views.augment.ViewAugmentation"])
+def test_a_yaml_class_path_old_or_new_gives_the_view_augmentation(class_path):
+    parser = ArgumentParser()
+    parser.add_argument("--augmentation", type=Optional[ViewAugmentation])
+    config = parser.parse_string(f"augmentation: {{class_path: {class_path}, init_args: {{size: 28, hue: 0.0}}}}")
+    augmentation = parser.instantiate_classes(config).augmentation
+    assert type(augmentation) is ViewAugmentation and (augmentation.size, augmentation.hue) == (28, 0.0)

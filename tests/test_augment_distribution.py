@@ -16,7 +16,8 @@ from PIL import Image
 from torchvision.transforms import ColorJitter, RandomResizedCrop
 from torchvision.transforms import v2
 
-from ssl_siamese.augment import ViewAugmentation, augmentation_preset
+from ssl_siamese.views.augment import ViewAugmentation
+from ssl_siamese.views.presets import augmentation_preset
 from ssl_siamese.data import make_synthetic
 
 CIFAR = ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))

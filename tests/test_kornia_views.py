@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from ssl_siamese.cli import main
-from ssl_siamese.kornia_views import KorniaViews
+from ssl_siamese.views.kornia_views import KorniaViews
 from ssl_siamese.methods.simclr import SimCLR
 from ssl_siamese.methods.vicreg import VICReg
 

@@ -38,7 +38,7 @@ class BarlowTwins(SiameseModule):
         hidden_dim: width of the projector's two hidden layers (8192 in the paper).
         lambda_param: weight of the redundancy-reduction (off-diagonal) term (5e-3 in the paper).
         **kwargs: the shared options of ``SiameseModule``; by default the views are BYOL's asymmetric ones,
-            as in the paper (``methods/views.py``).
+            as in the paper (``views/presets.py``).
     """
 
     augmentation_preset_name = "byol"  # the paper uses BYOL's asymmetric views

@@ -35,7 +35,7 @@ class BYOL(EMATarget, SiameseModule):
         hidden_dim: hidden size of the projector and the predictor (4096 in the paper).
         base_momentum: EMA momentum at the first step (0.99 as lightly's benchmarks; 0.996 in the paper).
         **kwargs: the shared options of ``SiameseModule``; by default the views are BYOL's asymmetric
-            ``byol_augmentations`` (``methods/views.py``; ``augmentation`` alone makes both views alike).
+            ``byol_augmentations`` (``views/presets.py``; ``augmentation`` alone makes both views alike).
     """
 
     augmentation_preset_name = "byol"

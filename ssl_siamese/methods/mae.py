@@ -25,7 +25,6 @@ the deprecated ``MAEDecoderTIMM``), ``random_token_mask``, ``patchify``, ``get_a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -36,6 +35,7 @@ from ssl_siamese.augment import ViewAugmentation
 from ssl_siamese.backbones import check_input_size, vit_pooling
 from ssl_siamese.extras import require
 from ssl_siamese.methods.base import SiameseModule
+from ssl_siamese.views.presets import mae_augmentation
 
 # lightly defines its masked ViT pieces only when timm is installed: without timm, say which extra to install
 require("timm", "MAE (a timm ViT encoder in lightly's masked-ViT modules)")
@@ -66,13 +66,6 @@ def masked_patch_loss(predictions: Tensor, patches: Tensor, mask: Tensor, normal
     per_patch = (predictions.float() - target).pow(2).mean(dim=-1)
     masked = torch.where(mask, per_patch, torch.zeros_like(per_patch))  # visible patches: no value passes
     return masked.sum() / mask.sum().clamp_min(1)
-
-
-def mae_augmentation(size: int, mean: Sequence[float], std: Sequence[float]) -> ViewAugmentation:
-    """MAE's one view: random resized crop of scale (0.2, 1.0) and a horizontal flip, nothing else
-    (the paper's appendix A.1 and its ``main_pretrain.py``)."""
-    return ViewAugmentation(size=size, crop_scale=(0.2, 1.0), hflip_prob=0.5, jitter_prob=0.0, grayscale_prob=0.0,
-                            blur_prob=0.0, solarize_prob=0.0, mean=mean, std=std)
 
 
 class MAE(SiameseModule):

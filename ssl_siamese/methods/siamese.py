@@ -21,21 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_siamese.augment import ViewAugmentation
 from ssl_siamese.export import load_backbone
 from ssl_siamese.methods.base import SiameseModule
 from ssl_siamese.metric_losses import ContrastiveLoss, TripletLoss
 from ssl_siamese.samplers import balanced_pairs
+from ssl_siamese.views.presets import metric_learning_views
 
 LOSSES = ("triplet", "contrastive")
 HEADS = ("linear", "mlp")
 DEFAULT_MARGIN = {"triplet": 0.2, "contrastive": 1.0}
-
-
-def metric_learning_views(size: int, mean: tuple[float, ...], std: tuple[float, ...]) -> ViewAugmentation:
-    """Milder views than SimCLR's: labels already give the positives, so crops keep >= 50% of the image."""
-    return ViewAugmentation(size, crop_scale=(0.5, 1.0), saturation=0.0, hue=0.0, grayscale_prob=0.0,
-                            mean=mean, std=std)
 
 
 def contrastive_pairs(labels: Tensor, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:

@@ -32,7 +32,7 @@ class VICReg(SiameseModule):
         variance_weight: mu, 25 in the paper.
         covariance_weight: nu, 1 in the paper.
         **kwargs: the shared options of ``SiameseModule``; by default the views are BYOL's asymmetric ones,
-            as in the paper (``methods/views.py``).
+            as in the paper (``views/presets.py``).
     """
 
     augmentation_preset_name = "byol"  # the paper uses BYOL's asymmetric views

@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ssl_siamese.augment import ViewAugmentation, to_float_rgb
+from ssl_siamese.views.augment import ViewAugmentation, to_float_rgb
 from ssl_siamese.extras import require
 
 

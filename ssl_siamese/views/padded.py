@@ -2,7 +2,7 @@
 
 A streaming loader decodes JPEGs of any shape (e.g. shortest side capped at 256 px). Use
 :func:`pad_images` as (part of) the DataLoader's collate, move both tensors to the device and pass
-``sizes`` to :class:`ssl_siamese.augment.ViewAugmentation`, which crops each image inside its own region.
+``sizes`` to :class:`ssl_siamese.views.augment.ViewAugmentation`, which crops each image inside its own region.
 
 Example:
     >>> images, sizes = pad_images([torch.zeros(3, 160, 240, dtype=torch.uint8),

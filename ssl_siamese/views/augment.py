@@ -8,13 +8,15 @@ all randomness comes from ``torch.rand`` on the images' device, so ``torch.manua
 ``generator`` makes it reproducible.
 
 Example:
-    >>> aug = ViewAugmentation.simclr(32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    >>> aug = ViewAugmentation(32, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))  # SimCLR's views
     >>> images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
     >>> view0, view1 = aug(images), aug(images)  # two different random views, float32 (8, 3, 32, 32)
 
 Images of different sizes travel as one top-left zero-padded batch plus their true ``(height, width)``
-(:func:`ssl_siamese.padded.pad_images`); pass ``sizes=`` to :meth:`ViewAugmentation.forward` and
+(:func:`ssl_siamese.views.padded.pad_images`); pass ``sizes=`` to :meth:`ViewAugmentation.forward` and
 :meth:`ViewAugmentation.normalize` and every crop is drawn from, and sampled inside, its own image.
+
+The presets (SimCLR's, MoCo's, BYOL's, DINO's multi-crop, ...) are in :mod:`ssl_siamese.views.presets`.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssl_siamese._lazy import lazy_exports
+
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma
-PRESETS = ("simclr", "moco_v2", "simsiam")
 CROP_ATTEMPTS = 10  # as torchvision's RandomResizedCrop.get_params
 
 
@@ -293,21 +296,6 @@ class ViewAugmentation(nn.Module):
                      groups=batch * channels)
         return y.view(batch, channels, height, width)
 
-    @classmethod
-    def simclr(cls, size: int, mean: Sequence[float], std: Sequence[float]) -> ViewAugmentation:
-        """SimCLR (CIFAR) views: crop (0.08, 1), jitter 0.4/0.4/0.4/0.1 p=0.8, gray 0.2, blur if size >= 64."""
-        return cls(size, crop_scale=(0.08, 1.0), blur_prob=0.5 if size >= 64 else 0.0, mean=mean, std=std)
-
-    @classmethod
-    def moco_v2(cls, size: int, mean: Sequence[float], std: Sequence[float]) -> ViewAugmentation:
-        """MoCo v2 views: crop (0.2, 1), jitter 0.4/0.4/0.4/0.1 p=0.8, gray 0.2, blur if size >= 64."""
-        return cls(size, crop_scale=(0.2, 1.0), blur_prob=0.5 if size >= 64 else 0.0, mean=mean, std=std)
-
-    @classmethod
-    def simsiam(cls, size: int, mean: Sequence[float], std: Sequence[float]) -> ViewAugmentation:
-        """SimSiam views: crop (0.2, 1), jitter 0.4/0.4/0.4/0.1 p=0.8, gray 0.2, blur if size >= 64."""
-        return cls(size, crop_scale=(0.2, 1.0), blur_prob=0.5 if size >= 64 else 0.0, mean=mean, std=std)
-
 
 def _check_sizes(sizes: Tensor, images: Tensor) -> Tensor:
     """Validate ``(B, 2)`` (height, width) sizes against a padded ``(B, C, H, W)`` batch; move to its device."""
@@ -382,8 +370,6 @@ def _aspect(images: Tensor, sizes: Tensor | None) -> float | Tensor:
     return (sizes[:, :1].double() / sizes[:, 1:].double()).float()
 
 
-def augmentation_preset(name: str, size: int, mean: Sequence[float], std: Sequence[float]) -> ViewAugmentation:
-    """The preset ``name`` in ``PRESETS``, e.g. ``augmentation_preset("simclr", 32, mean, std)``."""
-    if name not in PRESETS:
-        raise ValueError(f"Unknown augmentation preset {name!r}; valid names: {', '.join(PRESETS)}.")
-    return getattr(ViewAugmentation, name)(size, mean, std)
+# the presets moved to ssl_siamese.views.presets; ``from ssl_siamese.augment import augmentation_preset`` still works
+__getattr__, __dir__ = lazy_exports(__name__, {"PRESETS": "ssl_siamese.views.presets",
+                                               "augmentation_preset": "ssl_siamese.views.presets"})
