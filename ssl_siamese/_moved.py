@@ -29,12 +29,14 @@ MOVED: dict[str, str] = {
     "ssl_siamese.embeddings": "ssl_siamese.search.embeddings",
     "ssl_siamese.images": "ssl_siamese.data.images",
     "ssl_siamese.kornia_views": "ssl_siamese.views.kornia_views",
+    "ssl_siamese.loader": "ssl_siamese.data.loader",
     "ssl_siamese.loggers": "ssl_siamese.cli.loggers",
     "ssl_siamese.methods.views": "ssl_siamese.views.presets",
     "ssl_siamese.metric_losses": "ssl_siamese.losses.metric",
     "ssl_siamese.oneshot": "ssl_siamese.search.oneshot",
     "ssl_siamese.padded": "ssl_siamese.views.padded",
     "ssl_siamese.queue": "ssl_siamese.methods.queue",
+    "ssl_siamese.samplers": "ssl_siamese.data.samplers",
 }
 
 
