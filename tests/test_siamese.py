@@ -6,7 +6,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-import ssl_siamese.data.pk as data_pk
+import ssl_siamese.data.memory as data_memory
 from ssl_siamese.data import make_synthetic
 from ssl_siamese.data.pk import PKDataModule, near_duplicate_report
 from ssl_siamese.export import export_backbone
@@ -109,7 +109,7 @@ def synthetic_with_leak(monkeypatch, copies: int) -> list[int]:
     train_slots = (train.labels < 7).nonzero().flatten()[:copies]
     for slot, source in zip(train_slots, held_out):
         train.images[slot] = noisy_copy(test.images[source], generator)
-    monkeypatch.setattr(data_pk, "load_split", lambda dataset, split, *args: train if split == "train" else test)
+    monkeypatch.setattr(data_memory, "load_split", lambda dataset, split, *args: train if split == "train" else test)
     return train_slots.tolist()
 
 

@@ -2,10 +2,13 @@
 
 Sources: ``torchvision_sets`` (CIFAR-10/100, STL-10), ``idx`` (Fashion-MNIST's IDX files), ``folders``
 (your image folders, decoded once and cached), ``synthetic`` (toy images), all behind ``sources.load_split``.
-Storage: ``info.ImageTensors`` holds a split decoded in memory as uint8 ``(N, C, H, W)``; ``splits`` takes
-subsets and held-out splits of it; ``evaluation`` gives the train and test images a probe is measured on.
+Storage: one interface, ``storage.Storage`` (train loader, kNN/probe loaders, evaluation splits, classes, size),
+named by each dataset's ``DatasetInfo.storage``: ``memory.InMemoryStorage`` (``info.ImageTensors``, a split
+decoded as uint8 ``(N, C, H, W)``; ``splits`` takes subsets and held-out splits of it) or
+``streamed.StreamedStorage`` (shards prepared by ``prepare``, read with litdata). Loading: ``loader`` (seeded,
+resumable batches), ``samplers`` (P x K). ``evaluation`` gives the train and test images a probe is measured on.
 DataModules: ``module.SSLDataModule`` (pretraining) and ``pk.PKDataModule`` (P x K batches for supervised
-Siamese training). Each module imports on its own; the names below are imported on first use.
+Siamese training), both over a storage. Each module imports on its own; the names below are imported on first use.
 
 Example:
     >>> from ssl_siamese.data import SSLDataModule, load_split
@@ -32,7 +35,10 @@ _EXPORTS = {
     **dict.fromkeys(["random_subset", "hold_out_split", "split_held_out", "keep_classes", "align_classes"],
                     "ssl_siamese.data.splits"),
     **dict.fromkeys(["evaluation_splits", "EvaluationSplits"], "ssl_siamese.data.evaluation"),
-    **dict.fromkeys(["SSLDataModule", "UInt8ImageDataset"], "ssl_siamese.data.module"),
+    **dict.fromkeys(["Storage", "ImageDataModule", "open_storage", "storage_class"], "ssl_siamese.data.storage"),
+    **dict.fromkeys(["InMemoryStorage", "UInt8ImageDataset"], "ssl_siamese.data.memory"),
+    **dict.fromkeys(["StreamedStorage"], "ssl_siamese.data.streamed"),
+    **dict.fromkeys(["SSLDataModule"], "ssl_siamese.data.module"),
     **dict.fromkeys(["IMAGE_EXTENSIONS"], "ssl_siamese.data.images"),  # where folder sources look
     **dict.fromkeys(["PKDataModule", "near_duplicate_report", "NEAR_DUPLICATE_MODES", "resolve_classes"],
                     "ssl_siamese.data.pk"),

@@ -19,7 +19,8 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 
 from ssl_siamese.data.info import DataNotFoundError, ImageTensors, logger
-from ssl_siamese.images import DECODER_VERSION, IMAGE_EXTENSIONS, decode_files, list_image_files, unreadable_reasons
+from ssl_siamese.data.images import (DECODER_VERSION, IMAGE_EXTENSIONS, decode_files, list_image_files,
+                                     unreadable_reasons)
 
 CACHE_ENV = "SSL_SIAMESE_CACHE"
 
@@ -58,7 +59,7 @@ def load_folder(root: str | Path, image_size: int = 64, cache_dir: str | Path | 
                 num_threads: int | None = None) -> ImageTensors:
     """Decode every image under ``root`` (recursively) into uint8 ``(N, 3, S, S)``, cached on disk.
 
-    Files are listed and decoded by :mod:`ssl_siamese.images` (transparent pixels composited onto white).
+    Files are listed and decoded by :mod:`ssl_siamese.data.images` (transparent pixels composited onto white).
     Labelled by first-level subfolder when every image lies in one (ImageFolder layout), else
     unlabelled. Unreadable and non-image files (an SVG, notes) are skipped; every run warns with their
     count and first names, also when the images come from the cache. The cache lives in ``cache_dir``

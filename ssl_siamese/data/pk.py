@@ -20,16 +20,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ssl_siamese.augment import grayscale, to_float_rgb
-from ssl_siamese.data.info import DATASETS, DataNotFoundError, ImageTensors
-from ssl_siamese.data.sources import load_split
-from ssl_siamese.loader import IndexedBatchLoader
-from ssl_siamese.samplers import PKBatchSampler, assert_no_class_overlap
+from ssl_siamese.data.info import ImageTensors
+from ssl_siamese.data.loader import IndexedBatchLoader
+from ssl_siamese.data.memory import InMemoryStorage
+from ssl_siamese.data.samplers import PKBatchSampler, assert_no_class_overlap
+from ssl_siamese.data.storage import ImageDataModule, storage_class
 
 NEAR_DUPLICATE_MODES = ("report", "drop", "fail")
 
@@ -199,7 +199,7 @@ def _relabel(data: ImageTensors, names: list[str]) -> ImageTensors:
     return ImageTensors(data.images, labels, list(names))
 
 
-class PKDataModule(pl.LightningDataModule):
+class PKDataModule(ImageDataModule):
     """P x K batches from ``train_classes`` of ``train_split``; ``eval_data`` from ``eval_classes`` of ``eval_split``.
 
     Classes are label indices or class names. ``setup`` checks the selection before anything trains (indices
@@ -238,18 +238,19 @@ class PKDataModule(pl.LightningDataModule):
                  seed: int = 0, class_balanced: bool = True,
                  near_duplicates: str = "drop", hash_size: int = 8) -> None:
         super().__init__()
-        if dataset not in DATASETS:
-            raise ValueError(f"Unknown dataset {dataset!r}. Valid names: {', '.join(DATASETS)}.")
+        if not issubclass(storage_class(dataset), InMemoryStorage):
+            raise ValueError(f"PKDataModule holds its images in memory (P x K batches are drawn by label), so "
+                             f"{dataset!r} cannot be used: pass the image folder with dataset='folder'.")
         if near_duplicates not in NEAR_DUPLICATE_MODES:
             raise ValueError(f"near_duplicates must be one of {', '.join(NEAR_DUPLICATE_MODES)}, "
                              f"got {near_duplicates!r}")
-        self.info = DATASETS[dataset]
         self.train_classes: list[int | str] = list(dict.fromkeys(train_classes))  # indices after setup
         self.eval_classes: list[int | str] = list(dict.fromkeys(eval_classes))
         self.class_names: list[str] = []
         self.eval_split_used = eval_split
         self._split_counts: tuple[Tensor, Tensor] | None = None  # images per class in the two splits
         self.save_hyperparameters(ignore=["train_classes", "eval_classes"])
+        self.storage = InMemoryStorage(self.hparams)  # the two splits, loaded once
         self.train_data: ImageTensors | None = None
         self.eval_data: ImageTensors | None = None
         self.train_index: Tensor | None = None  # position of each train_data / eval_data image in its split
@@ -266,32 +267,14 @@ class PKDataModule(pl.LightningDataModule):
     def batch_size(self) -> int:
         return self.p * self.hparams.k
 
-    @property
-    def image_size(self) -> int:
-        return self.info.image_size
-
-    @property
-    def mean(self) -> tuple[float, float, float]:
-        return self.info.mean
-
-    @property
-    def std(self) -> tuple[float, float, float]:
-        return self.info.std
-
     def setup(self, stage: str | None = None) -> None:
         if self.train_data is not None:
             return
         hp = self.hparams
-        train = load_split(hp.dataset, hp.train_split, hp.data_dir, hp.download)
-        if hp.eval_split == hp.train_split:
-            held_out = train
-        else:
-            try:
-                held_out = load_split(hp.dataset, hp.eval_split, hp.data_dir, hp.download)
-            except DataNotFoundError:
-                if hp.dataset != "folder":
-                    raise
-                held_out, self.eval_split_used = train, hp.train_split  # a folder without test/ or val/
+        train = self.storage.split(hp.train_split)
+        held_out = self.storage.split(hp.eval_split, required=hp.dataset != "folder")
+        if held_out is None:  # a folder without test/ or val/
+            held_out, self.eval_split_used = train, hp.train_split
         train, held_out = self._select_classes(train, held_out)
         self.train_index = _restrict(train, self.train_classes, hp.train_subset, hp.seed)
         self.eval_index = _restrict(held_out, self.eval_classes, hp.eval_subset, hp.seed + 1)
@@ -381,13 +364,9 @@ class PKDataModule(pl.LightningDataModule):
         """P x K batches, new each epoch, resumable mid-epoch; under DDP each rank trains on its own share."""
         if self.train_data is None:
             self.setup("fit")
-        hp, trainer = self.hparams, self.trainer
+        hp, position = self.hparams, self.loader_position()
         sampler = PKBatchSampler(self.train_data.labels, p=self.p, k=hp.k, num_batches=hp.batches_per_epoch,
-                                 seed=hp.seed, class_balanced=hp.class_balanced,
-                                 rank=trainer.global_rank if trainer is not None else 0,
-                                 world_size=trainer.world_size if trainer is not None else 1)
-        batches_done = None
-        if trainer is not None:  # what Lightning has finished of this epoch, saved in checkpoints
-            batches_done = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed  # noqa: E731
+                                 seed=hp.seed, class_balanced=hp.class_balanced, rank=position["rank"],
+                                 world_size=position["world_size"])
         return IndexedBatchLoader(self.train_data.images, self.train_data.labels, sampler,
-                                  pin_memory=torch.cuda.is_available(), batches_done=batches_done)
+                                  pin_memory=self.storage.pin_memory, batches_done=position["batches_done"])

@@ -27,20 +27,22 @@ from __future__ import annotations
 import json
 import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from litdata import StreamingDataLoader, StreamingDataset
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg
 
 from ssl_siamese.data.info import DataNotFoundError, ImageTensors
 from ssl_siamese.data.prepare.output import FORMAT, ORDER, reprepare_command
-from ssl_siamese.images import resize_center_crop
+from ssl_siamese.data.storage import EvaluationSplits, Storage
+from ssl_siamese.data.images import resize_center_crop
 from ssl_siamese.padded import pad_images
 
 REMOTE_PREFIXES = ("s3://", "gs://", "gcs://", "azure://", "hf://")
@@ -158,7 +160,7 @@ def encoded_tensor(data: Any) -> Tensor:
 
 def resize_centre_crop(image: Tensor, size: int) -> Tensor:
     """The evaluation transform on one uint8 ``(3, h, w)`` image: shorter side to ``size`` (bilinear,
-    antialiased), then the centre ``size x size``: :func:`ssl_siamese.images.resize_center_crop`, the one
+    antialiased), then the centre ``size x size``: :func:`ssl_siamese.data.images.resize_center_crop`, the one
     geometry that folders, ``embed`` and ``load_backbone``'s transform use too."""
     return resize_center_crop(image, size)
 
@@ -333,3 +335,108 @@ def read_split(shards: ShardFolder, split: str, size: int, batch_size: int = 256
     batches = list(eval_loader(shards, split, size, None, batch_size, num_workers))  # split_dir: never empty
     images, labels = zip(*batches)
     return ImageTensors(torch.cat(images), torch.cat(labels).to(torch.int64), shards.classes)
+
+
+def seeded_indices(n: int, size: int | None, seed: int) -> list[int]:
+    """``size`` of ``range(n)`` drawn with ``seed``, sorted (all of them when ``size`` is None or at least ``n``)."""
+    if size is None or size >= n:
+        return list(range(n))
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(n, generator=generator)[:size].sort().values.tolist()
+
+
+class StreamedStorage(Storage):
+    """A prepared shard folder (``data_dir``, local or a bucket URL) streamed with litdata; nothing held in memory.
+
+    Training batches are ``(uint8 images padded to the batch's largest, labels, (h, w) sizes)`` decoded in
+    ``num_workers`` processes (:class:`StreamingTrainLoader`), or JPEG bytes decoded on the GPU by
+    :meth:`before_transfer` with ``decode="device"``. The kNN bank is the train split (``knn_bank_subset`` of it)
+    and the queries the val split (``val_subset``), resized and centre-cropped to ``image_size``.
+
+    Example:
+        >>> storage = StreamedStorage({"dataset": "stream", "data_dir": "shards/", "batch_size": 256})  # doctest: +SKIP
+        >>> storage.setup(); storage.num_train
+        9469
+    """
+
+    streamed = True
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        super().__init__(options)
+        self._shards: ShardFolder | None = None
+        self.bank_indices: list[int] | None = None
+        self.query_indices: list[int] | None = None
+
+    @property
+    def shards(self) -> ShardFolder:
+        """The shard folder and its ``dataset.json`` (read on first use; a clear error when it is not one)."""
+        if self._shards is None:
+            self._shards = ShardFolder(self.options["data_dir"])
+        return self._shards
+
+    @property
+    def num_classes(self) -> int | None:
+        return len(self.shards.classes) or None
+
+    @property
+    def num_train(self) -> int:
+        return self.shards.num_images("train")
+
+    def prepare(self) -> None:
+        self.shards  # noqa: B018 - a clear error now when the folder is missing or not prepared
+
+    def setup(self) -> None:
+        """Sizes and evaluation indices from ``dataset.json``; nothing is read into memory."""
+        if self.ready:
+            return
+        shards, seed = self.shards, self.option("seed", 0)
+        if self.num_train == 0:
+            raise DataNotFoundError(f"{shards.root} has no training images (dataset.json says splits "
+                                    f"{shards.meta.get('splits')}); prepare it again from a folder with images.")
+        self.bank_indices = self.query_indices = None
+        if shards.classes and shards.has_split("val"):
+            self.bank_indices = seeded_indices(self.num_train, self.options.get("knn_bank_subset"), seed + 1)
+            self.query_indices = seeded_indices(shards.num_images("val"), self.options.get("val_subset"), seed + 2)
+        self.ready = True
+        where = ("on the GPU (nvJPEG)" if self.option("decode", "workers") == "device"
+                 else f"in {self.options.get('num_workers')} DataLoader workers")
+        evaluation = (f"kNN/probe: {len(self.bank_indices)} bank images vs {len(self.query_indices)} val images"
+                      if self.bank_indices is not None else "no labelled val split: no kNN/probe")
+        rank_zero_info(f"ssl_siamese: streaming {self.num_train} training images from the shards in {shards.root} "
+                       f"(decoded {where}, views made on the device at {self.image_size} px); {evaluation}")
+
+    def train_loader(self, rank: int = 0, world_size: int = 1,
+                     batches_done: Callable[[], int] | None = None) -> StreamingTrainLoader:
+        """litdata spreads the chunks over the ranks and workers itself (``rank`` and ``world_size`` unused)."""
+        decode = self.option("decode", "workers")
+        return StreamingTrainLoader(self.shards, self.option("batch_size", 512), self.options.get("num_workers"),
+                                    self.option("seed", 0), self.option("drop_last", True), decode,
+                                    self.pin_memory and decode != "device", batches_done=batches_done)
+
+    def eval_loaders(self) -> list[DataLoader]:
+        if self.bank_indices is None or self.query_indices is None:
+            return []
+        return [eval_loader(self.shards, split, self.image_size, indices, self.option("batch_size", 512),
+                            self.options.get("num_workers"), self.pin_memory)
+                for split, indices in (("train", self.bank_indices), ("val", self.query_indices))]
+
+    def evaluation_splits(self, note: str = "") -> EvaluationSplits:
+        """The train and val splits read into memory, resized and centre-cropped as the kNN monitor's images are."""
+        shards = self.shards
+        if not shards.classes:
+            raise ValueError(f"The shards in {shards.root} hold no labels (prepared from a folder without one "
+                             "sub-folder per class), so there is nothing to evaluate with; prepare a labelled folder.")
+        workers = self.option("num_workers", 0)
+        train, test = (read_split(shards, split, self.image_size, num_workers=workers) for split in ("train", "val"))
+        how = {"hash": f"{shards.meta.get('val_fraction', '')} of the images by path hash",
+               "folders": "its val/ or test/ folder"}.get(shards.meta.get("split_rule"), "by prepare")
+        return EvaluationSplits(train, test, "stream", f"the val split of the shards in {shards.root}{note} "
+                                f"({len(test)} images, held out by prepare: {how}), which pretraining validated on "
+                                "and did not train on")
+
+    def before_transfer(self, batch: Any, device: torch.device) -> Any:
+        """With ``decode="device"``: the training batch's JPEG bytes decoded on ``device`` (nvJPEG) and padded."""
+        if self.option("decode", "workers") == "device" and isinstance(batch[0], list):
+            images, sizes = decode_on_device(batch[0], device)
+            return images, batch[1], sizes
+        return batch
