@@ -206,7 +206,7 @@ def test_pretrained_backbone_initialises_the_model(tmp_path):
 def test_training_improves_one_shot_on_unseen_fashion_mnist_classes(tmp_path):
     result = run_siamese("fashion_mnist", str(DATA), train_classes=range(7), eval_classes=range(7, 10),
                          backbone="tiny_cnn", loss="triplet", mining="semi_hard", epochs=1,
-                         batches_per_epoch=900, download=False, out=tmp_path, progress=False)
+                         batches_per_epoch=900, download=False, out=tmp_path, progress=False, log_to="none")
     before, after = result["before"], result["after"]
     duplicates = result["near_duplicates"]
     print(f"\nFashion-MNIST, train classes 0-6, unseen 7-9 ({result['steps']} steps of 7x8, "

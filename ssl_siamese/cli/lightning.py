@@ -23,7 +23,6 @@ import torch
 from jsonargparse import DefaultHelpFormatter
 from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
-from pytorch_lightning.loggers import WandbLogger
 from pytorch_lightning.utilities import rank_zero_info
 
 from ssl_siamese.backbones import BACKBONE_NAMES
@@ -46,6 +45,7 @@ from ssl_siamese.cli.loggers import (
     ConfigToLoggers,
     LogIntervalToEpoch,
     WandbRunId,
+    finish_loggers,
     log_model_artifact,
     make_logger,
     steps_in_an_epoch,
@@ -136,36 +136,53 @@ class SSLArgumentParser(LightningArgumentParser):
 
 
 class SSLCLI(LightningCLI):
-    """LightningCLI for one method with the data linked into the model and an output folder."""
+    """LightningCLI for one method with the data linked into the model and an output folder.
+
+    A recipe on other data subclasses it and changes the class attributes and hooks below
+    (``recipes.text_siamese.TextSiameseCLI``): ``datamodule_class``, ``max_epochs``, :meth:`description`,
+    :meth:`trainer_callbacks` and :meth:`add_arguments_to_parser` (which keeps :meth:`add_output_arguments`).
+    """
+
+    datamodule_class: type[pl.LightningDataModule] = SSLDataModule
+    max_epochs = 200
 
     def __init__(self, model_class: type[pl.LightningModule], method_name: str,
                  args: list[str] | None = None) -> None:
         self.method_name = method_name
         module = f"ssl_siamese.recipes.{method_name}"
-        summary = (inspect.getdoc(model_class) or model_class.__name__).split("\n\n", 1)[0]
         super().__init__(
-            model_class, SSLDataModule, run=False, args=args, seed_everything_default=0,
+            model_class, self.datamodule_class, run=False, args=args, seed_everything_default=0,
             save_config_callback=ConfigToLoggers, save_config_kwargs={"overwrite": True},
             parser_class=SSLArgumentParser,
             parser_kwargs={
                 "prog": f"python -m {module}",
                 "usage": f"python -m {module} [--config FILE.yaml] [--GROUP.OPTION VALUE ...]",
-                "description": f"Pretrain with {summary}\nEvery option can also be set in the YAML --config "
-                               "file; --print_config shows the result. Options of a class (e.g. "
-                               "--trainer.callbacks) are described by --<option>.help CLASS.",
+                "description": self.description(model_class),
                 "formatter_class": ShortHelpFormatter,
             },
             auto_configure_optimizers=False,  # the methods build their own (--model.optimizer, --model.lr)
             trainer_defaults={
-                "max_epochs": 200,
+                "max_epochs": self.max_epochs,
                 "precision": default_precision(),
                 "log_every_n_steps": 10,
-                "callbacks": [ThroughputMonitor(), CollapseMonitor(), LearningRateMonitor("step"),
-                              NonFiniteLossGuard(), RNGStateCheckpoint(), WandbRunId()],
+                "callbacks": self.trainer_callbacks(),
             },
         )
 
-    def add_arguments_to_parser(self, parser) -> None:
+    def description(self, model_class: type[pl.LightningModule]) -> str:
+        """``--help``'s description: the method's first docstring paragraph."""
+        summary = (inspect.getdoc(model_class) or model_class.__name__).split("\n\n", 1)[0]
+        return (f"Pretrain with {summary}\nEvery option can also be set in the YAML --config file; --print_config "
+                "shows the result. Options of a class (e.g. --trainer.callbacks) are described by "
+                "--<option>.help CLASS.")
+
+    def trainer_callbacks(self) -> list[pl.Callback]:
+        """The Trainer's default callbacks (``--trainer.callbacks`` replaces them)."""
+        return [ThroughputMonitor(), CollapseMonitor(), LearningRateMonitor("step"), NonFiniteLossGuard(),
+                RNGStateCheckpoint(), WandbRunId()]
+
+    def add_output_arguments(self, parser: LightningArgumentParser) -> None:
+        """``--out``, ``--log_to``, ``--wandb_mode`` and ``--ckpt_path``: what every training recipe takes."""
         parser.add_argument("--out", default=f"out/{self.method_name}",
                             help="Output folder: checkpoints/, exported_models/, logs.")
         parser.add_argument("--log_to", default="wandb", choices=LOGGERS,
@@ -175,6 +192,9 @@ class SSLCLI(LightningCLI):
                                  "unset: $WANDB_MODE if set, else offline (credentials alone never go online).")
         parser.add_argument("--ckpt_path", default=None,
                             help="Resume from this Lightning checkpoint (the same W&B run continues).")
+
+    def add_arguments_to_parser(self, parser) -> None:
+        self.add_output_arguments(parser)
         parser.add_argument("--knn_at_start", default=True, type=bool,
                             help="Measure kNN accuracy of the untrained backbone first.")
         parser.add_argument("--online_probe", default=True, type=bool,
@@ -369,9 +389,7 @@ def main(model_class: type[pl.LightningModule], method_name: str,
         if knn_line:
             print(knn_line)
         print(f"Exported backbone: {path} and {path.with_suffix('')}/ (safetensors, config.json, model card)")
-        for logger in trainer.loggers:  # flush and close the W&B run so its files are complete now
-            if isinstance(logger, WandbLogger):
-                logger.experiment.finish()
+        finish_loggers(trainer.loggers)  # flush and close the W&B run so its files are complete now
     img_per_s = trainer.callback_metrics.get("train/img_per_s")
     return {"knn_history": history, "knn_pixels": knn.pixel_baseline if knn is not None else None,
             "backbone": path, "backbone_folder": path.with_suffix(""), "out": out, "epochs": trainer.current_epoch,

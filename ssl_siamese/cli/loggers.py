@@ -94,6 +94,15 @@ def make_logger(kind: str, out: str | Path, run_name: str, project: str = "ssl_s
     return TensorBoardLogger(save_dir=str(out), name="tensorboard")
 
 
+def finish_loggers(loggers: Sequence[Logger]) -> None:
+    """Finalize every logger and close its W&B run, so that the files of the run are complete when a recipe ends
+    (the one way every recipe does it; a later recipe in the same process starts a run of its own)."""
+    for logger in loggers:
+        logger.finalize("success")
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()
+
+
 def stored_wandb_run_id(checkpoint: dict[str, Any]) -> str | None:
     """The W&B run id a checkpoint was written under (by :class:`WandbRunId`), or None."""
     run_id = checkpoint.get(RUN_ID_KEY) if isinstance(checkpoint, dict) else None

@@ -16,7 +16,6 @@ written to ``<out>/results.json``; the trained towers' weights go to ``<out>/exp
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import warnings
@@ -26,6 +25,8 @@ from typing import Any
 import torch
 
 from ssl_siamese.checkpoints import check_resume_checkpoint, read_checkpoint
+from ssl_siamese.cli.loggers import finish_loggers
+from ssl_siamese.cli.recipe import USER_ERRORS, write_results
 from ssl_siamese.crossmodal.datamodule import IconTextDataModule
 from ssl_siamese.crossmodal.module import CrossModalCLIP
 from ssl_siamese.crossmodal.retrieval import KS, chance_recall, cross_modal_recall
@@ -44,7 +45,7 @@ class CrossModalCLI(TextSiameseCLI):
     model_class = CrossModalCLIP
     datamodule_class = IconTextDataModule
     max_epochs = 20
-    description = DESCRIPTION
+    summary = DESCRIPTION
 
 
 def format_table(rows: dict[str, dict[str, float]], title: str) -> str:
@@ -66,7 +67,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
             state = read_checkpoint(cli.config_init["ckpt_path"])["state_dict"]
             if not model.text_encoder.has_tokenizer:  # the tokenizer it trained with
                 model.text_encoder.load_tokenizer(state, prefix="text_encoder.")
-    except (FileNotFoundError, ValueError) as error:  # IconThemesMissing among them
+    except USER_ERRORS as error:  # IconThemesMissing among them
         sys.exit(f"ssl_siamese.recipes.cross_modal: error: {error}")
     print(dm.report)
     model.fit_tokenizer(dm.training_texts())
@@ -95,15 +96,12 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
             logger.save()
-        out.mkdir(parents=True, exist_ok=True)
         exported = out / "exported_models" / "cross_modal.pt"
         exported.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"hparams": dict(model.hparams), "state_dict": model.state_dict()}, exported)
         results["weights_path"] = str(exported)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-        for logger in trainer.loggers:  # flush and close the W&B run so its files are complete now
-            if hasattr(logger.experiment, "finish"):
-                logger.experiment.finish()
+        write_results(out, results)
+        finish_loggers(trainer.loggers)
     return results
 
 

@@ -22,14 +22,13 @@ Example:
 from __future__ import annotations
 
 import importlib.util
-import sys
 from pathlib import Path
 from typing import Any
 
 from jsonargparse import Namespace
 
 from ssl_siamese.cli.arguments import parse_args as parse_checked
-from ssl_siamese.cli.arguments import recipe_parser
+from ssl_siamese.cli.recipe import Flag, function_parser, recipe_main
 
 FORMATS = ("safetensors", "onnx", "torchscript", "torch_export")
 
@@ -40,6 +39,15 @@ def run_export(ckpt: str | Path, fmt: str = "safetensors", out: str | Path = "ex
     """Export the backbone in ``ckpt`` to ``out`` in ``format``; return ``path``, ``format``, ``max_abs_diff``.
 
     ``max_abs_diff`` is None when not checked (``check=False``, safetensors, or ONNX without onnxruntime).
+
+    Args:
+        ckpt: Lightning checkpoint (.ckpt), exported backbone (.pt), or exported folder / model.safetensors.
+        fmt: The format: safetensors, onnx, torchscript or torch_export.
+        out: Output folder.
+        image_size: Input side S of the graph formats; default: the recorded one.
+        opset: ONNX opset.
+        check: Run the exported file against PyTorch on a batch of another size.
+        push_to_hub: Upload the safetensors folder to this Hugging Face Hub model repository.
 
     Raises:
         FileNotFoundError: no ``ckpt``.
@@ -88,33 +96,25 @@ def run_export(ckpt: str | Path, fmt: str = "safetensors", out: str | Path = "ex
     return result
 
 
+PROG = "python -m ssl_siamese.recipes.export"
+DESCRIPTION = "Export a backbone as safetensors (+ config and model card), ONNX, TorchScript or a torch.export program."
+FLAGS = {
+    "ckpt": Flag(aliases=("--backbone",), metavar="PATH"),
+    "fmt": Flag("format", choices=FORMATS),
+    "check": Flag("no_check", invert=True, help="Do not run the exported file against PyTorch."),
+    "push_to_hub": Flag(metavar="REPO_ID"),
+}
+
+
 def parse_args(argv: list[str] | None = None) -> Namespace:
-    parser = recipe_parser("python -m ssl_siamese.recipes.export",
-                           "Export a backbone as safetensors (+ config and model card), "
-                           "ONNX, TorchScript or a torch.export program.")
-    parser.add_argument("--ckpt", "--backbone", dest="ckpt", required=True, metavar="PATH",
-                        help="Lightning checkpoint (.ckpt), exported backbone (.pt), or exported folder / "
-                             "model.safetensors.")
-    parser.add_argument("--format", default="safetensors", choices=FORMATS)
-    parser.add_argument("--out", default="exported", help="Output folder.")
-    parser.add_argument("--image_size", type=int, default=None,
-                        help="Input side S of the graph formats; default: the recorded one.")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset.")
-    parser.add_argument("--no_check", action="store_true", help="Do not run the exported file against PyTorch.")
-    parser.add_argument("--push_to_hub", default=None, metavar="REPO_ID",
-                        help="Upload the safetensors folder to this Hugging Face Hub model repository.")
-    return parse_checked(parser, argv)
+    """The options of ``run_export``, as flags (``--format`` is ``fmt``, ``--no_check`` is ``check=False``)."""
+    return parse_checked(function_parser(run_export, PROG, DESCRIPTION, FLAGS), argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point; user errors exit with a one-line message."""
-    args = parse_args(argv)
-    try:
-        result = run_export(args.ckpt, args.format, args.out, args.image_size, args.opset, not args.no_check,
-                            args.push_to_hub)
-    except (FileNotFoundError, ValueError) as error:
-        sys.exit(f"ssl_siamese.recipes.export: error: {error}")
-    print(f"Exported {args.format}: {result['path']}")
+    result = recipe_main(run_export, PROG, DESCRIPTION, FLAGS, argv)
+    print(f"Exported {result['format']}: {result['path']}")
     if result["max_abs_diff"] is not None:
         print(f"max |exported - PyTorch| on a batch of 3: {result['max_abs_diff']:.3g}")
     return result

@@ -27,8 +27,6 @@ Example:
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -36,24 +34,33 @@ import torch
 from jsonargparse import Namespace
 
 from ssl_siamese.cli.arguments import parse_args as parse_checked
-from ssl_siamese.cli.arguments import recipe_parser
-from ssl_siamese.data import DataNotFoundError
+from ssl_siamese.cli.loggers import finish_loggers, make_logger
+from ssl_siamese.cli.recipe import Flag, function_parser, recipe_main, write_results
 from ssl_siamese.embeddings import embed_images
-from ssl_siamese.evaluation.linear import fit_linear_probe, weight_decay_sweep
-from ssl_siamese.evaluation.plots import confusion_matrix_figure, log_figure
-from ssl_siamese.evaluation.wandb_media import log_confusion_matrix, pairs_from_confusion
-from ssl_siamese.export import load_backbone
-from ssl_siamese.cli.loggers import LOGGERS, make_logger
-from ssl_siamese.recipes._backbone import add_backbone_option, backbone_path
-from ssl_siamese.recipes.finetune import (
-    add_held_out_options,
+from ssl_siamese.evaluation.labelled_data import (
     choose_dataset,
     evaluation_data,
     fill_preprocessing,
     held_out_rule,
     labelled_datasets,
-    run_finetune,
 )
+from ssl_siamese.evaluation.linear import fit_linear_probe, weight_decay_sweep
+from ssl_siamese.evaluation.plots import confusion_matrix_figure, log_figure
+from ssl_siamese.evaluation.wandb_media import log_confusion_matrix, pairs_from_confusion
+from ssl_siamese.export import load_backbone
+from ssl_siamese.recipes._backbone import BACKBONE_FORMS, backbone_path
+from ssl_siamese.recipes.finetune import DATA, FLAGS as FINETUNE_FLAGS, run_finetune
+
+PROG = "python -m ssl_siamese.recipes.linear_probe"
+DESCRIPTION = "Linear probe or fine-tuning of a pretrained backbone."
+FLAGS = {
+    "ckpt": Flag(aliases=("--backbone",), metavar="PATH",
+                 help=f"{BACKBONE_FORMS[0].upper()}{BACKBONE_FORMS[1:]} (needs `wandb login`)."),
+    **DATA,
+    "finetune_backbone": Flag("finetune", switch=True),
+    "wd_sweep": Flag(switch=True),
+    "log_to": FINETUNE_FLAGS["log_to"],
+}
 
 
 def run_linear_probe(ckpt: str | Path, dataset: str | None = None, data_dir: str | Path | None = None,
@@ -74,6 +81,26 @@ def run_linear_probe(ckpt: str | Path, dataset: str | None = None, data_dir: str
     ``test_split`` (which images are the test ones), ``weight_decay``, ``validation_top1`` (sweep only),
     ``num_train``, ``num_test``, ``method``, ``confusion`` (list of lists), ``confusion_png``. With ``finetune_backbone`` the keys are those of ``run_finetune`` plus
     ``mode`` (Lightning picks the device there; ``device`` is not used).
+
+    Args:
+        ckpt: An exported backbone, a Lightning checkpoint or a W&B model artifact.
+        dataset: Default: the dataset recorded in the backbone file (what it was trained on).
+        data_dir: Default: the folder recorded with that dataset, else ./data.
+        finetune_backbone: Train the backbone too: runs the fine-tuning recipe (ssl_siamese.recipes.finetune).
+        epochs: Default 100 (linear) or 10 (--finetune).
+        lr: Default 0.1 (linear) or 0.05 (--finetune).
+        weight_decay: Default 0 (linear) or 5e-4 (--finetune).
+        wd_sweep: Pick the weight decay on a validation split.
+        subset: Use N random train and N test images.
+        batch_size: Images per batch.
+        out: Output folder: results.json, the confusion matrix.
+        log_to: Experiment logger: wandb, csv, tensorboard or none.
+        device: Default: cuda when available, else cpu.
+        seed: Seeds the probe and the subsets.
+        download: Download the dataset if missing.
+        progress: Show a progress bar.
+        data_seed: The --data.seed of pretraining, which drew a labelled folder's held-out images (default: recorded).
+        val_fraction: The share of each class pretraining held out of a labelled folder (default: recorded).
     """
     if dataset is not None and dataset not in labelled_datasets():
         raise ValueError(f"Unknown or unlabelled dataset {dataset!r}; choose one of {', '.join(labelled_datasets())}.")
@@ -84,7 +111,7 @@ def run_linear_probe(ckpt: str | Path, dataset: str | None = None, data_dir: str
                               train_subset=subset, test_subset=subset, out=out, log_to=log_to, seed=seed,
                               download=download, progress=progress, data_seed=data_seed, val_fraction=val_fraction)
         result["mode"] = "finetune"
-        (Path(out) / "results.json").write_text(json.dumps(result, indent=2))
+        write_results(out, result)
         return result
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     epochs, lr, weight_decay = epochs or 100, lr or 0.1, weight_decay or 0.0
@@ -127,50 +154,19 @@ def run_linear_probe(ckpt: str | Path, dataset: str | None = None, data_dir: str
     result["confusion_png"] = str(log_figure(loggers, "linear_probe/confusion_matrix", figure, out))
     log_confusion_matrix(loggers, "linear_probe/confusion_matrix_interactive",
                          *pairs_from_confusion(probe.confusion.cpu()), train.classes or None)
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    for each in loggers:
-        each.finalize("success")
-        experiment = getattr(each, "experiment", None)
-        if hasattr(experiment, "finish"):
-            experiment.finish()
+    write_results(out, result)
+    finish_loggers(loggers)
     return result
 
 
 def parse_args(argv: list[str] | None = None) -> Namespace:
-    parser = recipe_parser("python -m ssl_siamese.recipes.linear_probe",
-                           "Linear probe or fine-tuning of a pretrained backbone.")
-    add_backbone_option(parser, dest="ckpt", more=" (needs `wandb login`)")
-    parser.add_argument("--data.dataset", default=None, choices=[*labelled_datasets(), None],
-                        help="Default: the dataset recorded in the backbone file (what it was trained on).")
-    parser.add_argument("--data.data_dir", default=None,
-                        help="Default: the folder recorded with that dataset, else ./data.")
-    parser.add_argument("--data.download", type=bool, default=True, help="Download the dataset if missing.")
-    add_held_out_options(parser)
-    parser.add_argument("--finetune", action="store_true",
-                        help="Train the backbone too: runs the fine-tuning recipe (ssl_siamese.recipes.finetune).")
-    parser.add_argument("--epochs", type=int, default=None, help="Default 100 (linear) or 10 (--finetune).")
-    parser.add_argument("--lr", type=float, default=None, help="Default 0.1 (linear) or 0.05 (--finetune).")
-    parser.add_argument("--weight_decay", type=float, default=None, help="Default 0 (linear) or 5e-4 (--finetune).")
-    parser.add_argument("--wd_sweep", action="store_true", help="Pick the weight decay on a validation split.")
-    parser.add_argument("--subset", type=int, default=None, help="Use N random train and N test images.")
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="out/linear_probe")
-    parser.add_argument("--log_to", default="wandb", choices=LOGGERS)
-    return parse_checked(parser, argv)
+    """The options of ``run_linear_probe``, as flags (the data's under ``--data.``, ``--finetune``)."""
+    return parse_checked(function_parser(run_linear_probe, PROG, DESCRIPTION, FLAGS), argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point: parse, run, print; user errors exit with a one-line message."""
-    args = parse_args(argv)
-    try:
-        result = run_linear_probe(args.ckpt, args.data.dataset, args.data.data_dir, args.finetune, args.epochs,
-                                  args.lr, args.weight_decay, args.wd_sweep, args.subset, args.batch_size, args.out,
-                                  args.log_to, args.device, args.seed, args.data.download,
-                                  data_seed=args.data.seed, val_fraction=args.data.val_fraction)
-    except (FileNotFoundError, ValueError, DataNotFoundError) as error:
-        sys.exit(f"ssl_siamese.recipes.linear_probe: error: {error}")
+    result = recipe_main(run_linear_probe, PROG, DESCRIPTION, FLAGS, argv)
     print(f"{result['mode']} probe of {result['method']} on {result['dataset']} "
           f"({result['num_train']} train / {result['num_test']} test): "
           f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}")

@@ -31,33 +31,33 @@ Example:
 
 from __future__ import annotations
 
-import json
-import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import Logger, WandbLogger
-from torch import Tensor
 
 from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
 from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
 from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint, read_checkpoint
-from ssl_siamese.cli.arguments import parse_args as parse_checked
-from ssl_siamese.cli.arguments import recipe_parser
+from ssl_siamese.cli.loggers import LOGGERS, WANDB_MODES, WandbRunId, finish_loggers, make_logger, stored_wandb_run_id
+from ssl_siamese.cli.recipe import Flag, recipe_main, write_results
 from ssl_siamese.data.pk import NEAR_DUPLICATE_MODES, PKDataModule
-from ssl_siamese.evaluation.fewshot import fewshot_episodes, max_queries
-from ssl_siamese.evaluation.plots import log_figure, roc_figure
-from ssl_siamese.evaluation.retrieval import VerificationResult, pair_scores, recall_at_k, verification_roc
-from ssl_siamese.evaluation.wandb_media import log_roc_curve
+from ssl_siamese.evaluation.unseen_classes import (
+    backbone_features,
+    choose_n_query,
+    evaluate_unseen,
+    format_table,
+    log_results,
+)
+from ssl_siamese.evaluation.verification import log_roc, verification_curve
 from ssl_siamese.export import export_backbone, export_pretrained
-from ssl_siamese.cli.loggers import LOGGERS, WANDB_MODES, WandbRunId, make_logger, stored_wandb_run_id
 from ssl_siamese.methods.siamese import SupervisedSiamese
-from ssl_siamese.samplers import balanced_pairs
+
+__all__ = ["backbone_features", "checkpoint_callback", "choose_n_query", "evaluate_unseen", "format_table",
+           "log_results", "log_roc", "main", "parse_classes", "run_siamese", "verification_curve"]  # as before
 
 
 def parse_classes(spec: str) -> list[int | str]:
@@ -78,82 +78,6 @@ def parse_classes(spec: str) -> list[int | str]:
     return classes
 
 
-@torch.no_grad()
-def backbone_features(model: SupervisedSiamese, images: Tensor, batch_size: int = 512) -> Tensor:
-    """Frozen backbone features ``(N, D)`` of uint8 images, preprocessed like evaluation views."""
-    was_training = model.training
-    model.eval()
-    features = torch.cat([model(model.augmentation.normalize(batch.to(model.device))).float().cpu()
-                          for batch in images.split(batch_size)])
-    model.train(was_training)  # Lightning 2.6 keeps the modes it finds when fitting starts
-    return features
-
-
-def choose_n_query(labels: Tensor, n_query: int | None = None, default: int = 15,
-                   names: list[str] | None = None) -> tuple[int, str]:
-    """Queries per class for N-way 1-shot episodes over all classes of ``labels``, and a line that says why.
-
-    ``n_query=None``: ``default``, or the largest count the smallest class allows when that is fewer.
-    ``names`` names the labels in the messages.
-    Raises ``ValueError`` when ``n_query`` is more than the data allows, or when even 1 query is impossible.
-    """
-    n_way = len(labels.unique())
-    classes, counts = labels.unique(return_counts=True)
-    label = int(classes[counts.argmin()])
-    smallest = (f"the smallest eval class, {label} {names[label] if names else ''}, has {int(counts.min())} "
-                "images").replace(" ,", ",")
-    most = max_queries(labels, n_way=n_way, k_shot=1)
-    if most < 1:
-        raise ValueError(f"{n_way}-way 1-shot evaluation needs 2 images of every eval class; {smallest}")
-    if n_query is not None:
-        if not 1 <= n_query <= most:
-            raise ValueError(f"--n_query {n_query} is not possible: {smallest}, so 1-shot episodes take at "
-                             f"most {most} queries per class; pass --n_query {most} or less")
-        return n_query, f"{n_way}-way 1-shot episodes, {n_query} queries per class (--n_query)"
-    chosen = min(default, most)
-    why = f"the default {default}" if chosen == default else f"fewer than {default}: {smallest}"
-    return chosen, f"{n_way}-way 1-shot episodes, {chosen} queries per class ({why}; set with --n_query)"
-
-
-def evaluate_unseen(features: Tensor, labels: Tensor, episodes: int = 600, n_query: int = 15,
-                    num_pairs: int = 4000, seed: int = 0) -> dict[str, float]:
-    """N-way 1-shot accuracy (N = number of classes) with CI, verification AUC / EER, Recall@1/5/10."""
-    n_way = len(labels.unique())
-    fewshot = fewshot_episodes(features, labels, n_way=n_way, k_shot=1, n_query=n_query, episodes=episodes,
-                               seed=seed)
-    roc = verification_curve(features, labels, num_pairs, seed)
-    recall = recall_at_k(features, labels, ks=(1, 5, 10))
-    return {"n_way": n_way, "n_query": n_query, "fewshot_1shot": fewshot.mean, "fewshot_ci95": fewshot.ci95,
-            "auc": roc.auc, "eer": roc.eer, "recall@1": recall[1], "recall@5": recall[5], "recall@10": recall[10]}
-
-
-def verification_curve(features: Tensor, labels: Tensor, num_pairs: int = 4000, seed: int = 0) -> VerificationResult:
-    """Verification ROC on ``num_pairs`` seeded pairs, half same-class and half different-class."""
-    i, j, same = balanced_pairs(labels, num_pairs=num_pairs, seed=seed)
-    return verification_roc(pair_scores(features[i], features[j]), same)
-
-
-def log_roc(loggers: list[Logger], roc: VerificationResult, out: Path, title: str, step: int) -> Path | None:
-    """The ROC curve as ``<out>/eval_roc.png`` and, on W&B, as that image and an interactive chart."""
-    path = log_figure(loggers, "eval/roc", roc_figure(roc.fpr, roc.tpr, roc.auc, roc.eer, title=title), out,
-                      step=step)
-    log_roc_curve(loggers, "eval/roc_interactive", roc.fpr, roc.tpr, auc=roc.auc, step=step)
-    return path
-
-
-def format_table(columns: dict[str, dict[str, float]]) -> str:
-    """The metrics of each column (e.g. ``before`` / ``after``) as a text table."""
-    names = list(columns)
-    n_way = next(iter(columns.values()))["n_way"]
-    lines = [f"{'metric (unseen classes)':<26}" + "".join(f"{name:>18}" for name in names)]
-    lines.append(f"{f'{n_way}-way 1-shot accuracy':<26}" + "".join(
-        f"{c['fewshot_1shot']:.4f} ± {c['fewshot_ci95']:.4f}".rjust(18) for c in columns.values()))
-    for key, label in [("auc", "verification ROC AUC"), ("eer", "verification EER"),
-                       ("recall@1", "Recall@1"), ("recall@5", "Recall@5"), ("recall@10", "Recall@10")]:
-        lines.append(f"{label:<26}" + "".join(f"{c[key]:>18.4f}" for c in columns.values()))
-    return "\n".join(lines)
-
-
 def checkpoint_callback(folder: str | Path, every_n_steps: int = 0) -> ModelCheckpoint:
     """``last.ckpt`` in ``folder`` every ``every_n_steps`` training steps, or at each epoch end (0).
 
@@ -164,19 +88,6 @@ def checkpoint_callback(folder: str | Path, every_n_steps: int = 0) -> ModelChec
                            every_n_train_steps=every_n_steps or None)
 
 
-def log_results(loggers: list[Logger], results: dict[str, Any], step: int) -> None:
-    """The before/after metrics as ``eval/<column>/<metric>`` at ``step``; on W&B also the metrics table."""
-    columns = [name for name in ("before", "after") if name in results]
-    metrics = {f"eval/{column}/{key}": float(value) for column in columns for key, value in results[column].items()}
-    for logger in loggers:
-        logger.log_metrics(metrics, step=step)
-        if isinstance(logger, WandbLogger):
-            keys = list(results[columns[0]])
-            logger.log_table("eval/metrics", columns=["metric (unseen classes)", *columns],
-                             data=[[key, *(float(results[c][key]) for c in columns)] for key in keys], step=step)
-        logger.save()
-
-
 def run_siamese(dataset: str = "fashion_mnist", data_dir: str = "./data",
                 train_classes: Iterable[int | str] = range(7), eval_classes: Iterable[int | str] = range(7, 10),
                 backbone: str | None = None, pretrained: str | None = None, loss: str = "triplet",
@@ -185,7 +96,7 @@ def run_siamese(dataset: str = "fashion_mnist", data_dir: str = "./data",
                 lr: float = 0.5, train_subset: int | None = None, eval_subset: int | None = None,
                 class_balanced: bool = True, near_duplicates: str = "drop", hash_size: int = 8,
                 episodes: int = 600, n_query: int | None = None, out: str | Path = "out/siamese",
-                download: bool = True, seed: int = 0, progress: bool = True, log_to: str = "none",
+                download: bool = True, seed: int = 0, progress: bool = True, log_to: str = "wandb",
                 wandb_mode: str | None = None, ckpt_path: str | None = None,
                 ckpt_every_n_steps: int = 0) -> dict[str, Any]:
     """Train on ``train_classes``, evaluate before/after on ``eval_classes``, export; returns the results.
@@ -198,6 +109,41 @@ def run_siamese(dataset: str = "fashion_mnist", data_dir: str = "./data",
     ``ckpt_path`` resumes from one. ``log_to`` and ``wandb_mode`` are :func:`ssl_siamese.loggers.make_logger`'s;
     a run resumed from a checkpoint continues the W&B run the checkpoint was written under.
     Raises ``ValueError`` for a selection, evaluation size or checkpoint that cannot work, before training.
+
+    Args:
+        dataset: A labelled dataset: fashion_mnist, cifar10, cifar100, folder (one sub-folder per class,
+            optionally in train/ and test/), synthetic.
+        data_dir: Where the dataset lies.
+        train_classes: Indices, ranges or names, e.g. 0-6, 0,2,4 or Sneaker,Bag (the run prints them all).
+        eval_classes: As --train_classes, disjoint from them.
+        backbone: Default: the pretrained file's, else tiny_cnn.
+        pretrained: An exported backbone (export_backbone) to start from.
+        loss: Metric loss.
+        mining: Which triplets of a batch the triplet loss uses.
+        margin: Default: 0.2 triplet, 1.0 contrastive.
+        embedding_dim: Output size of the embedding head.
+        epochs: 0: evaluate only.
+        p: Classes per batch (default: all train classes).
+        k: Images per class in a batch.
+        batches_per_epoch: P x K batches per epoch (default: about one pass over the training images).
+        lr: Per 256 images.
+        train_subset: At most this many training images (seeded).
+        eval_subset: At most this many eval images (seeded).
+        class_balanced: True: classes drawn uniformly into batches; false: in proportion to their size.
+        near_duplicates: Training images that are near-copies of eval images: report, drop, or fail.
+        hash_size: Average-hash side for the duplicate check.
+        episodes: Few-shot episodes (the 95% CI shrinks with more).
+        n_query: Queries per class in the 1-shot episodes (default: 15, or fewer when the smallest eval class
+            has fewer than 16 images).
+        out: Output folder: checkpoints/, exported_models/, logs.
+        download: Download a missing torchvision dataset.
+        seed: Seeds the model, the batches and the evaluation.
+        progress: Show a progress bar.
+        log_to: Experiment logger.
+        wandb_mode: W&B: offline (under <out>/wandb, `wandb sync` it later) or online; unset: $WANDB_MODE if
+            set, else offline.
+        ckpt_path: Resume from this checkpoint (e.g. <out>/checkpoints/last.ckpt).
+        ckpt_every_n_steps: Write <out>/checkpoints/last.ckpt every N training steps; 0: at each epoch end.
     """
     if ckpt_every_n_steps < 0:
         raise ValueError(f"ckpt_every_n_steps must be >= 0 (0: at each epoch end), got {ckpt_every_n_steps}")
@@ -259,69 +205,31 @@ def run_siamese(dataset: str = "fashion_mnist", data_dir: str = "./data",
                    eval_classes=[names[c] for c in dm.eval_classes], eval_split=dm.eval_split_used,
                    near_duplicates=dm.near_duplicates, train_images=len(dm.train_data),
                    eval_images=len(dm.eval_data), steps=int(model.global_step))
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    for each in loggers:  # flush and close the W&B run so its files are complete now
-        if isinstance(each, WandbLogger):
-            each.experiment.finish()
+    write_results(out, results)
+    finish_loggers(loggers)
     return results
+
+
+PROG = "python -m ssl_siamese.recipes.siamese"
+CLASSES = "indices, ranges or names, e.g. 0-6, 0,2,4 or Sneaker,Bag (the run prints them all)"
+FLAGS = {
+    "dataset": Flag("data.dataset"),
+    "data_dir": Flag("data.data_dir"),
+    "download": Flag("data.download"),
+    "train_classes": Flag(type=str, default="0-6", convert=parse_classes, help=f"Training classes: {CLASSES}."),
+    "eval_classes": Flag(type=str, default="7-9", convert=parse_classes,
+                         help="Unseen classes to evaluate on, as --train_classes, disjoint from them."),
+    "loss": Flag(choices=["triplet", "contrastive"]),
+    "mining": Flag(choices=["batch_hard", "semi_hard", "batch_all"]),
+    "near_duplicates": Flag(choices=NEAR_DUPLICATE_MODES),
+    "log_to": Flag(choices=LOGGERS),
+    "wandb_mode": Flag(choices=WANDB_MODES),
+}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """The command line: parse, run, and turn a wrong input (``ValueError``, missing file) into a one-line exit."""
-    parser = recipe_parser("python -m ssl_siamese.recipes.siamese", __doc__.split("\n\n")[0])
-    parser.add_argument("--data.dataset", default="fashion_mnist",
-                        help="a labelled dataset: fashion_mnist, cifar10, cifar100, folder (one sub-folder per "
-                             "class, optionally in train/ and test/), synthetic")
-    parser.add_argument("--data.data_dir", default="./data", help="where the dataset lies")
-    parser.add_argument("--data.download", type=bool, default=True, help="download a missing torchvision dataset")
-    parser.add_argument("--train_classes", default="0-6",
-                        help="indices, ranges or names, e.g. 0-6, 0,2,4 or Sneaker,Bag (the run prints them all)")
-    parser.add_argument("--eval_classes", default="7-9",
-                        help="as --train_classes, disjoint from them")
-    parser.add_argument("--backbone", default=None, help="default: the pretrained file's, else tiny_cnn")
-    parser.add_argument("--pretrained", default=None, help="an exported backbone (export_backbone) to start from")
-    parser.add_argument("--loss", default="triplet", choices=["triplet", "contrastive"], help="metric loss")
-    parser.add_argument("--mining", default="semi_hard", choices=["batch_hard", "semi_hard", "batch_all"],
-                        help="which triplets of a batch the triplet loss uses")
-    parser.add_argument("--margin", type=float, default=None, help="default: 0.2 triplet, 1.0 contrastive")
-    parser.add_argument("--embedding_dim", type=int, default=128, help="output size of the embedding head")
-    parser.add_argument("--epochs", type=int, default=5, help="0: evaluate only")
-    parser.add_argument("--p", type=int, default=None, help="classes per batch (default: all train classes)")
-    parser.add_argument("--k", type=int, default=8, help="images per class in a batch")
-    parser.add_argument("--batches_per_epoch", type=int, default=None,
-                        help="P x K batches per epoch (default: about one pass over the training images)")
-    parser.add_argument("--lr", type=float, default=0.5, help="per 256 images")
-    parser.add_argument("--train_subset", type=int, default=None, help="at most this many training images (seeded)")
-    parser.add_argument("--eval_subset", type=int, default=None, help="at most this many eval images (seeded)")
-    parser.add_argument("--class_balanced", type=bool, default=True,
-                        help="true: classes drawn uniformly into batches; false: in proportion to their size")
-    parser.add_argument("--near_duplicates", default="drop", choices=NEAR_DUPLICATE_MODES,
-                        help="training images that are near-copies of eval images: report, drop, or fail")
-    parser.add_argument("--hash_size", type=int, default=8, help="average-hash side for the duplicate check")
-    parser.add_argument("--episodes", type=int, default=600, help="few-shot episodes (the 95%% CI shrinks with more)")
-    parser.add_argument("--n_query", type=int, default=None,
-                        help="queries per class in the 1-shot episodes (default: 15, or fewer when the smallest "
-                             "eval class has fewer than 16 images)")
-    parser.add_argument("--seed", type=int, default=0, help="seeds the model, the batches and the evaluation")
-    parser.add_argument("--out", default="out/siamese", help="output folder: checkpoints/, exported_models/, logs")
-    parser.add_argument("--log_to", default="wandb", choices=LOGGERS, help="experiment logger")
-    parser.add_argument("--wandb_mode", default=None, choices=WANDB_MODES,
-                        help="W&B: offline (under <out>/wandb, `wandb sync` it later) or online; unset: $WANDB_MODE "
-                             "if set, else offline")
-    parser.add_argument("--ckpt_path", default=None,
-                        help="resume from this checkpoint (e.g. <out>/checkpoints/last.ckpt)")
-    parser.add_argument("--ckpt_every_n_steps", type=int, default=0,
-                        help="write <out>/checkpoints/last.ckpt every N training steps; 0: at each epoch end")
-    args = parse_checked(parser, argv).as_dict()  # a misspelt option gets the closest valid one
-    args.pop("config", None)
-    data = args.pop("data")
-    args.update(dataset=data["dataset"], data_dir=data["data_dir"], download=data["download"])
-    try:
-        args.update(train_classes=parse_classes(str(args["train_classes"])),
-                    eval_classes=parse_classes(str(args["eval_classes"])))
-        return run_siamese(**args)
-    except (FileNotFoundError, ValueError) as error:  # DataNotFoundError and CheckpointError among them
-        sys.exit(f"{parser.prog}: error: {error}")
+    return recipe_main(run_siamese, PROG, __doc__.split("\n\n")[0], FLAGS, argv)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Hugging Face encoders, ``builtin_encoder.pt`` for the built-in one).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 import warnings
@@ -28,14 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.callbacks import LearningRateMonitor
-from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import WandbLogger
 
 from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
 from ssl_siamese.checkpoints import check_resume_checkpoint, read_checkpoint
-from ssl_siamese.cli.lightning import SSLCLI, ShortHelpFormatter, default_precision
+from ssl_siamese.cli.lightning import SSLCLI
+from ssl_siamese.cli.recipe import USER_ERRORS, write_results
 from ssl_siamese.evaluation.ranking import ranking_metrics
-from ssl_siamese.cli.loggers import LOGGERS, WANDB_MODES, WandbRunId
+from ssl_siamese.evaluation.verification import log_roc
+from ssl_siamese.cli.loggers import WandbRunId, finish_loggers
 from ssl_siamese.text.datamodule import TextPairDataModule
 from ssl_siamese.text.export import export_text_encoder
 from ssl_siamese.text.module import TextSiamese
@@ -50,7 +50,8 @@ DESCRIPTION = __doc__.split("\n\n")[0]  # the module's first paragraph: --help's
 
 
 class TextSiameseCLI(SSLCLI):
-    """LightningCLI for :class:`TextSiamese` and :class:`TextPairDataModule`, with the recipes' output options.
+    """LightningCLI for :class:`TextSiamese` and :class:`TextPairDataModule`, with the recipes' output options:
+    :class:`SSLCLI` (its parser, logger, checkpoint folder and config in W&B) with the text recipe's defaults.
 
     A recipe on other pair data (``recipes.cross_modal``) subclasses it and sets the class attributes below.
     """
@@ -59,30 +60,19 @@ class TextSiameseCLI(SSLCLI):
     model_class: type = TextSiamese
     datamodule_class: type = TextPairDataModule
     max_epochs = 3
-    description = DESCRIPTION
+    summary = DESCRIPTION  # --help's description
 
     def __init__(self, args: list[str] | None = None) -> None:
-        module = f"ssl_siamese.recipes.{self.method_name}"
-        LightningCLI.__init__(
-            self, self.model_class, self.datamodule_class, run=False, args=args, seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"prog": f"python -m {module}",
-                           "usage": f"python -m {module} [--config FILE.yaml] [--GROUP.OPTION VALUE ...]",
-                           "description": self.description, "formatter_class": ShortHelpFormatter},
-            auto_configure_optimizers=False,
-            trainer_defaults={"max_epochs": self.max_epochs, "precision": default_precision(),
-                              "log_every_n_steps": 10,
-                              "callbacks": [LearningRateMonitor("step"), NonFiniteLossGuard(), WandbRunId()]})
+        super().__init__(self.model_class, self.method_name, args)
+
+    def description(self, model_class: type) -> str:
+        return self.summary
+
+    def trainer_callbacks(self) -> list[Any]:
+        return [LearningRateMonitor("step"), NonFiniteLossGuard(), WandbRunId()]
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--out", default=f"out/{self.method_name}", help="Output folder: checkpoints/, "
-                                                                           "exported_models/, results.json, logs.")
-        parser.add_argument("--log_to", default="wandb", choices=LOGGERS,
-                            help="Experiment logger used when trainer.logger is not set.")
-        parser.add_argument("--wandb_mode", default=None, choices=WANDB_MODES,
-                            help="W&B: offline (under <out>/wandb, `wandb sync` it later) or online; unset: "
-                                 "$WANDB_MODE if set, else offline.")
-        parser.add_argument("--ckpt_path", default=None, help="Resume from this Lightning checkpoint.")
+        self.add_output_arguments(parser)
 
 
 def evaluation_set(pairs: list[TextPair]) -> tuple[list[str], list[str], list[set[int]]]:
@@ -118,8 +108,6 @@ def log_results(trainer: Any, rows: dict[str, dict[str, float]]) -> None:
 
 def log_verification(trainer: Any, at_init: Any, trained: Any, out: Path) -> dict[str, dict[str, float]]:
     """Print and log the verification AUC/EER before and after training, and the trained ROC curve."""
-    from ssl_siamese.recipes.siamese import log_roc
-
     verification = {name: {"auc": roc.auc, "eer": roc.eer, "eer_threshold": roc.eer_threshold}
                     for name, roc in (("dense_at_init", at_init), ("dense", trained))}
     print("verification of the labelled held-out pairs (cosine): " + ", ".join(
@@ -140,7 +128,7 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
         dm.setup("fit")
         if cli.config_init["ckpt_path"]:
             check_resume_checkpoint(model, cli.config_init["ckpt_path"])
-    except (FileNotFoundError, ValueError) as error:  # DebianDescriptionsMissing among them
+    except USER_ERRORS as error:  # DebianDescriptionsMissing among them
         sys.exit(f"ssl_siamese.recipes.text_siamese: error: {error}")
     print(dm.split.report)
     encoder = model.encoder
@@ -182,11 +170,8 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
             results["verification"] = log_verification(trainer, roc_at_init, verify(encoder, labelled), out)
         results["encoder_path"] = str(export_text_encoder(encoder, out / "exported_models" / "text_encoder"))
         print(f"Exported encoder: {results['encoder_path']}")
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-        for logger in trainer.loggers:  # flush and close the W&B run so its files are complete now
-            if isinstance(logger, WandbLogger):
-                logger.experiment.finish()
+        write_results(out, results)
+        finish_loggers(trainer.loggers)
     return results
 
 
