@@ -32,10 +32,10 @@ _EXPORTS = {
     "fewshot_episodes": "ssl_siamese.evaluation.fewshot",
     "recall_at_k": "ssl_siamese.evaluation.retrieval",
     "verification_roc": "ssl_siamese.evaluation.retrieval",
-    "export_backbone": "ssl_siamese.export",
-    "export_pretrained": "ssl_siamese.export",
-    "load_backbone": "ssl_siamese.export",
-    "LoadedBackbone": "ssl_siamese.export",
+    "export_backbone": "ssl_siamese.export.backbone",
+    "export_pretrained": "ssl_siamese.export.backbone",
+    "load_backbone": "ssl_siamese.export.backbone",
+    "LoadedBackbone": "ssl_siamese.export.backbone",
     "Preprocess": "ssl_siamese.search.embeddings",
     "embed_images": "ssl_siamese.search.embeddings",
     "EmbeddingIndex": "ssl_siamese.search.embeddings",
@@ -58,7 +58,7 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         recall_at_k,
         verification_roc,
     )
-    from ssl_siamese.export import LoadedBackbone, export_backbone, export_pretrained, load_backbone
+    from ssl_siamese.export.backbone import LoadedBackbone, export_backbone, export_pretrained, load_backbone
     from ssl_siamese.methods import BYOL, DINO, MAE, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam, VICReg
     from ssl_siamese.methods.siamese import SupervisedSiamese
     from ssl_siamese.search.embeddings import EmbeddingIndex, Preprocess, embed_images

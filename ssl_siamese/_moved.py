@@ -23,19 +23,25 @@ from types import ModuleType
 
 MOVED: dict[str, str] = {
     "ssl_siamese.augment": "ssl_siamese.views.augment",
+    "ssl_siamese.checkpoint_io": "ssl_siamese.export.checkpoint_io",
+    "ssl_siamese.checkpoints": "ssl_siamese.export.checkpoints",
     "ssl_siamese.cli_args": "ssl_siamese.cli.arguments",
     "ssl_siamese.console": "ssl_siamese.cli.console",
     "ssl_siamese.duplicates": "ssl_siamese.search.duplicates",
     "ssl_siamese.embeddings": "ssl_siamese.search.embeddings",
+    "ssl_siamese.hub": "ssl_siamese.export.hub",
     "ssl_siamese.images": "ssl_siamese.data.images",
     "ssl_siamese.kornia_views": "ssl_siamese.views.kornia_views",
     "ssl_siamese.loader": "ssl_siamese.data.loader",
     "ssl_siamese.loggers": "ssl_siamese.cli.loggers",
     "ssl_siamese.methods.views": "ssl_siamese.views.presets",
     "ssl_siamese.metric_losses": "ssl_siamese.losses.metric",
+    "ssl_siamese.model_card": "ssl_siamese.export.model_card",
     "ssl_siamese.oneshot": "ssl_siamese.search.oneshot",
     "ssl_siamese.padded": "ssl_siamese.views.padded",
+    "ssl_siamese.pretrained_folder": "ssl_siamese.export.pretrained_folder",
     "ssl_siamese.queue": "ssl_siamese.methods.queue",
+    "ssl_siamese.runtime_export": "ssl_siamese.export.runtime",
     "ssl_siamese.samplers": "ssl_siamese.data.samplers",
 }
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ssl_siamese.pretrained_folder import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
+from ssl_siamese.export.pretrained_folder import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME
 
 UPLOADED = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, "backbone.onnx")
 

@@ -6,7 +6,7 @@ header: string values as they are, other values JSON-encoded (their names listed
 ``format`` set to ``"pt"`` as Hugging Face tools expect and ours kept as ``export_format``.
 ``config.json`` repeats the metadata under ``"ssl_siamese"``; for a timm architecture it is also timm's
 own config, so ``timm.create_model("local-dir:<folder>", pretrained=True)`` rebuilds the model.
-``README.md`` is the model card (``ssl_siamese.model_card``). Reading never runs code: safetensors
+``README.md`` is the model card (``ssl_siamese.export.model_card``). Reading never runs code: safetensors
 holds tensors and text only.
 
 Example:
@@ -132,7 +132,7 @@ def write_pretrained_folder(backbone: nn.Module, metadata: dict[str, Any], folde
     """
     from safetensors.torch import save_file
 
-    from ssl_siamese.model_card import model_card
+    from ssl_siamese.export.model_card import model_card
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

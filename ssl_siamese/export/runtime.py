@@ -45,7 +45,7 @@ def export_onnx(backbone: nn.Module, path: str | Path, image_size: int, metadata
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}})
     if metadata:
-        from ssl_siamese.pretrained_folder import header_metadata
+        from ssl_siamese.export.pretrained_folder import header_metadata
 
         onnx = require("onnx", "ONNX export")
 

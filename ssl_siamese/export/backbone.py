@@ -7,7 +7,7 @@ opening a file never runs code from it. For torchvision ResNets the weights load
 (``ssl_siamese.methods.registry``; weights-only as well) and returns the backbone inside it.
 
 ``export_pretrained`` writes the same weights and metadata as a folder other tools load
-(``ssl_siamese.pretrained_folder``): ``model.safetensors`` (metadata in its header; plain torchvision and
+(``ssl_siamese.export.pretrained_folder``): ``model.safetensors`` (metadata in its header; plain torchvision and
 timm load it), ``config.json`` and a model card ``README.md``. ``load_backbone`` reads that folder or its
 ``model.safetensors`` as well.
 
@@ -30,10 +30,10 @@ import torch
 from torch import nn
 
 from ssl_siamese.backbones import TORCHVISION_RESNETS, build_backbone, is_backbone_name, vit_pooling
-from ssl_siamese.checkpoints import EXPORT_FORMAT, bare_state_dict, read_checkpoint
-from ssl_siamese.embeddings import RESIZE, Preprocess, preprocessing
+from ssl_siamese.export.checkpoints import EXPORT_FORMAT, bare_state_dict, read_checkpoint
+from ssl_siamese.export.pretrained_folder import looks_like_safetensors, read_pretrained
 from ssl_siamese.methods.registry import METHODS, method_class
-from ssl_siamese.pretrained_folder import looks_like_safetensors, read_pretrained
+from ssl_siamese.search.embeddings import RESIZE, Preprocess, preprocessing
 
 FORMAT = EXPORT_FORMAT
 
@@ -91,7 +91,7 @@ def export_pretrained(model: nn.Module, folder: str | Path, metrics: dict[str, f
         >>> export_pretrained(model, "out/simclr/exported_models/backbone", data="cifar10", epochs=200)
         >>> timm.create_model("local-dir:out/simclr/exported_models/backbone", pretrained=True)  # timm backbones
     """
-    from ssl_siamese.pretrained_folder import write_pretrained_folder
+    from ssl_siamese.export.pretrained_folder import write_pretrained_folder
 
     clean = {key: float(value) for key, value in (metrics or {}).items() if value is not None}
     return write_pretrained_folder(model.backbone, backbone_metadata(model, metrics=clean or None, **metadata), folder)

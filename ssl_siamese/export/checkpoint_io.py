@@ -1,8 +1,8 @@
 """``SafeCheckpointIO``: the recipes' Lightning checkpoint plugin (atomic fsynced writes, weights-only reads).
 
-It lives apart from :mod:`ssl_siamese.checkpoints` because it subclasses a Lightning class: reading a
-checkpoint or an exported backbone imports no Lightning; ``ssl_siamese.checkpoints.SafeCheckpointIO`` still
-names this class (imported on first use). See :mod:`ssl_siamese.checkpoints` for the file rules.
+It lives apart from :mod:`ssl_siamese.export.checkpoints` because it subclasses a Lightning class: reading a
+checkpoint or an exported backbone imports no Lightning; ``ssl_siamese.export.checkpoints.SafeCheckpointIO`` still
+names this class (imported on first use). See :mod:`ssl_siamese.export.checkpoints` for the file rules.
 
 Example:
     >>> trainer = pl.Trainer(plugins=[SafeCheckpointIO()], callbacks=[ModelCheckpoint(save_last=True)])
@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from ssl_siamese.checkpoints import _is_local, read_checkpoint
+from ssl_siamese.export.checkpoints import _is_local, read_checkpoint
 
 
 class SafeCheckpointIO(TorchCheckpointIO):

@@ -28,7 +28,7 @@ from ssl_siamese._lazy import lazy_exports
 
 # SafeCheckpointIO (a Lightning plugin) is imported on first use, so reading a checkpoint or an exported
 # backbone (load_backbone, the embed recipe) does not import Lightning.
-__getattr__, __dir__ = lazy_exports(__name__, {"SafeCheckpointIO": "ssl_siamese.checkpoint_io"})
+__getattr__, __dir__ = lazy_exports(__name__, {"SafeCheckpointIO": "ssl_siamese.export.checkpoint_io"})
 
 
 class CheckpointError(ValueError):
@@ -187,7 +187,7 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
         raise CheckpointError(f"{path} {problem}") from error
 
 
-EXPORT_FORMAT = "ssl_siamese.backbone/1"  # export.FORMAT; written here too so this module imports no model code
+EXPORT_FORMAT = "ssl_siamese.backbone/1"  # backbone.FORMAT; written here too so this module imports no model code
 
 
 def bare_state_dict(payload: Any) -> str | None:
