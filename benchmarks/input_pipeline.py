@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import ImageFolder
 from torchvision.io import ImageReadMode, decode_jpeg, read_file
 
-from ssl_siamese.augment import augmentation_preset
+from ssl_siamese.views.presets import augmentation_preset
 from ssl_siamese.data.module import SSLDataModule
 from stream_memory import IMAGENETTE_TAR, prepare_all, unpack_train
 

@@ -37,7 +37,7 @@ from torch import Tensor
 from ssl_siamese import build_backbone, embed_images, load_backbone
 from ssl_siamese.cli import main
 from ssl_siamese.data import ImageTensors, load_split, random_subset
-from ssl_siamese.embeddings import default_device, preprocessing
+from ssl_siamese.search.embeddings import default_device, preprocessing
 from ssl_siamese.evaluation import fewshot_episodes, fit_linear_probe, topk_accuracy, weighted_knn_scores
 from ssl_siamese.export import rebuild_arguments
 from ssl_siamese.methods import BYOL, DINO, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam, VICReg

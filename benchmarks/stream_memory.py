@@ -42,7 +42,7 @@ from pathlib import Path
 import psutil
 import torch
 
-from ssl_siamese.augment import augmentation_preset
+from ssl_siamese.views.presets import augmentation_preset
 from ssl_siamese.data.module import SSLDataModule
 
 ROOT = Path(__file__).resolve().parents[1]

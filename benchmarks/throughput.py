@@ -39,11 +39,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from ssl_siamese import SSLDataModule
-from ssl_siamese.augment import augmentation_preset
+from ssl_siamese.views.presets import augmentation_preset
 from ssl_siamese.callbacks import ThroughputMonitor
 from ssl_siamese.data import DATASETS, IMAGE_EXTENSIONS, ImageTensors, load_split
 from ssl_siamese.methods import MoCo, SimCLR, SimSiam
-from ssl_siamese.methods.views import method_augmentations
+from ssl_siamese.views.presets import method_augmentations
 
 try:
     import kornia.augmentation as K

@@ -23,7 +23,7 @@ _EXPORTS = {
     **METHODS,  # SimCLR, MoCo, ... SupervisedSiamese: registered in ssl_siamese/methods/registry.py
     "SiameseModule": "ssl_siamese.methods.base",
     "SSLDataModule": "ssl_siamese.data",
-    "ViewAugmentation": "ssl_siamese.augment",
+    "ViewAugmentation": "ssl_siamese.views.augment",
     "build_backbone": "ssl_siamese.backbones",
     "KNNEvaluation": "ssl_siamese.evaluation.knn",
     "OnlineLinearProbe": "ssl_siamese.evaluation.online_probe",
@@ -45,7 +45,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
-    from ssl_siamese.augment import ViewAugmentation
+    from ssl_siamese.views.augment import ViewAugmentation
     from ssl_siamese.backbones import build_backbone
     from ssl_siamese.data import SSLDataModule
     from ssl_siamese.data.images import read_image, read_images

@@ -40,7 +40,7 @@ class RNGStateCheckpoint(pl.Callback):
     """Stores the torch (CPU and CUDA), numpy and Python RNG states; restores them on resume.
 
     Lightning does not restore RNG states by default, so after a resume the views (made from the global
-    torch RNG on the device, see ``ssl_siamese.augment``) and the shuffling of a ``DataLoader`` without
+    torch RNG on the device, see ``ssl_siamese.views.augment``) and the shuffling of a ``DataLoader`` without
     its own generator (its sampler draws a seed from the global RNG at each epoch start) differ from
     the uninterrupted run. With this callback, resuming reproduces the uninterrupted run exactly
     (``tests/test_resume.py``, ``tests/test_resume_cli.py``).

@@ -70,7 +70,7 @@ def resize_center_crop(images: Tensor, size: int) -> Tensor:
     ``images``: one image ``(C, H, W)`` or a batch ``(B, C, H, W)``, uint8 (rounded back to uint8, as the
     decoded training images are) or float. A ``size x size`` image comes back unchanged. It is torchvision's
     ``Resize(size)`` + ``CenterCrop(size)``; training's evaluation images (folders, streamed shards),
-    ``read_image(path, size)`` and ``ssl_siamese.embeddings.Preprocess`` all go through this function.
+    ``read_image(path, size)`` and ``ssl_siamese.search.embeddings.Preprocess`` all go through this function.
 
     Example:
         >>> resize_center_crop(torch.zeros(3, 1080, 1920, dtype=torch.uint8), 64).shape

@@ -6,7 +6,7 @@ spread over ranks and workers, local paths or ``s3://`` / ``gs://``; shuffled pe
 of each chunk permuted, which mixes classes because ``prepare`` writes them in a seeded random order): the images are
 decoded in the DataLoader workers (libjpeg-turbo through ``torchvision.io``) and padded into one uint8
 batch with their sizes, and the random views are made on the device, as for the in-memory path
-(:class:`ssl_siamese.augment.ViewAugmentation` crops each image inside its own size). With
+(:class:`ssl_siamese.views.augment.ViewAugmentation` crops each image inside its own size). With
 ``decode="device"`` the workers pass the JPEG bytes through and the GPU decodes them (nvJPEG).
 Evaluation images are resized (shorter side) and centre-cropped in the workers.
 
@@ -43,7 +43,7 @@ from ssl_siamese.data.info import DataNotFoundError, ImageTensors
 from ssl_siamese.data.prepare.output import FORMAT, ORDER, reprepare_command
 from ssl_siamese.data.storage import EvaluationSplits, Storage
 from ssl_siamese.data.images import resize_center_crop
-from ssl_siamese.padded import pad_images
+from ssl_siamese.views.padded import pad_images
 
 REMOTE_PREFIXES = ("s3://", "gs://", "gcs://", "azure://", "hf://")
 DECODE_MODES = ("workers", "device")

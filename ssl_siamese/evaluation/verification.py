@@ -16,7 +16,7 @@ from torch import Tensor
 from ssl_siamese.evaluation.plots import log_figure, roc_figure
 from ssl_siamese.evaluation.retrieval import VerificationResult, pair_scores, verification_roc
 from ssl_siamese.evaluation.wandb_media import log_roc_curve
-from ssl_siamese.samplers import balanced_pairs
+from ssl_siamese.data.samplers import balanced_pairs
 
 
 def verification_curve(features: Tensor, labels: Tensor, num_pairs: int = 4000, seed: int = 0) -> VerificationResult:

@@ -1,6 +1,6 @@
 """Each embedding's nearest other embeddings, and the near-duplicate pairs, by cosine similarity.
 
-Both come from one exact search of the set against itself with :class:`ssl_siamese.embeddings.EmbeddingIndex`
+Both come from one exact search of the set against itself with :class:`ssl_siamese.search.embeddings.EmbeddingIndex`
 (a chunked matrix product, or faiss's exact ``IndexFlatIP`` on large sets when faiss is installed). The
 near-duplicate pairs are read off the neighbour lists; only the rows whose whole list lies above the
 threshold (they may have more such partners than ``k``) are compared with every row again, so the pairs are
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssl_siamese.embeddings import EmbeddingIndex
+from ssl_siamese.search.embeddings import EmbeddingIndex
 
 DUPLICATE_DEVIATIONS = 4.0  # robust standard deviations below the typical log nearest-neighbour distance
 MIN_SPREAD = 0.1  # floor of that deviation (log units), so a set of equally spaced images lists none

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssl_siamese.images import decode_files
+from ssl_siamese.data.images import decode_files
 
 SHEET_COLUMNS = 32  # tiles per row and per column of a sheet: 1,024 images a sheet
 MISSING_GREY = 200  # the tile of a file that could not be read

@@ -30,10 +30,10 @@ from lightly.utils.scheduler import CosineWarmupScheduler
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor, nn
 
-from ssl_siamese.augment import ViewAugmentation
+from ssl_siamese.views.augment import ViewAugmentation
 from ssl_siamese.backbones import build_backbone
-from ssl_siamese.loader import estimated_stepping_batches, finish_epoch_boundary_restart
-from ssl_siamese.methods.views import method_augmentations
+from ssl_siamese.data.loader import estimated_stepping_batches, finish_epoch_boundary_restart
+from ssl_siamese.views.presets import method_augmentations
 
 OPTIMIZERS = ("sgd", "lars", "adamw")
 

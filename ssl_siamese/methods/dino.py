@@ -24,10 +24,10 @@ from lightly.models.utils import deactivate_requires_grad
 from lightly.utils.scheduler import cosine_schedule
 from torch import Tensor, nn
 
-from ssl_siamese.augment import ViewAugmentation
+from ssl_siamese.views.augment import ViewAugmentation
 from ssl_siamese.methods.base import SiameseModule
 from ssl_siamese.methods.ema import EMATarget, ema_copy
-from ssl_siamese.methods.views import default_local_size, dino_augmentations
+from ssl_siamese.views.presets import default_local_size, dino_augmentations
 
 
 class DINO(EMATarget, SiameseModule):

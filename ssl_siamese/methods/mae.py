@@ -31,7 +31,7 @@ import torch
 from lightly.models import utils
 from torch import Tensor, nn
 
-from ssl_siamese.augment import ViewAugmentation
+from ssl_siamese.views.augment import ViewAugmentation
 from ssl_siamese.backbones import check_input_size, vit_pooling
 from ssl_siamese.extras import require
 from ssl_siamese.methods.base import SiameseModule

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ssl_siamese.losses import InfoNCELoss
 from ssl_siamese.methods.base import SiameseModule
 from ssl_siamese.methods.ema import EMATarget, ema_copy
-from ssl_siamese.queue import KeyQueue
+from ssl_siamese.methods.queue import KeyQueue
 
 
 class MoCo(EMATarget, SiameseModule):

@@ -3,7 +3,7 @@
 The self-supervised methods learn from two views of one image; this one also knows which images share a
 class. Training batches are uint8 images + labels (best as P x K batches, :class:`PKBatchSampler`); the base
 class makes two augmented views of each, so every image brings an extra positive. The losses are our own
-(:mod:`ssl_siamese.metric_losses`): lightly has no margin contrastive loss and no triplet loss with mining.
+(:mod:`ssl_siamese.losses.metric`): lightly has no margin contrastive loss and no triplet loss with mining.
 ``pretrained`` starts the backbone from an exported self-supervised backbone (SSL + Siamese fine-tuning);
 checkpoints record its architecture, not its path, so they load after the file has moved.
 
@@ -23,8 +23,8 @@ from torch import Tensor, nn
 
 from ssl_siamese.export import load_backbone
 from ssl_siamese.methods.base import SiameseModule
-from ssl_siamese.metric_losses import ContrastiveLoss, TripletLoss
-from ssl_siamese.samplers import balanced_pairs
+from ssl_siamese.losses.metric import ContrastiveLoss, TripletLoss
+from ssl_siamese.data.samplers import balanced_pairs
 from ssl_siamese.views.presets import metric_learning_views
 
 LOSSES = ("triplet", "contrastive")

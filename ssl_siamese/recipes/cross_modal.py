@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from ssl_siamese.checkpoints import check_resume_checkpoint, read_checkpoint
+from ssl_siamese.export.checkpoints import check_resume_checkpoint, read_checkpoint
 from ssl_siamese.cli.loggers import finish_loggers
 from ssl_siamese.cli.recipe import USER_ERRORS, write_results
 from ssl_siamese.crossmodal.datamodule import IconTextDataModule

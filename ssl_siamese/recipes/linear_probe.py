@@ -36,7 +36,7 @@ from jsonargparse import Namespace
 from ssl_siamese.cli.arguments import parse_args as parse_checked
 from ssl_siamese.cli.loggers import finish_loggers, make_logger
 from ssl_siamese.cli.recipe import Flag, function_parser, recipe_main, write_results
-from ssl_siamese.embeddings import embed_images
+from ssl_siamese.search.embeddings import embed_images
 from ssl_siamese.evaluation.labelled_data import (
     choose_dataset,
     evaluation_data,

@@ -41,7 +41,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 
 from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
 from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
-from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint, read_checkpoint
+from ssl_siamese.export.checkpoints import SafeCheckpointIO, check_resume_checkpoint, read_checkpoint
 from ssl_siamese.cli.loggers import LOGGERS, WANDB_MODES, WandbRunId, finish_loggers, make_logger, stored_wandb_run_id
 from ssl_siamese.cli.recipe import Flag, recipe_main, write_results
 from ssl_siamese.data.pk import NEAR_DUPLICATE_MODES, PKDataModule
@@ -106,7 +106,7 @@ def run_siamese(dataset: str = "fashion_mnist", data_dir: str = "./data",
     (SGD, cosine schedule). ``class_balanced``, ``near_duplicates`` and ``hash_size`` are
     :class:`PKDataModule`'s. ``n_query=None`` sizes the episodes to the data (:func:`choose_n_query`).
     Checkpoints: ``<out>/checkpoints/last.ckpt`` at each epoch end, or every ``ckpt_every_n_steps`` steps;
-    ``ckpt_path`` resumes from one. ``log_to`` and ``wandb_mode`` are :func:`ssl_siamese.loggers.make_logger`'s;
+    ``ckpt_path`` resumes from one. ``log_to`` and ``wandb_mode`` are :func:`ssl_siamese.cli.loggers.make_logger`'s;
     a run resumed from a checkpoint continues the W&B run the checkpoint was written under.
     Raises ``ValueError`` for a selection, evaluation size or checkpoint that cannot work, before training.
 

@@ -30,7 +30,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.loggers import WandbLogger
 
 from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
-from ssl_siamese.checkpoints import check_resume_checkpoint, read_checkpoint
+from ssl_siamese.export.checkpoints import check_resume_checkpoint, read_checkpoint
 from ssl_siamese.cli.lightning import SSLCLI
 from ssl_siamese.cli.recipe import USER_ERRORS, write_results
 from ssl_siamese.evaluation.ranking import ranking_metrics

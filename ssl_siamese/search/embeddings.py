@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from ssl_siamese.augment import ViewAugmentation
+from ssl_siamese.views.augment import ViewAugmentation
 from ssl_siamese.data.images import DEFAULT_BACKGROUND, read_images, resize_center_crop
 
 Images = Union[Tensor, np.ndarray, str, os.PathLike, Sequence[Union[Tensor, np.ndarray, str, os.PathLike]]]

@@ -1,5 +1,5 @@
 """Embed the texts of a file (one per line, or a JSONL field) with a trained text encoder, into an ``.npz``
-that :class:`~ssl_siamese.embeddings.EmbeddingIndex` loads.
+that :class:`~ssl_siamese.search.embeddings.EmbeddingIndex` loads.
 
 The model is a folder that the text_siamese recipe exported (``<out>/exported_models/text_encoder``:
 built-in, hashed bag or sentence-transformers) or its Lightning checkpoint (``.ckpt``). The ``.npz``

@@ -8,7 +8,7 @@ gradients (``lightly.utils.dist.gather``), so a run on W ranks of batch B sees t
 process on the whole batch. Given each text's key (:func:`text_keys`), a candidate that is a copy of the
 query's own positive, or the positive of another pair with the same query, is not counted as a negative
 (duplicate texts are common in real pair files: 9% of Debian's training pairs share a text with another).
-Margin losses (contrastive, triplet) live in :mod:`ssl_siamese.metric_losses`.
+Margin losses (contrastive, triplet) live in :mod:`ssl_siamese.losses.metric`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from lightly.utils import dist
 from torch import Tensor, nn
 
-from ssl_siamese.queue import gather_from_all_ranks
+from ssl_siamese.methods.queue import gather_from_all_ranks
 
 
 def text_keys(texts: Sequence[str]) -> Tensor:

@@ -21,7 +21,7 @@ import torch
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
-from ssl_siamese.metric_losses import ContrastiveLoss
+from ssl_siamese.losses.metric import ContrastiveLoss
 from ssl_siamese.text.encoder import build_text_encoder
 from ssl_siamese.text.losses import CosineSimilarityLoss, InBatchNegativesLoss
 

@@ -20,7 +20,7 @@ Example (Python):
 Example (recipe YAML, ``--config``):
     model:
       augmentation:
-        class_path: ssl_siamese.kornia_views.KorniaViews
+        class_path: ssl_siamese.views.kornia_views.KorniaViews
         init_args:
           size: 32
           ops:

@@ -2,8 +2,8 @@
 
 The output follows ``notes/shards_format.md``: ``OUT_DIR/train/`` and ``OUT_DIR/val/`` are litdata optimized
 datasets of ``{"image": encoded JPEG/PNG bytes, "label": int (-1 unlabelled), "index": int}``, beside
-``dataset.json`` (written last) and ``skipped.txt``. Files are listed and decoded by :mod:`ssl_siamese.images`
-(:func:`~ssl_siamese.images.list_image_files`, :func:`~ssl_siamese.images.read_image`); an RGB or grayscale
+``dataset.json`` (written last) and ``skipped.txt``. Files are listed and decoded by :mod:`ssl_siamese.data.images`
+(:func:`~ssl_siamese.data.images.list_image_files`, :func:`~ssl_siamese.data.images.read_image`); an RGB or grayscale
 JPEG whose short side is within the cap is stored as its original bytes.
 
 Each split is written in a random order seeded by ``seed`` (recorded in dataset.json as ``order_seed``):

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ssl_siamese.data.prepare.listing import Job
-from ssl_siamese.images import ImageReadError, read_image
+from ssl_siamese.data.images import ImageReadError, read_image
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ssl_siamese.data.info import MAX_HELD_OUT
-from ssl_siamese.images import list_image_files
+from ssl_siamese.data.images import list_image_files
 
 
 @dataclass(frozen=True)
