@@ -176,24 +176,24 @@ def test_recipe_refuses_unclear_sources(tmp_path, capsys):
                           (["--backbone", "b.pt"], "--backbone needs --data"),
                           (["--embeddings", "e.npz", "--duplicates", "1.5"], "lies in"),
                           (["--embedings", "e.npz"], "did you mean --embeddings")):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as caught:
             main(argv)
-        assert message in capsys.readouterr().err
+        assert message in capsys.readouterr().err + str(caught.value.code)  # a parse error, or a check after it
     with pytest.raises(SystemExit, match="No embeddings file"):
         main(["--embeddings", str(tmp_path / "absent.npz"), "--out", str(tmp_path / "x.html")])
 
 
 def test_recipe_options_round_trip_through_print_config(tmp_path, capsys):
-    from ssl_siamese.recipes.explore import parse_args
+    from ssl_siamese.recipes.explore import _threshold, parse_args
 
     argv = ["--embeddings", "e.npz", "--images", "photos", "--k", "5", "--duplicates", "off", "--thumbnail", "0"]
     with pytest.raises(SystemExit):
         parse_args([*argv, "--print_config"])
     (tmp_path / "explore.yaml").write_text(capsys.readouterr().out)
     args = parse_args(["--config", str(tmp_path / "explore.yaml")])
-    assert (args.embeddings, args.images, args.k, args.duplicates, args.thumbnail) == ("e.npz", "photos", 5, None, 0)
+    assert (args.embeddings, args.images, args.k, args.duplicates, args.thumbnail) == ("e.npz", "photos", 5, "off", 0)
     assert parse_args(["--embeddings", "e.npz"]).duplicates == "auto"
-    assert parse_args(["--embeddings", "e.npz", "--duplicates", "0.97"]).duplicates == 0.97
+    assert [_threshold(value) for value in ("off", "auto", "0.97")] == [None, "auto", 0.97]  # what run_explore uses
 
 
 CIFAR_JPG = "cifar10-jpg/cifar10-jpg.tar.gz"

@@ -8,9 +8,12 @@ import inspect
 import pytest
 
 from ssl_siamese.cli.recipe import Flag, function_parser, option_name
-from ssl_siamese.recipes import export, finetune, linear_probe, siamese
+from ssl_siamese.recipes import duplicates, embed, explore, export, finetune, linear_probe, siamese
 
 RECIPES = {  # recipe module -> its run function (the recipes whose command line is derived from it)
+    duplicates: duplicates.run_duplicates,
+    embed: embed.run_embed,
+    explore: explore.run_explore,
     export: export.run_export,
     finetune: finetune.run_finetune,
     linear_probe: linear_probe.run_linear_probe,
@@ -40,10 +43,22 @@ def test_every_parameter_has_a_flag_with_the_same_default(recipe, capsys):
         assert value == expected, f"{recipe.__name__}: --{key} defaults to {value!r}, {name}= to {expected!r}"
 
 
-def test_a_bad_flag_value_exits_2_naming_the_flag(capsys):
+@pytest.mark.parametrize(("recipe", "argv", "flag", "status"), [
+    (finetune, ["--backbone", "random", "--epochs", "ten"], "--epochs", 2),  # the parser's type check
+    (embed, ["--backbone", "b.pt", "--data", "photos", "--batch_size", "many"], "--batch_size", 2),
+    (duplicates, ["--embeddings", "e.npz", "--threshold", "high"], "--threshold", 2),
+    (explore, ["--embeddings", "e.npz", "--duplicates", "1.5"], "--duplicates", 1),  # checks after parsing
+    (explore, ["--backbone", "b.pt"], "--backbone needs --data", 1),
+    (explore, ["--embeddings", "e.npz", "--data", "photos"], "--data and --save_embeddings go with --backbone", 1),
+], ids=lambda value: value.__name__.rsplit(".", 1)[1] if inspect.ismodule(value) else None)
+def test_a_bad_flag_value_exits_non_zero_naming_the_flag(recipe, argv, flag, status, capsys):
     with pytest.raises(SystemExit) as caught:
-        finetune.main(["--backbone", "random", "--epochs", "ten"])
-    assert caught.value.code == 2 and "--epochs" in capsys.readouterr().err
+        recipe.main(argv)
+    code = caught.value.code  # argparse: status 2, message on stderr; user_errors: the message is the code (1)
+    message = capsys.readouterr().err if isinstance(code, int) else str(code)
+    assert (code if isinstance(code, int) else 1) == status and flag in message, (code, message)
+    if status == 1:
+        assert message.startswith(f"{recipe.__name__}: error: ")
 
 
 def test_a_wrong_input_ends_in_one_message_with_the_recipe_name(tmp_path):

@@ -18,7 +18,6 @@ Example:
 from __future__ import annotations
 
 import csv
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import numpy as np
 from jsonargparse import Namespace
 
 from ssl_siamese.cli.arguments import parse_args as parse_checked
-from ssl_siamese.cli.arguments import recipe_parser
+from ssl_siamese.cli.recipe import Flag, call, function_parser, user_errors
 from ssl_siamese.duplicates import find_duplicates
 
 
@@ -51,7 +50,24 @@ def run_duplicates(data: str | Path | None = None, model: str | Path | None = No
                    device: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Find the pairs above ``threshold`` in ``embeddings`` (an ``.npz``) or in the texts of ``data`` embedded
     with ``model``; write ``out`` (TSV) when given. Returns ``num_items``, ``num_pairs`` and ``pairs``
-    [(score, i, j, id_i, id_j), ...], most similar first."""
+    [(score, i, j, id_i, id_j), ...], most similar first.
+
+    Args:
+        data: Texts: a .txt file (one per line) or a .jsonl file.
+        model: With --data: the text_siamese recipe's exported folder (or checkpoint).
+        embeddings: Instead of --data: an .npz of the embed recipe.
+        threshold: Cosine similarity from which a pair is listed.
+        out: Write all pairs here as TSV.
+        field: .jsonl: the field holding the text.
+        id_field: .jsonl: a field to use as ids (default: the text).
+        batch_size: Texts per forward pass.
+        device: Default: the model's (CPU).
+        progress: Show a progress bar.
+
+    Raises:
+        FileNotFoundError: no ``embeddings`` or ``data`` file.
+        ValueError: neither or both of ``embeddings`` and ``data``, ``data`` without ``model``, an unreadable file.
+    """
     if (embeddings is None) == (data is None):
         raise ValueError("give either --embeddings FILE.npz, or --data FILE (.txt/.jsonl) with --model")
     if embeddings is not None:
@@ -75,31 +91,23 @@ def run_duplicates(data: str | Path | None = None, model: str | Path | None = No
     return {"num_items": len(ids), "num_pairs": len(pairs), "pairs": pairs, "out": None if out is None else str(out)}
 
 
+PROG = "python -m ssl_siamese.recipes.duplicates"
+DESCRIPTION = "List near-duplicate pairs (cosine >= threshold) of texts or of an embeddings .npz."
+FLAGS: dict[str, Flag] = {}
+
+
 def parse_args(argv: list[str] | None = None) -> Namespace:
-    parser = recipe_parser("python -m ssl_siamese.recipes.duplicates",
-                           "List near-duplicate pairs (cosine >= threshold) of texts or of an embeddings .npz.")
-    parser.add_argument("--data", default=None, help="Texts: a .txt file (one per line) or a .jsonl file.")
-    parser.add_argument("--model", default=None, help="With --data: the text_siamese recipe's exported folder "
-                                                      "(or checkpoint).")
-    parser.add_argument("--embeddings", default=None, help="Instead of --data: an .npz of the embed recipe.")
-    parser.add_argument("--threshold", type=float, default=0.95, help="Cosine similarity from which a pair is listed.")
-    parser.add_argument("--out", default=None, help="Write all pairs here as TSV.")
+    """The options of ``run_duplicates`` as flags, and ``--show`` (how many pairs ``main`` prints)."""
+    parser = function_parser(run_duplicates, PROG, DESCRIPTION, FLAGS)
     parser.add_argument("--show", type=int, default=20, help="Pairs printed (most similar first).")
-    parser.add_argument("--field", default="text", help=".jsonl: the field holding the text.")
-    parser.add_argument("--id_field", default=None, help=".jsonl: a field to use as ids (default: the text).")
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--device", default=None, help="Default: the model's (CPU).")
     return parse_checked(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point; user errors exit with a one-line message."""
     args = parse_args(argv)
-    try:
-        summary = run_duplicates(args.data, args.model, args.embeddings, args.threshold, args.out, args.field,
-                                 args.id_field, args.batch_size, args.device)
-    except (FileNotFoundError, ValueError) as error:
-        sys.exit(f"ssl_siamese.recipes.duplicates: error: {error}")
+    with user_errors(PROG.removeprefix("python -m ")):
+        summary = call(run_duplicates, args, FLAGS)
     print(f"{summary['num_pairs']} pairs with cosine >= {args.threshold} among {summary['num_items']} items"
           + (f" -> {summary['out']}" if summary["out"] else ""))
     for score, _, _, a, b in summary["pairs"][:args.show]:

@@ -42,11 +42,11 @@ import torch
 from jsonargparse import Namespace
 
 from ssl_siamese.cli.arguments import parse_args as parse_checked
-from ssl_siamese.cli.arguments import recipe_parser
+from ssl_siamese.cli.recipe import Flag, function_parser, recipe_main
 from ssl_siamese.embeddings import embed_images
 from ssl_siamese.export import load_backbone
 from ssl_siamese.images import IMAGE_EXTENSIONS, decode_files, list_image_files, unreadable_reasons
-from ssl_siamese.recipes._backbone import add_backbone_option, backbone_path
+from ssl_siamese.recipes._backbone import BACKBONE_FORMS, backbone_path
 from ssl_siamese.text.embed_texts import is_text_file, run_embed_text
 
 DEFAULT_IMAGE_SIZE = 64  # for exports that record no input size
@@ -103,16 +103,34 @@ def collect_images(data: str | Path | Sequence[str | Path]) -> tuple[Path, list[
 
 
 def run_embed(backbone: str | Path, data: str | Path | Sequence[str | Path], out: str | Path = "embeddings.npz",
-              batch_size: int = 256, device: str | None = None, progress: bool = True) -> dict[str, Any]:
+              batch_size: int = 256, device: str | None = None, field: str = "text", id_field: str | None = None,
+              progress: bool = True) -> dict[str, Any]:
     """Embed the images of ``data`` (folders, files, glob patterns) with the backbone at ``backbone``; write ``out``.
 
     Returns ``out``, ``num_images``, ``feature_dim``, ``skipped`` (count of files skipped: not images, or
-    unreadable), ``skipped_paths``, ``root`` (what the paths are relative to) and ``classes``.
+    unreadable), ``skipped_paths``, ``root`` (what the paths are relative to) and ``classes``. One ``.txt`` or
+    ``.jsonl`` file in ``data`` holds texts instead: they are embedded with the text model at ``backbone``
+    (:func:`ssl_siamese.text.embed_texts.run_embed_text`; returns ``out``, ``num_texts``, ``feature_dim``).
+
+    Args:
+        backbone: An exported backbone, a Lightning checkpoint or a W&B model artifact; for texts, the
+            text_siamese recipe's exported folder or checkpoint.
+        data: Image folders (searched recursively), image files, or quoted glob patterns; or one .txt/.jsonl file
+            of texts.
+        out: Output .npz file.
+        batch_size: Images (or texts) per forward pass.
+        device: Default: cuda when available, else cpu.
+        field: Texts in a .jsonl --data file: the field holding the text.
+        id_field: Texts in a .jsonl --data file: a field to use as ids (default: the text).
+        progress: Show a progress bar.
 
     Raises:
         FileNotFoundError: nothing at ``backbone``, a ``data`` path that does not exist, or no images.
         ValueError: an unreadable backbone, or no readable image.
     """
+    entries = [data] if isinstance(data, (str, Path)) else list(data)
+    if len(entries) == 1 and is_text_file(entries[0]):
+        return run_embed_text(backbone_path(backbone), entries[0], out, field, id_field, batch_size, device, progress)
     path = backbone_path(backbone)
     root, files, others = collect_images(data)
     model, _, metadata = load_backbone(path)
@@ -148,34 +166,28 @@ def run_embed(backbone: str | Path, data: str | Path | Sequence[str | Path], out
             "skipped": len(skipped), "skipped_paths": skipped_names, "root": str(root), "classes": classes}
 
 
+PROG = "python -m ssl_siamese.recipes.embed"
+DESCRIPTION = "Embed images (folders, files, glob patterns) with a backbone."
+FLAGS = {
+    "backbone": Flag(aliases=("--ckpt",), metavar="PATH", help=f"{BACKBONE_FORMS[0].upper()}{BACKBONE_FORMS[1:]}; "
+                     "for texts, the text_siamese recipe's exported folder or checkpoint."),
+    "data": Flag(nargs="+", type=str),
+}
+
+
 def parse_args(argv: list[str] | None = None) -> Namespace:
-    parser = recipe_parser("python -m ssl_siamese.recipes.embed",
-                           "Embed images (folders, files, glob patterns) with a backbone.")
-    add_backbone_option(parser, more="; for texts, the text_siamese recipe's exported folder or checkpoint")
-    parser.add_argument("--data", required=True, nargs="+",
-                        help="Image folders (searched recursively), image files, or quoted glob patterns.")
-    parser.add_argument("--out", default="embeddings.npz", help="Output .npz file.")
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
-    parser.add_argument("--field", default="text", help="Texts in a .jsonl --data file: the field holding the text.")
-    parser.add_argument("--id_field", default=None, help="Texts in .jsonl: a field to use as ids (default: the text).")
-    return parse_checked(parser, argv)
+    """The options of ``run_embed``, as flags (``--ckpt`` is ``--backbone``)."""
+    return parse_checked(function_parser(run_embed, PROG, DESCRIPTION, FLAGS), argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point; user errors exit with a one-line message."""
-    args = parse_args(argv)
-    try:
-        if len(args.data) == 1 and is_text_file(args.data[0]):
-            summary = run_embed_text(backbone_path(args.backbone), args.data[0], args.out, args.field, args.id_field,
-                                     args.batch_size, args.device)
-            print(f"Embedded {summary['num_texts']} texts ({summary['feature_dim']}-d) -> {summary['out']}")
-            return summary
-        summary = run_embed(args.backbone, args.data, args.out, args.batch_size, args.device)
-    except (FileNotFoundError, ValueError) as error:
-        sys.exit(f"ssl_siamese.recipes.embed: error: {error}")
-    print(f"Embedded {summary['num_images']} images ({summary['feature_dim']}-d, {summary['skipped']} skipped) "
-          f"-> {summary['out']}")
+    summary = recipe_main(run_embed, PROG, DESCRIPTION, FLAGS, argv)
+    if "num_texts" in summary:
+        print(f"Embedded {summary['num_texts']} texts ({summary['feature_dim']}-d) -> {summary['out']}")
+    else:
+        print(f"Embedded {summary['num_images']} images ({summary['feature_dim']}-d, {summary['skipped']} skipped) "
+              f"-> {summary['out']}")
     return summary
 
 

@@ -21,22 +21,20 @@ Example:
 
 from __future__ import annotations
 
-import sys
 import tempfile
-from argparse import Namespace
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
+
+from jsonargparse import Namespace
 
 from ssl_siamese.cli.arguments import parse_args as parse_checked
-from ssl_siamese.cli.arguments import recipe_parser
+from ssl_siamese.cli.recipe import Flag, function_parser, recipe_main
 from ssl_siamese.explorer.page import load_embeddings, write_explorer
 from ssl_siamese.explorer.projection import PROJECTIONS
-from ssl_siamese.recipes._backbone import add_backbone_option
+from ssl_siamese.recipes._backbone import BACKBONE_FORMS
 
-PROG = "python -m ssl_siamese.recipes.explore"
-
-
-def _threshold(text: str) -> float | str | None:
+def _threshold(text: float | str | None) -> float | str | None:
     """``--duplicates``: "auto", a cosine similarity in [-1, 1], or None for 'off'."""
     if str(text).lower() in ("off", "none", "no"):
         return None
@@ -52,69 +50,83 @@ def _threshold(text: str) -> float | str | None:
     return value
 
 
-def parse_args(argv: list[str] | None = None) -> Namespace:
-    parser = recipe_parser(PROG, "Write a self-contained HTML page to explore embeddings.")
-    source = parser.add_argument_group("what to show (--embeddings, or --backbone with --data)")
-    source.add_argument("--embeddings", metavar="NPZ", help="The .npz written by ssl_siamese.recipes.embed.")
-    source.add_argument("--images", metavar="FOLDER",
-                        help="With --embeddings: the folder its paths are relative to (for thumbnails).")
-    add_backbone_option(source, more=": embed --data first", required=False)
-    source.add_argument("--data", nargs="+", help="With --backbone: image folders, files or quoted glob patterns.")
-    source.add_argument("--save_embeddings", metavar="NPZ", help="With --backbone: keep the embeddings here.")
-    source.add_argument("--batch_size", type=int, default=256)
-    source.add_argument("--device", default=None, help="Default: cuda when available, else cpu.")
-    page = parser.add_argument_group("the page")
-    page.add_argument("--out", default="explore.html", help="The HTML file to write.")
-    page.add_argument("--k", type=int, default=10, help="Nearest neighbours listed for each image.")
-    page.add_argument("--duplicates", default="auto", metavar="auto|COSINE|off",
-                      help="Near-duplicate pairs: 'auto' reads the cosine threshold off the embeddings' nearest-"
-                           "neighbour similarities; a number fixes it; 'off' lists none.")
-    page.add_argument("--max_pairs", type=int, default=2000,
-                      help="At most this many duplicate pairs stored in the page (the most similar).")
-    page.add_argument("--projection", choices=PROJECTIONS, default="pca",
-                      help="The 2-D map: pca (fast) or tsne (scikit-learn; minutes for tens of thousands).")
-    page.add_argument("--thumbnail", type=Optional[int], default=None, metavar="PIXELS",
-                      help="Thumbnail side (default 64 up to 5,000 images, 48 up to 15,000, else 32; 0: none).")
-    page.add_argument("--quality", type=int, default=75, help="JPEG quality of the thumbnails (1-95).")
-    page.add_argument("--title", default=None, help="Page title (default: the embeddings' name).")
-    args = parse_checked(parser, argv)
-    if (args.embeddings is None) == (args.backbone is None):
-        parser.error("give --embeddings NPZ, or --backbone PATH with --data FOLDER (one of the two)")
-    if args.backbone is not None and not args.data:
-        parser.error("--backbone needs --data: the image folders, files or glob patterns to embed")
-    if args.embeddings is not None and (args.data or args.save_embeddings):
-        parser.error("--data and --save_embeddings go with --backbone; with --embeddings, --images names the folder")
-    try:
-        args.duplicates = _threshold(args.duplicates)
-    except ValueError as error:
-        parser.error(str(error))
-    return args
+def run_explore(embeddings: str | Path | None = None, images: str | Path | None = None,
+                backbone: str | Path | None = None, data: Sequence[str | Path] | None = None,
+                save_embeddings: str | Path | None = None, batch_size: int = 256, device: str | None = None,
+                out: str | Path = "explore.html", k: int = 10, duplicates: float | str | None = "auto",
+                max_pairs: int = 2000, projection: str = "pca", thumbnail: int | None = None, quality: int = 75,
+                title: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """Embed when asked (``backbone`` with ``data``), then write the page; the summary of ``write_explorer``.
 
+    Args:
+        embeddings: The .npz written by ssl_siamese.recipes.embed (or give --backbone with --data).
+        images: With --embeddings: the folder its paths are relative to (for thumbnails).
+        backbone: Instead of --embeddings: an exported backbone, a Lightning checkpoint or a W&B model artifact
+            to embed --data with first.
+        data: With --backbone: image folders, files or quoted glob patterns.
+        save_embeddings: With --backbone: keep the embeddings in this .npz.
+        batch_size: Images per forward pass when embedding.
+        device: Default: cuda when available, else cpu.
+        out: The HTML file to write.
+        k: Nearest neighbours listed for each image.
+        duplicates: Near-duplicate pairs: 'auto' reads the cosine threshold off the embeddings' nearest-neighbour
+            similarities; a number in [-1, 1] fixes it; 'off' lists none.
+        max_pairs: At most this many duplicate pairs stored in the page (the most similar).
+        projection: The 2-D map: pca (fast) or tsne (scikit-learn; minutes for tens of thousands).
+        thumbnail: Thumbnail side in pixels (default 64 up to 5,000 images, 48 up to 15,000, else 32; 0: none).
+        quality: JPEG quality of the thumbnails (1-95).
+        title: Page title (default: the embeddings' name).
+        progress: Show a progress bar while embedding.
 
-def run_explore(args: Namespace) -> dict[str, Any]:
-    """Embed when asked (``--backbone``), then write the page; the summary of ``write_explorer``."""
-    options = {"k": args.k, "duplicate_threshold": args.duplicates, "max_pairs": args.max_pairs,
-               "projection": args.projection, "thumbnail": args.thumbnail, "quality": args.quality}
-    if args.embeddings is not None:
-        title = args.title or f"Embeddings: {Path(args.embeddings).name}"
-        return write_explorer(load_embeddings(args.embeddings), args.out, image_root=args.images, title=title,
-                              **options)
+    Raises:
+        ValueError: neither or both of ``embeddings`` and ``backbone``, ``backbone`` without ``data``, ``data``
+            or ``save_embeddings`` with ``embeddings``, or a ``duplicates`` that is not auto, off or a cosine.
+        FileNotFoundError: no ``embeddings`` file, no ``backbone``, or no images in ``data``.
+    """
+    if (embeddings is None) == (backbone is None):
+        raise ValueError("give --embeddings NPZ, or --backbone PATH with --data FOLDER (one of the two)")
+    if backbone is not None and not data:
+        raise ValueError("--backbone needs --data: the image folders, files or glob patterns to embed")
+    if embeddings is not None and (data or save_embeddings):
+        raise ValueError("--data and --save_embeddings go with --backbone; with --embeddings, --images names the "
+                         "folder")
+    options = {"k": k, "duplicate_threshold": _threshold(duplicates), "max_pairs": max_pairs,
+               "projection": projection, "thumbnail": thumbnail, "quality": quality}
+    if embeddings is not None:
+        title = title or f"Embeddings: {Path(embeddings).name}"
+        return write_explorer(load_embeddings(embeddings), out, image_root=images, title=title, **options)
     from ssl_siamese.recipes.embed import run_embed
 
     with tempfile.TemporaryDirectory() as folder:
-        npz = args.save_embeddings or Path(folder) / "embeddings.npz"
-        embedded = run_embed(args.backbone, args.data, npz, args.batch_size, args.device)
-        title = args.title or f"{Path(args.backbone).name} on {embedded['root']}"
-        return write_explorer(load_embeddings(npz), args.out, image_root=embedded["root"], title=title, **options)
+        npz = save_embeddings or Path(folder) / "embeddings.npz"
+        embedded = run_embed(backbone, data, npz, batch_size, device, progress=progress)
+        title = title or f"{Path(backbone).name} on {embedded['root']}"
+        return write_explorer(load_embeddings(npz), out, image_root=embedded["root"], title=title, **options)
+
+
+PROG = "python -m ssl_siamese.recipes.explore"
+DESCRIPTION = "Write a self-contained HTML page to explore embeddings."
+FLAGS = {
+    "embeddings": Flag(metavar="NPZ"),
+    "images": Flag(metavar="FOLDER"),
+    "backbone": Flag(aliases=("--ckpt",), metavar="PATH",
+                     help=f"{BACKBONE_FORMS[0].upper()}{BACKBONE_FORMS[1:]}: embed --data first."),
+    "data": Flag(nargs="+", type=str),
+    "save_embeddings": Flag(metavar="NPZ"),
+    "duplicates": Flag(type=str, metavar="auto|COSINE|off"),
+    "projection": Flag(choices=PROJECTIONS),
+    "thumbnail": Flag(metavar="PIXELS"),
+}
+
+
+def parse_args(argv: list[str] | None = None) -> Namespace:
+    """The options of ``run_explore``, as flags (``--ckpt`` is ``--backbone``)."""
+    return parse_checked(function_parser(run_explore, PROG, DESCRIPTION, FLAGS), argv)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point; user errors exit with a one-line message."""
-    args = parse_args(argv)
-    try:
-        summary = run_explore(args)
-    except (FileNotFoundError, ValueError, ImportError) as error:
-        sys.exit(f"ssl_siamese.recipes.explore: error: {error}")
+    summary = recipe_main(run_explore, PROG, DESCRIPTION, FLAGS, argv)
     duplicates = summary["duplicate_pairs"]
     print(f"Explorer page for {summary['points']} images ({summary['bytes'] / 1e6:.1f} MB, thumbnails "
           f"{summary['thumbnail'] or 'none'}{' px' if summary['thumbnail'] else ''}"
