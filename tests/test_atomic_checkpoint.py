@@ -1,6 +1,6 @@
 """A crash while a checkpoint is being written leaves the previous last.ckpt whole and loadable.
 
-The recipes save through ``ssl_siamese.checkpoints.SafeCheckpointIO``: a temporary file in the checkpoint's
+The recipes save through ``ssl_siamese.export.checkpoints.SafeCheckpointIO``: a temporary file in the checkpoint's
 own folder, fsynced, then ``os.replace``d over the target; and they read checkpoints weights-only.
 """
 
@@ -15,7 +15,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from ssl_siamese.checkpoints import CheckpointError, SafeCheckpointIO, read_checkpoint
+from ssl_siamese.export.checkpoints import CheckpointError, SafeCheckpointIO, read_checkpoint
 
 FAIL_AT_STEP = 3
 

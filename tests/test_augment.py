@@ -205,7 +205,7 @@ def test_the_other_presets_keep_their_settings():
         (0.5, 1.0), 0.0, 0.0, 0.0)
 
 
-@pytest.mark.parametrize("class_path", ["ssl_siamese.augment.ViewAugmentation",  # the path in recipes/*.yaml
+@pytest.mark.parametrize("class_path", ["ssl_siamese.augment.ViewAugmentation",  # the old path, in users' YAMLs
                                         "ssl_siamese.views.augment.ViewAugmentation"])
 def test_a_yaml_class_path_old_or_new_gives_the_view_augmentation(class_path):
     parser = ArgumentParser()

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from ssl_siamese import SimCLR, export_backbone, load_backbone
-from ssl_siamese.checkpoints import CheckpointError, SafeCheckpointIO, check_resume_checkpoint, read_checkpoint
+from ssl_siamese.export.checkpoints import CheckpointError, SafeCheckpointIO, check_resume_checkpoint, read_checkpoint
 from ssl_siamese.recipes import embed, finetune, linear_probe
 
 REPO = Path(__file__).resolve().parents[1]

@@ -399,7 +399,7 @@ def test_environment_variable_wins_over_the_system_copy(tmp_path, monkeypatch):
 
 
 def test_resumable_loader_shards_ranks_disjointly_and_reorders_each_epoch():
-    from ssl_siamese.loader import ResumableBatchLoader
+    from ssl_siamese.data.loader import ResumableBatchLoader
 
     images, labels = torch.arange(10).view(10, 1), torch.arange(10)
     shards = [ResumableBatchLoader(images, labels, batch_size=2, seed=3, rank=r, world_size=2) for r in range(2)]

@@ -268,7 +268,7 @@ def test_supervised_siamese_ddp_ranks_train_on_their_own_pk_batches(tmp_path):
 
     from ssl_siamese.data.pk import PKDataModule
     from ssl_siamese.methods.siamese import SupervisedSiamese
-    from ssl_siamese.samplers import PKBatchSampler
+    from ssl_siamese.data.samplers import PKBatchSampler
 
     model = SupervisedSiamese(backbone="tiny_cnn", view_size=32, mean=(0.5,) * 3, std=(0.25,) * 3)
     data = PKDataModule("synthetic", train_classes=range(6), eval_classes=range(6, 10), p=3, k=4,

@@ -19,8 +19,8 @@ from ssl_siamese import SimCLR, export_backbone, load_backbone
 from ssl_siamese import embeddings as embeddings_module
 from ssl_siamese.backbones import build_backbone
 from ssl_siamese.data import DATASETS, load_split
-from ssl_siamese.embeddings import EmbeddingIndex, embed_images, preprocessing
-from ssl_siamese.oneshot import UNKNOWN, OneShotClassifier
+from ssl_siamese.search.embeddings import EmbeddingIndex, embed_images, preprocessing
+from ssl_siamese.search.oneshot import UNKNOWN, OneShotClassifier
 from ssl_siamese.recipes import embed as embed_recipe
 from ssl_siamese.recipes.embed import run_embed
 from ssl_siamese.recipes.finetune import build_init, run_finetune
@@ -313,7 +313,7 @@ def test_loaded_backbone_gives_plain_inference_features_and_can_be_unfrozen(tmp_
 def test_transform_takes_gray_alpha_rgb_and_rgba_against_a_float64_reference():
     from torchvision.io import ImageReadMode, read_image as torchvision_read_image
 
-    from ssl_siamese.images import read_image
+    from ssl_siamese.data.images import read_image
 
     icon = adwaita_rgba_icon()
     metadata = {"image_size": 24, "mean": (0.4, 0.5, 0.6), "std": (0.2, 0.25, 0.3)}
@@ -362,7 +362,7 @@ def test_images_are_scaled_by_dtype_uint8_uint16_float():
 
 
 def test_classify_takes_images_of_any_size_and_file_paths(tmp_path):
-    from ssl_siamese.images import read_image
+    from ssl_siamese.data.images import read_image
 
     colour = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())  # features = mean colour
     metadata = {"image_size": 4, "mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}

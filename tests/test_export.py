@@ -14,7 +14,7 @@ from torch import nn
 from ssl_siamese import LoadedBackbone, OneShotClassifier, SimCLR, SimSiam, embed_images, export_backbone, load_backbone
 from ssl_siamese.backbones import torchvision_resnet
 from ssl_siamese.data.folders import load_folder
-from ssl_siamese.images import read_image
+from ssl_siamese.data.images import read_image
 
 COCO = "coco128/coco128.tar"  # real photos, 640 px wide and 4xx px high: not square
 

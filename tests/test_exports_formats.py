@@ -31,8 +31,8 @@ from torch import nn
 from ssl_siamese import SimCLR, SimSiam, export_backbone, load_backbone
 from ssl_siamese.data import read_idx
 from ssl_siamese.export import export_pretrained
-from ssl_siamese.hub import hub_files, push_to_hub
-from ssl_siamese.pretrained_folder import header_metadata, metadata_from_header
+from ssl_siamese.export.hub import hub_files, push_to_hub
+from ssl_siamese.export.pretrained_folder import header_metadata, metadata_from_header
 from ssl_siamese.recipes import export as export_recipe
 
 README = REPO / "README.md"

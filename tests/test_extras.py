@@ -36,7 +36,7 @@ def test_a_missing_package_says_which_extra_installs_it(monkeypatch):
 
 
 def test_features_fail_with_the_hint_where_they_are_used(monkeypatch, tmp_path):
-    from ssl_siamese.runtime_export import run_exported
+    from ssl_siamese.export.runtime import run_exported
     from ssl_siamese.text.retrieval import bm25_search
 
     monkeypatch.setitem(sys.modules, "bm25s", None)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from helpers import adwaita_theme
-from ssl_siamese.images import DEFAULT_BACKGROUND, ImageReadError, list_image_files, read_image, read_images
+from ssl_siamese.data.images import DEFAULT_BACKGROUND, ImageReadError, list_image_files, read_image, read_images
 
 def adwaita_icons(mode: str, transparency_info: bool = False, limit: int = 4, under: str = "") -> list[Path]:
     """Up to ``limit`` Adwaita PNGs of ``mode`` with fully and partly transparent pixels; skip when absent."""

@@ -71,7 +71,7 @@ def test_recipe_yaml_with_a_kornia_pipeline_runs_and_repeats_under_its_seed(tmp_
     config = {
         "seed_everything": 7,
         "model": {"backbone": "tiny_cnn", "augmentation": {
-            "class_path": "ssl_siamese.kornia_views.KorniaViews",
+            "class_path": "ssl_siamese.views.kornia_views.KorniaViews",
             "init_args": {"size": 28, "ops": [
                 {"class_path": "kornia.augmentation.RandomResizedCrop",
                  "init_args": {"size": [28, 28], "scale": [0.2, 1.0]}},

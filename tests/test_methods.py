@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ssl_siamese import DINO, MoCo, SimCLR, SimSiam
-from ssl_siamese.augment import ViewAugmentation
+from ssl_siamese.views.augment import ViewAugmentation
 from ssl_siamese.backbones import build_backbone
 
 SMALL = dict(backbone="tiny_cnn", view_size=16)

@@ -402,7 +402,7 @@ def test_byol_target_identical_on_both_ranks(ddp_runs):
 
 # ---- learning on real data through the recipe command --------------------------------------------------
 # the quickstart's views for 28-pixel gray images (recipes/quickstart.yaml): BYOL's 0.08 crops are too harsh here
-QUICKSTART_VIEWS = ["--model.augmentation", "ssl_siamese.augment.ViewAugmentation", "--model.augmentation.size", "28",
+QUICKSTART_VIEWS = ["--model.augmentation", "ssl_siamese.views.augment.ViewAugmentation", "--model.augmentation.size", "28",
                     "--model.augmentation.crop_scale", "[0.2, 1.0]", "--model.augmentation.mean", "[0.286, 0.286, 0.286]",
                     "--model.augmentation.std", "[0.353, 0.353, 0.353]"]
 

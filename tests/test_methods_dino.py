@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ssl_siamese.augment import ViewAugmentation, _aspect
+from ssl_siamese.views.augment import ViewAugmentation, _aspect
 from ssl_siamese.methods import DINO
 
 from helpers import average_over_ranks, fashion_mnist_dir, needs_fashion_mnist, run_gloo_ranks

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ssl_siamese.metric_losses import ContrastiveLoss, TripletLoss, pairwise_distance_matrix
-from ssl_siamese.samplers import PKBatchSampler, assert_no_class_overlap, balanced_pairs, class_disjoint_split
+from ssl_siamese.losses.metric import ContrastiveLoss, TripletLoss, pairwise_distance_matrix
+from ssl_siamese.data.samplers import PKBatchSampler, assert_no_class_overlap, balanced_pairs, class_disjoint_split
 
 # Class 3 has one sample: it is a negative for others but never an anchor.
 LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 3])

@@ -13,8 +13,8 @@ import torch
 from helpers import find_data_file, needs_data_file
 
 from ssl_siamese import OneShotClassifier, SimCLR, export_backbone, load_backbone
-from ssl_siamese.images import ImageReadError, list_image_files
-from ssl_siamese.oneshot import UNREADABLE
+from ssl_siamese.data.images import ImageReadError, list_image_files
+from ssl_siamese.search.oneshot import UNREADABLE
 
 CIFAR_JPG = "cifar10-jpg/cifar10-jpg.tar.gz"
 CLASSES, PER_CLASS = ("cat", "ship"), 4

@@ -24,7 +24,7 @@ from torchvision.io import ImageReadMode, decode_image
 from helpers import REPO, find_data_file, needs_data_file
 from ssl_siamese.data import prepare as prep
 from ssl_siamese.data.prepare import listing as prep_listing
-from ssl_siamese.images import list_image_files, read_image
+from ssl_siamese.data.images import list_image_files, read_image
 
 TAR = "imagenette-224/imagenette-224.tar"
 CLASSES = 4

@@ -3,7 +3,7 @@
 import torch
 import torch.nn.functional as F
 
-from ssl_siamese.queue import KeyQueue
+from ssl_siamese.methods.queue import KeyQueue
 
 
 def unit(n, dim=4, offset=0):

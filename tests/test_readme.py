@@ -15,7 +15,7 @@ from helpers import REPO, adwaita_theme, fashion_mnist_dir, needs_fashion_mnist
 from ssl_siamese.cli import main
 from ssl_siamese.data import load_split
 from ssl_siamese.methods.simclr import SimCLR
-from ssl_siamese.oneshot import UNKNOWN
+from ssl_siamese.search.oneshot import UNKNOWN
 
 README = REPO / "README.md"
 CLASSES = {1: "trouser", 8: "bag", 9: "boot"}  # registered: one reference each

@@ -19,7 +19,7 @@ from PIL import Image
 import ssl_siamese
 import ssl_siamese.methods
 from ssl_siamese import SSLDataModule, load_backbone
-from ssl_siamese.console import main as console_main
+from ssl_siamese.cli.console import main as console_main
 from ssl_siamese.data.pk import PKDataModule
 from ssl_siamese.methods.base import SiameseModule
 from ssl_siamese.methods.registry import METHODS, method_class

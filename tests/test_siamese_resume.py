@@ -22,10 +22,10 @@ import torch
 from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
 from ssl_siamese.data import make_synthetic
 from ssl_siamese.data.pk import PKDataModule
-from ssl_siamese.loader import IndexedBatchLoader
+from ssl_siamese.data.loader import IndexedBatchLoader
 from ssl_siamese.methods.siamese import SupervisedSiamese
 from ssl_siamese.recipes.siamese import checkpoint_callback
-from ssl_siamese.samplers import PKBatchSampler
+from ssl_siamese.data.samplers import PKBatchSampler
 from test_resume import Crash, CrashAtStep
 
 from helpers import fashion_mnist_dir, offline_wandb_run_ids

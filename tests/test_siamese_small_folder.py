@@ -81,7 +81,7 @@ def test_small_folder_evaluation_is_sized_to_the_data(small_folder, tmp_path, ca
     assert result["train_classes"] == sorted(NAMES)[:5] and result["eval_classes"] == sorted(NAMES)[5:]
     # the safetensors folder beside the .pt, with the unseen-class figures in its header and model card
     from ssl_siamese.export import load_backbone
-    from ssl_siamese.pretrained_folder import read_pretrained
+    from ssl_siamese.export.pretrained_folder import read_pretrained
 
     folder = tmp_path / "exported_models" / "backbone"
     assert result["backbone_folder"] == str(folder) and (folder / "model.safetensors").is_file()

@@ -20,7 +20,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ssl_siamese.augment import ViewAugmentation
+from ssl_siamese.views.augment import ViewAugmentation
 from ssl_siamese.data import SSLDataModule
 from ssl_siamese.data.info import DataNotFoundError
 from ssl_siamese.data.mixing import distinct_classes_per_batch, uniform_distinct_classes

@@ -105,7 +105,7 @@ def test_recipe_run_has_group_tags_config_and_model_artifact(tmp_path):
 
 
 def test_wandb_artifact_reference_errors_are_clear(monkeypatch):
-    from ssl_siamese.loggers import fetch_wandb_artifact
+    from ssl_siamese.cli.loggers import fetch_wandb_artifact
 
     with pytest.raises(ValueError, match="wandb:ENTITY/PROJECT/NAME:ALIAS"):
         fetch_wandb_artifact("wandb:just-a-name")
