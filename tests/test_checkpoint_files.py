@@ -185,4 +185,4 @@ def test_siamese_recipe_pretrained_on_wrong_files_exits_with_the_message(tmp_pat
         with pytest.raises(SystemExit, match=message) as caught:
             siamese.main(["--pretrained", str(path), "--data.dataset", "synthetic", "--epochs", "0",
                           "--episodes", "5", "--out", str(tmp_path / "out"), "--log_to", "none"])
-        assert str(caught.value.code).startswith("python -m ssl_siamese.recipes.siamese: error: ")
+        assert str(caught.value.code).startswith("ssl_siamese.recipes.siamese: error: ")

@@ -66,3 +66,23 @@ def test_a_wrong_input_ends_in_one_message_with_the_recipe_name(tmp_path):
         export.main(["--ckpt", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "x")])
     assert str(caught.value.code).startswith("ssl_siamese.recipes.export: error: No exported backbone")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("raised", "ends"), [(FileNotFoundError("no folder data/x"), "message"),
+                                              (ImportError("install kornia"), "message"),
+                                              (RuntimeError("a bug"), "traceback")])
+def test_a_lightning_recipe_fails_as_the_function_recipes_do(raised, ends, monkeypatch, tmp_path):
+    """user_errors is the Lightning recipes' wrapper too: a wrong input ends in one line, a bug keeps its traceback."""
+    from ssl_siamese import SimCLR
+    from ssl_siamese.cli import lightning
+    from ssl_siamese.data import SSLDataModule
+
+    def setup(self, stage=None):
+        raise raised
+
+    monkeypatch.setattr(SSLDataModule, "setup", setup)
+    argv = ["--model.backbone", "tiny_cnn", "--data.dataset", "synthetic", "--log_to", "none", "--out", str(tmp_path)]
+    with pytest.raises(SystemExit if ends == "message" else RuntimeError) as caught:
+        lightning.main(SimCLR, "simclr", argv)
+    if ends == "message":
+        assert caught.value.code == f"ssl_siamese.recipes.simclr: error: {raised}"

@@ -32,6 +32,7 @@ from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
 from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
 from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint, read_checkpoint
 from ssl_siamese.cli.arguments import closest_option
+from ssl_siamese.cli.recipe import user_errors
 from ssl_siamese.data import SSLDataModule
 from ssl_siamese.data.folders import folder_split_dir
 from ssl_siamese.data.streamed import is_remote
@@ -335,7 +336,11 @@ def interrupt_checkpoint(trainer: pl.Trainer, out: Path, method_name: str, args:
 
 def main(model_class: type[pl.LightningModule], method_name: str,
          args: list[str] | None = None) -> dict[str, Any]:
-    """Parse, check the data, measure kNN at init, train, export. User errors exit with a message.
+    """Parse, check the data, measure kNN at init, train, export.
+
+    A wrong input found before training (``cli.recipe.USER_ERRORS``: no data, a wrong ``--ckpt_path``, a missing
+    optional package) ends in ``ssl_siamese.recipes.<method>: error: <message>``, exit status 1, as in the function
+    recipes; anything else keeps its traceback, and checkpoints already written stay.
 
     Returns a summary: ``knn_history`` [KNNMeasurement(epoch, top1, top5, step), ...] (epoch -1: at
     initialisation), ``knn_pixels`` (the raw pixels' KNNMeasurement, or None),
@@ -346,15 +351,13 @@ def main(model_class: type[pl.LightningModule], method_name: str,
     warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer`.*")
     # litdata's StreamingDataset computes its length per rank and worker, which this warning doubts in general.
     warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
-    try:
+    with user_errors(f"ssl_siamese.recipes.{method_name}"):  # a wrong input before training: one line, no traceback
         cli = SSLCLI(model_class, method_name, args)
         trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
         datamodule.prepare_data()
         datamodule.setup("fit")
         if cli.config_init["ckpt_path"]:
             check_resume_checkpoint(model, cli.config_init["ckpt_path"])
-    except (FileNotFoundError, ValueError) as error:  # DataNotFoundError and CheckpointError among them
-        sys.exit(f"ssl_siamese.recipes.{method_name}: error: {error}")
     out = Path(cli.config_init["out"])
     has_labels = datamodule.num_classes is not None
     if has_labels:  # evaluation on the side, before the checkpoint callbacks so their state is saved
