@@ -36,7 +36,7 @@ _EXPORTS = {
     "export_pretrained": "ssl_siamese.export.backbone",
     "load_backbone": "ssl_siamese.export.backbone",
     "LoadedBackbone": "ssl_siamese.export.backbone",
-    "Preprocess": "ssl_siamese.search.embeddings",
+    "Preprocess": "ssl_siamese.views.preprocess",
     "embed_images": "ssl_siamese.search.embeddings",
     "EmbeddingIndex": "ssl_siamese.search.embeddings",
     "OneShotClassifier": "ssl_siamese.search.oneshot",
@@ -61,8 +61,9 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from ssl_siamese.export.backbone import LoadedBackbone, export_backbone, export_pretrained, load_backbone
     from ssl_siamese.methods import BYOL, DINO, MAE, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam, VICReg
     from ssl_siamese.methods.siamese import SupervisedSiamese
-    from ssl_siamese.search.embeddings import EmbeddingIndex, Preprocess, embed_images
+    from ssl_siamese.search.embeddings import EmbeddingIndex, embed_images
     from ssl_siamese.search.oneshot import OneShotClassifier
+    from ssl_siamese.views.preprocess import Preprocess
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 _moved.install()  # old module paths (ssl_siamese.augment, ...) answer with the moved modules

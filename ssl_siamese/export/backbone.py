@@ -33,7 +33,7 @@ from ssl_siamese.backbones import TORCHVISION_RESNETS, build_backbone, is_backbo
 from ssl_siamese.export.checkpoints import EXPORT_FORMAT, bare_state_dict, read_checkpoint
 from ssl_siamese.export.pretrained_folder import looks_like_safetensors, read_pretrained
 from ssl_siamese.methods.registry import METHODS, method_class
-from ssl_siamese.search.embeddings import RESIZE, Preprocess, preprocessing
+from ssl_siamese.views.preprocess import RESIZE, Preprocess, preprocessing
 
 FORMAT = EXPORT_FORMAT
 
