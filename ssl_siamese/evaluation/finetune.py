@@ -23,13 +23,13 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-from ssl_siamese.augment import ViewAugmentation
 from ssl_siamese.backbones import TORCHVISION_RESNETS, build_backbone, torchvision_resnet
 from ssl_siamese.checkpoints import read_checkpoint
 from ssl_siamese.data import DATASETS, IMAGENET_MEAN, IMAGENET_STD
 from ssl_siamese.embeddings import Preprocess
 from ssl_siamese.evaluation.labelled_data import labelled_datasets
 from ssl_siamese.export import load_backbone
+from ssl_siamese.views.presets import finetune_views
 
 
 class FineTuneClassifier(pl.LightningModule):
@@ -49,8 +49,7 @@ class FineTuneClassifier(pl.LightningModule):
         self.backbone = backbone
         self.feature_dim = feature_dim
         self.head = nn.Linear(feature_dim, num_classes)
-        self.augmentation = ViewAugmentation(image_size, crop_scale=(0.5, 1.0), jitter_prob=0.0,
-                                             grayscale_prob=0.0, mean=mean, std=std)
+        self.augmentation = finetune_views(image_size, mean, std)
 
     def forward(self, images: Tensor) -> Tensor:
         """Logits of normalised images."""

@@ -42,12 +42,16 @@ def run_export(ckpt: str | Path, fmt: str = "safetensors", out: str | Path = "ex
 
     Args:
         ckpt: Lightning checkpoint (.ckpt), exported backbone (.pt), or exported folder / model.safetensors.
-        fmt: The format: safetensors, onnx, torchscript or torch_export.
-        out: Output folder.
-        image_size: Input side S of the graph formats; default: the recorded one.
-        opset: ONNX opset.
-        check: Run the exported file against PyTorch on a batch of another size.
-        push_to_hub: Upload the safetensors folder to this Hugging Face Hub model repository.
+        fmt: The format: safetensors (a folder with config.json and a model card), onnx, torchscript or
+            torch_export (one file each, backbone.onnx, backbone.torchscript.pt, backbone.pt2).
+        out: Output folder (made if missing): the safetensors folder itself, or the folder of the graph file.
+        image_size: Input side S in pixels of the graph formats, which take (B, 3, S, S) normalised images;
+            null: the size the backbone records (an error when it records none).
+        opset: ONNX opset version (--format onnx only).
+        check: Run the exported graph against PyTorch on a batch of another size and report the largest
+            absolute difference of the features (skipped for safetensors, and for onnx without onnxruntime).
+        push_to_hub: Upload the safetensors folder to this Hugging Face Hub model repository (user/name; needs
+            huggingface_hub and a login); null: no upload.
 
     Raises:
         FileNotFoundError: no ``ckpt``.

@@ -103,13 +103,14 @@ def run_finetune(backbone: str | Path = "random", dataset: str | None = None, da
         data_dir: Default: the folder recorded with that dataset, else ./data.
         arch: Architecture for random/imagenet (e.g. tiny_cnn).
         cifar_stem: 3x3 stem for a random torchvision ResNet.
-        epochs: Training epochs.
-        lr: SGD learning rate (cosine decay per step).
-        weight_decay: SGD weight decay.
+        epochs: Training epochs (passes over the training images).
+        lr: SGD learning rate at the start (momentum 0.9), decayed to 0 by a cosine over the training steps.
+        weight_decay: SGD weight decay (L2 penalty) of backbone and head.
         batch_size: Images per batch.
-        train_subset: Keep a seeded random subset of this many training images.
-        test_subset: Keep a seeded random subset of this many test images.
-        image_size: Input side; default: the one the backbone records, else the dataset's.
+        train_subset: Keep a seeded random subset of this many training images; null: all of them.
+        test_subset: Keep a seeded random subset of this many test images; null: all of them.
+        image_size: Input side in pixels (images are resized to it); null: the one the backbone records, else
+            the dataset's.
         out: Output folder: results.json, exported_models/.
         log_to: Experiment logger: wandb, csv, tensorboard or none.
         seed: Seeds the head, the batches and the subsets.
