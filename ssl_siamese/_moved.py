@@ -38,7 +38,7 @@ MOVED: dict[str, str] = {
     "ssl_siamese.metric_losses": "ssl_siamese.losses.metric",
     "ssl_siamese.model_card": "ssl_siamese.export.model_card",
     "ssl_siamese.oneshot": "ssl_siamese.search.oneshot",
-    "ssl_siamese.padded": "ssl_siamese.views.padded",
+    "ssl_siamese.padded": "ssl_siamese.data.padded",
     "ssl_siamese.pretrained_folder": "ssl_siamese.export.pretrained_folder",
     "ssl_siamese.queue": "ssl_siamese.methods.queue",
     "ssl_siamese.runtime_export": "ssl_siamese.export.runtime",

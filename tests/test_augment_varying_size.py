@@ -18,7 +18,7 @@ from torchvision import transforms as T
 from torchvision.transforms.functional import pil_to_tensor
 
 from ssl_siamese.views.augment import ViewAugmentation
-from ssl_siamese.views.padded import pad_images
+from ssl_siamese.data.padded import pad_images
 
 RAW = dict(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))  # no normalisation: outputs stay in [0, 1]
 SIZES = [(160, 240), (240, 160), (200, 200)]  # (height, width), padded to 240 x 240

@@ -40,6 +40,7 @@ _EXPORTS = {
     **dict.fromkeys(["StreamedStorage"], "ssl_siamese.data.streamed"),
     **dict.fromkeys(["SSLDataModule"], "ssl_siamese.data.module"),
     **dict.fromkeys(["IMAGE_EXTENSIONS"], "ssl_siamese.data.images"),  # where folder sources look
+    "pad_images": "ssl_siamese.data.padded",  # a batch of images of different sizes, with their true sizes
     **dict.fromkeys(["PKDataModule", "near_duplicate_report", "NEAR_DUPLICATE_MODES", "resolve_classes"],
                     "ssl_siamese.data.pk"),
 }

@@ -32,6 +32,7 @@ from torch import Tensor
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 DEFAULT_BACKGROUND = (255, 255, 255)
+GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma
 """The colour transparent pixels are composited onto: white, as most viewers and web pages show them."""
 PROGRESS_EVERY = 5000
 """``decode_files`` reports progress every this many files, for folders at least that large."""
@@ -215,3 +216,17 @@ def decode_files(files: list[Path], size: int, num_threads: int | None = None) -
 
     decoded = read_images(files, size, errors="none", num_threads=num_threads, progress=progress)
     return [None if image is None else image.numpy() for image in decoded]
+
+
+def to_float_rgb(images: Tensor) -> Tensor:
+    """Check a ``(B, 1|3, H, W)`` batch, scale uint8 to [0, 1] float32 and expand gray to 3 channels."""
+    if images.dim() != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(f"Expected images of shape (B, C, H, W) with C in {{1, 3}}, got {tuple(images.shape)}.")
+    images = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
+    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
+
+
+def grayscale(images: Tensor) -> Tensor:
+    """Luma of a ``(B, 3, H, W)`` batch as ``(B, 1, H, W)``."""
+    r, g, b = images.unbind(1)
+    return (r * GRAY_WEIGHTS[0]).add_(g, alpha=GRAY_WEIGHTS[1]).add_(b, alpha=GRAY_WEIGHTS[2]).unsqueeze(1)

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ssl_siamese.views.augment import grayscale, to_float_rgb
+from ssl_siamese.data.images import grayscale, to_float_rgb
 from ssl_siamese.data.info import ImageTensors
 from ssl_siamese.data.loader import IndexedBatchLoader
 from ssl_siamese.data.memory import InMemoryStorage

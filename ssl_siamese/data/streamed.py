@@ -43,7 +43,7 @@ from ssl_siamese.data.info import DataNotFoundError, ImageTensors
 from ssl_siamese.data.prepare.output import FORMAT, ORDER, reprepare_command
 from ssl_siamese.data.storage import EvaluationSplits, Storage
 from ssl_siamese.data.images import resize_center_crop
-from ssl_siamese.views.padded import pad_images
+from ssl_siamese.data.padded import pad_images
 
 REMOTE_PREFIXES = ("s3://", "gs://", "gcs://", "azure://", "hf://")
 DECODE_MODES = ("workers", "device")

@@ -1,7 +1,7 @@
 """Views: the random augmentations that make a method's two (or more) views of a batch, on the model's device.
 
 ``augment.py`` holds ``ViewAugmentation`` (batched crop, flip, colour, blur, solarize), ``kornia_views.py`` any
-kornia pipeline as views (``KorniaViews``), ``padded.py`` batches of images of different sizes (``pad_images``)
+kornia pipeline as views (``KorniaViews``),
 ``preprocess.py`` the deterministic evaluation view of a backbone (``Preprocess``, also what exports record), and
 ``presets.py`` every preset (SimCLR's, MoCo v2's, BYOL's, DINO's multi-crop, MAE's, metric learning's,
 fine-tuning's). The names below are imported on first use.
@@ -20,7 +20,6 @@ from ssl_siamese._lazy import lazy_exports
 _MODULES = {
     "ssl_siamese.views.augment": ("ViewAugmentation", "to_float_rgb", "grayscale"),
     "ssl_siamese.views.kornia_views": ("KorniaViews",),
-    "ssl_siamese.views.padded": ("pad_images",),
     "ssl_siamese.views.preprocess": ("Preprocess", "preprocessing", "to_unit_rgb", "RESIZE"),
     "ssl_siamese.views.presets": ("PRESETS", "augmentation_preset", "method_augmentations", "byol_augmentations",
                                   "dino_augmentations", "default_local_size", "metric_learning_views",
@@ -30,7 +29,6 @@ _MODULES = {
 if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from ssl_siamese.views.augment import ViewAugmentation, grayscale, to_float_rgb
     from ssl_siamese.views.kornia_views import KorniaViews
-    from ssl_siamese.views.padded import pad_images
     from ssl_siamese.views.preprocess import RESIZE, Preprocess, preprocessing, to_unit_rgb
     from ssl_siamese.views.presets import (
         PRESETS,

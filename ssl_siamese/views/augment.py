@@ -13,7 +13,7 @@ Example:
     >>> view0, view1 = aug(images), aug(images)  # two different random views, float32 (8, 3, 32, 32)
 
 Images of different sizes travel as one top-left zero-padded batch plus their true ``(height, width)``
-(:func:`ssl_siamese.views.padded.pad_images`); pass ``sizes=`` to :meth:`ViewAugmentation.forward` and
+(:func:`ssl_siamese.data.padded.pad_images`); pass ``sizes=`` to :meth:`ViewAugmentation.forward` and
 :meth:`ViewAugmentation.normalize` and every crop is drawn from, and sampled inside, its own image.
 
 The presets (SimCLR's, MoCo's, BYOL's, DINO's multi-crop, ...) are in :mod:`ssl_siamese.views.presets`.
@@ -29,23 +29,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssl_siamese._lazy import lazy_exports
+from ssl_siamese.data.images import GRAY_WEIGHTS, grayscale, to_float_rgb  # noqa: F401 (pixel helpers, named here too)
 
-GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma
 CROP_ATTEMPTS = 10  # as torchvision's RandomResizedCrop.get_params
-
-
-def to_float_rgb(images: Tensor) -> Tensor:
-    """Check a ``(B, 1|3, H, W)`` batch, scale uint8 to [0, 1] float32 and expand gray to 3 channels."""
-    if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"Expected images of shape (B, C, H, W) with C in {{1, 3}}, got {tuple(images.shape)}.")
-    images = images.float().div_(255.0) if images.dtype == torch.uint8 else images.float()
-    return images.expand(-1, 3, -1, -1) if images.shape[1] == 1 else images
-
-
-def grayscale(images: Tensor) -> Tensor:
-    """Luma of a ``(B, 3, H, W)`` batch as ``(B, 1, H, W)``."""
-    r, g, b = images.unbind(1)
-    return (r * GRAY_WEIGHTS[0]).add_(g, alpha=GRAY_WEIGHTS[1]).add_(b, alpha=GRAY_WEIGHTS[2]).unsqueeze(1)
 
 
 def shift_hue(images: Tensor, shift: Tensor) -> Tensor:
