@@ -18,7 +18,7 @@ from helpers import adwaita_theme, fashion_mnist_dir, needs_fashion_mnist
 
 from ssl_siamese import SimCLR, SSLDataModule, export_backbone, load_backbone
 from ssl_siamese.cli import main as pretrain
-from ssl_siamese.cli_args import closest_option, unknown_option_message
+from ssl_siamese.cli.arguments import closest_option, unknown_option_message
 from ssl_siamese.data import load_split, read_idx
 from ssl_siamese.data.prepare import main as prepare
 from ssl_siamese.recipes import embed, explore, finetune, linear_probe

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from ssl_siamese.duplicates import find_duplicates
-from ssl_siamese.embeddings import EmbeddingIndex
+from ssl_siamese.search.duplicates import find_duplicates
+from ssl_siamese.search.embeddings import EmbeddingIndex
 from ssl_siamese.recipes import duplicates, embed
 from ssl_siamese.text.embed_texts import read_texts
 from ssl_siamese.text.export import export_text_encoder, load_text_encoder

@@ -30,7 +30,7 @@ from ssl_siamese.callbacks import CollapseMonitor, ThroughputMonitor
 from ssl_siamese.callbacks.interrupt import InterruptCheckpoint
 from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
 from ssl_siamese.callbacks.rng_state import RNGStateCheckpoint
-from ssl_siamese.checkpoints import SafeCheckpointIO, check_resume_checkpoint, read_checkpoint
+from ssl_siamese.export.checkpoints import SafeCheckpointIO, check_resume_checkpoint, read_checkpoint
 from ssl_siamese.cli.arguments import closest_option
 from ssl_siamese.cli.recipe import user_errors
 from ssl_siamese.data import SSLDataModule

@@ -24,9 +24,9 @@ import torchvision
 from torch import Tensor, nn
 
 from ssl_siamese.backbones import TORCHVISION_RESNETS, build_backbone, torchvision_resnet
-from ssl_siamese.checkpoints import read_checkpoint
+from ssl_siamese.export.checkpoints import read_checkpoint
 from ssl_siamese.data import DATASETS, IMAGENET_MEAN, IMAGENET_STD
-from ssl_siamese.embeddings import Preprocess
+from ssl_siamese.views.preprocess import Preprocess
 from ssl_siamese.evaluation.labelled_data import labelled_datasets
 from ssl_siamese.export import load_backbone
 from ssl_siamese.views.presets import finetune_views

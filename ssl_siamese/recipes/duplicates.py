@@ -6,7 +6,7 @@
     python -m ssl_siamese.recipes.duplicates --embeddings photos.npz --threshold 0.97   # images (or texts)
 
 Every pair with cosine similarity >= ``--threshold`` is found exactly
-(:func:`ssl_siamese.duplicates.find_duplicates`, progress bar over blocks), printed most similar first
+(:func:`ssl_siamese.search.duplicates.find_duplicates`, progress bar over blocks), printed most similar first
 (``--show`` of them) and, with ``--out``, written as TSV: ``score``, ``i``, ``j``, ``id_i``, ``id_j`` (ids:
 the texts, or the image paths of the embed recipe's ``.npz``).
 
@@ -26,7 +26,7 @@ from jsonargparse import Namespace
 
 from ssl_siamese.cli.arguments import parse_args as parse_checked
 from ssl_siamese.cli.recipe import Flag, call, function_parser, user_errors
-from ssl_siamese.duplicates import find_duplicates
+from ssl_siamese.search.duplicates import find_duplicates
 
 
 def load_embeddings(path: str | Path) -> tuple[np.ndarray, list[str]]:

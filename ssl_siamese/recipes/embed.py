@@ -10,7 +10,7 @@
 ``model.safetensors``), a Lightning checkpoint, or a W&B model artifact (``wandb:ENTITY/PROJECT/NAME:ALIAS``).
 ``--data`` takes folders (searched recursively, hidden files skipped), image files and glob patterns
 (``*``, ``?``, ``[...]``, ``**`` for any depth; quote them so the shell leaves them to the recipe). Images
-are decoded as training decodes folders (:mod:`ssl_siamese.images`: shorter side resized to the
+are decoded as training decodes folders (:mod:`ssl_siamese.data.images`: shorter side resized to the
 backbone's input size, centre crop, transparency on white) and preprocessed like its evaluation views.
 Files that are not readable images (an SVG, notes, a broken file) are skipped and counted, as training
 counts them. The ``.npz`` holds ``paths`` (relative to the folder given, or to the files' common folder;
@@ -43,9 +43,9 @@ from jsonargparse import Namespace
 
 from ssl_siamese.cli.arguments import parse_args as parse_checked
 from ssl_siamese.cli.recipe import Flag, function_parser, recipe_main
-from ssl_siamese.embeddings import embed_images
+from ssl_siamese.search.embeddings import embed_images
 from ssl_siamese.export import load_backbone
-from ssl_siamese.images import IMAGE_EXTENSIONS, decode_files, list_image_files, unreadable_reasons
+from ssl_siamese.data.images import IMAGE_EXTENSIONS, decode_files, list_image_files, unreadable_reasons
 from ssl_siamese.recipes._backbone import BACKBONE_FORMS, backbone_path
 from ssl_siamese.text.embed_texts import is_text_file, run_embed_text
 

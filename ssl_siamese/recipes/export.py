@@ -57,10 +57,10 @@ def run_export(ckpt: str | Path, fmt: str = "safetensors", out: str | Path = "ex
         FileNotFoundError: no ``ckpt``.
         ValueError: an unknown format, an unreadable ``ckpt``, no input size known, or a failed export.
     """
-    from ssl_siamese.checkpoints import EXPORT_FORMAT
+    from ssl_siamese.export.checkpoints import EXPORT_FORMAT
     from ssl_siamese.export import export_versions, load_backbone
-    from ssl_siamese.pretrained_folder import write_pretrained_folder
-    from ssl_siamese.runtime_export import FILE_NAMES, compare, export_onnx, export_program, export_torchscript
+    from ssl_siamese.export.pretrained_folder import write_pretrained_folder
+    from ssl_siamese.export.runtime import FILE_NAMES, compare, export_onnx, export_program, export_torchscript
 
     if fmt not in FORMATS:
         raise ValueError(f"Unknown format {fmt!r}; choose one of {', '.join(FORMATS)}.")
@@ -74,7 +74,7 @@ def run_export(ckpt: str | Path, fmt: str = "safetensors", out: str | Path = "ex
     if fmt == "safetensors":
         result["path"] = str(write_pretrained_folder(backbone, metadata, out))
         if push_to_hub:
-            from ssl_siamese.hub import push_to_hub as push
+            from ssl_siamese.export.hub import push_to_hub as push
 
             result["hub_commit"] = push(out, push_to_hub)
         return result
