@@ -44,6 +44,9 @@ CONTEXT_WORDS = {"mimes": "mimetypes", "legacy": "", "panel": "status", "scalabl
 _SIZE = re.compile(r"^(\d+)(x\d+)?(@\d+x?)?$")
 
 
+DEBIAN_PACKAGE_NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")  # Debian policy 5.6.1
+
+
 class IconThemesMissing(FileNotFoundError):
     """An icon theme is neither installed nor obtainable with apt."""
 
@@ -197,6 +200,11 @@ def load_icons(themes: Sequence[str] = DEFAULT_THEMES, size: int = 32, cache_dir
     """
     cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     root = Path(root).expanduser() if root else None
+    not_packages = [theme for theme in themes if not DEBIAN_PACKAGE_NAME.fullmatch(theme)]
+    if root is None and not_packages:
+        raise IconThemesMissing(f"{', '.join(map(repr, not_packages))}: not Debian package names (such as "
+                                f"{DEFAULT_THEMES[0]!r}). For theme folders on disk, pass their parent folder as "
+                                "root=/--data.root and the folders' names as themes.")
     cache = _cache_file(cache_dir, themes, size, root)
     if cache.is_file():
         with np.load(cache) as stored:

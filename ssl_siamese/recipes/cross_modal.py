@@ -16,7 +16,6 @@ written to ``<out>/results.json``; the trained towers' weights go to ``<out>/exp
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -26,7 +25,7 @@ import torch
 
 from ssl_siamese.export.checkpoints import check_resume_checkpoint, read_checkpoint
 from ssl_siamese.cli.loggers import finish_loggers
-from ssl_siamese.cli.recipe import USER_ERRORS, write_results
+from ssl_siamese.cli.recipe import user_errors, write_results
 from ssl_siamese.crossmodal.datamodule import IconTextDataModule
 from ssl_siamese.crossmodal.module import CrossModalCLIP
 from ssl_siamese.crossmodal.retrieval import KS, chance_recall, cross_modal_recall
@@ -58,7 +57,7 @@ def format_table(rows: dict[str, dict[str, float]], title: str) -> str:
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Parse, load and split the icons, evaluate at init, train, evaluate; returns the results (also in results.json)."""
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    try:
+    with user_errors("ssl_siamese.recipes.cross_modal"):  # IconThemesMissing among them
         cli = CrossModalCLI(args)
         trainer, model, dm = cli.trainer, cli.model, cli.datamodule
         dm.setup("fit")
@@ -67,8 +66,6 @@ def main(args: list[str] | None = None) -> dict[str, Any]:
             state = read_checkpoint(cli.config_init["ckpt_path"])["state_dict"]
             if not model.text_encoder.has_tokenizer:  # the tokenizer it trained with
                 model.text_encoder.load_tokenizer(state, prefix="text_encoder.")
-    except USER_ERRORS as error:  # IconThemesMissing among them
-        sys.exit(f"ssl_siamese.recipes.cross_modal: error: {error}")
     print(dm.report)
     model.fit_tokenizer(dm.training_texts())
     dm.tokenizer = model.text_encoder.tokenizer

@@ -20,7 +20,6 @@ Hugging Face encoders, ``builtin_encoder.pt`` for the built-in one).
 
 from __future__ import annotations
 
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -32,7 +31,7 @@ from pytorch_lightning.loggers import WandbLogger
 from ssl_siamese.callbacks.nan_guard import NonFiniteLossGuard
 from ssl_siamese.export.checkpoints import check_resume_checkpoint, read_checkpoint
 from ssl_siamese.cli.lightning import SSLCLI
-from ssl_siamese.cli.recipe import USER_ERRORS, write_results
+from ssl_siamese.cli.recipe import user_errors, write_results
 from ssl_siamese.evaluation.ranking import ranking_metrics
 from ssl_siamese.evaluation.verification import log_roc
 from ssl_siamese.cli.loggers import WandbRunId, finish_loggers
@@ -122,14 +121,12 @@ def log_verification(trainer: Any, at_init: Any, trained: Any, out: Path) -> dic
 def main(args: list[str] | None = None) -> dict[str, Any]:
     """Parse, split, evaluate at init, train, evaluate, export; returns the results (also in results.json)."""
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-    try:
+    with user_errors("ssl_siamese.recipes.text_siamese"):  # DebianDescriptionsMissing among them
         cli = TextSiameseCLI(args)
         trainer, model, dm = cli.trainer, cli.model, cli.datamodule
         dm.setup("fit")
         if cli.config_init["ckpt_path"]:
             check_resume_checkpoint(model, cli.config_init["ckpt_path"])
-    except USER_ERRORS as error:  # DebianDescriptionsMissing among them
-        sys.exit(f"ssl_siamese.recipes.text_siamese: error: {error}")
     print(dm.split.report)
     encoder = model.encoder
     if not encoder.has_tokenizer and cli.config_init["ckpt_path"]:  # the tokenizer it trained with
