@@ -48,9 +48,9 @@ def test_debian_pairs_are_short_to_long_descriptions_grouped_by_source(debian_de
 def test_recipe_trains_and_beats_its_own_initialisation_on_held_out_descriptions(debian_descriptions, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "ssl_siamese.recipes.text_siamese", "--data.source", "debian",
-               "--data.max_pairs", "3000", "--data.test_fraction", "0.2", "--data.batch_size", "64",
+               "--data.max_pairs", "2000", "--data.test_fraction", "0.2", "--data.batch_size", "64",
                "--model.dim", "128", "--model.vocab_size", "4000", "--model.bigram_buckets", "16384",
-               "--model.lr", "0.005", "--trainer.max_epochs", "3", "--trainer.accelerator", "cpu",
+               "--model.lr", "0.005", "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu",
                "--trainer.enable_progress_bar", "false", "--out", str(out), "--log_to", "wandb"]
     env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true"}
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=env, timeout=600)
