@@ -74,13 +74,6 @@ def test_help_runs_as_a_command_and_names_the_recipe():
     assert len(result.stdout.splitlines()) < HELP_LINE_BUDGET
 
 
-def test_backbone_given_on_the_command_line_is_built(tmp_path):
-    summary = main(SimSiam, "simsiam", TINY + SHORT_RUN + ["--trainer.max_epochs", "1", "--log_to", "none",
-                                                           "--out", str(tmp_path)])
-    from ssl_siamese import load_backbone
-    assert load_backbone(summary["backbone"]).metadata["architecture"] == "tiny_cnn"
-
-
 def modules_after(code: str) -> set[str]:
     result = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
                             capture_output=True, text=True, timeout=180)
@@ -123,15 +116,6 @@ def test_misspelt_option_without_a_dot_gets_a_suggestion(typed, meant, tmp_path)
     assert f"unknown option {typed}" in message and f"did you mean {meant}?" in message
 
 
-def test_wandb_stays_offline_with_credentials_unless_asked(tmp_path, monkeypatch):
-    monkeypatch.delenv("WANDB_MODE")
-    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)  # a key exists, as on a machine that ran `wandb login`
-    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # an online run would fail here, not hang
-    main(SimSiam, "simsiam", TINY + SHORT_RUN + ["--trainer.max_epochs", "1", "--out", str(tmp_path)])
-    assert len(offline_wandb_run_ids(tmp_path)) == 1
-    assert not list(tmp_path.glob("wandb/run-*")), "an online run was started"
-
-
 def test_wandb_online_without_credentials_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
@@ -142,14 +126,23 @@ def test_wandb_online_without_credentials_is_a_clear_error(tmp_path, monkeypatch
     assert "--wandb_mode online" in message and "wandb login" in message
 
 
-def test_resumed_run_continues_the_same_wandb_run(tmp_path):
+def test_wandb_stays_offline_with_credentials_and_a_resume_continues_its_run(tmp_path, monkeypatch):
+    """One W&B-logged recipe run serves three checks (each was a fit of its own): the backbone given on the command
+    line is built; with credentials but no --wandb_mode the run stays offline; a resume continues its W&B run."""
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("WANDB_API_KEY", "0" * 40)  # a key exists, as on a machine that ran `wandb login`
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # an online run would fail here, not hang
     first = main(SimSiam, "simsiam", TINY + SHORT_RUN + ["--trainer.max_epochs", "1", "--out", str(tmp_path)])
-    (run_id,) = set(offline_wandb_run_ids(tmp_path))
+    from ssl_siamese import load_backbone
+    assert load_backbone(first["backbone"]).metadata["architecture"] == "tiny_cnn"
+    (run_id,) = offline_wandb_run_ids(tmp_path)  # exactly one run, offline
+    assert not list(tmp_path.glob("wandb/run-*")), "an online run was started"
     checkpoint = first["out"] / "checkpoints" / "last.ckpt"
     second = main(SimSiam, "simsiam", TINY + SHORT_RUN + ["--trainer.max_epochs", "2", "--ckpt_path",
                                                           str(checkpoint), "--out", str(tmp_path)])
     assert second["epochs"] == 2
     assert set(offline_wandb_run_ids(tmp_path)) == {run_id}
+    assert not list(tmp_path.glob("wandb/run-*")), "an online run was started"
     # a new run in the same folder without --ckpt_path is a new W&B run
     main(SimSiam, "simsiam", TINY + SHORT_RUN + ["--trainer.max_epochs", "1", "--out", str(tmp_path)])
     assert len(set(offline_wandb_run_ids(tmp_path))) == 2
