@@ -50,7 +50,7 @@ def test_real_icons_split_holds_out_whole_names_in_every_theme(icon_cache):
 def test_recipe_learns_held_out_icon_names(icon_cache, tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "ssl_siamese.recipes.cross_modal", "--config", "recipes/cross_modal_icons.yaml",
-               "--data.cache_dir", str(icon_cache), "--trainer.max_epochs", "3", "--trainer.enable_progress_bar",
+               "--data.cache_dir", str(icon_cache), "--trainer.max_epochs", "2", "--trainer.enable_progress_bar",
                "false", "--out", str(out), "--log_to", "csv"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, env=dict(os.environ), timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
