@@ -206,7 +206,7 @@ def test_pretrained_backbone_initialises_the_model(tmp_path):
 def test_training_improves_one_shot_on_unseen_fashion_mnist_classes(tmp_path):
     result = run_siamese("fashion_mnist", str(DATA), train_classes=range(7), eval_classes=range(7, 10),
                          backbone="tiny_cnn", loss="triplet", mining="semi_hard", epochs=1,
-                         batches_per_epoch=900, download=False, out=tmp_path, progress=False, log_to="none")
+                         batches_per_epoch=450, download=False, out=tmp_path, progress=False, log_to="none")
     before, after = result["before"], result["after"]
     duplicates = result["near_duplicates"]
     print(f"\nFashion-MNIST, train classes 0-6, unseen 7-9 ({result['steps']} steps of 7x8, "
@@ -218,7 +218,10 @@ def test_training_improves_one_shot_on_unseen_fashion_mnist_classes(tmp_path):
           f"  near-copies {duplicates['eval_images_with_copy']} "
           f"(hash alone: {duplicates['hash_matches_in_eval']})")
     # Random init already beats chance (0.57 for 3-way), so the test is the gain from training: measured
-    # 0.571 ± 0.010 -> 0.634 ± 0.009; the two 95% intervals must lie more than 0.02 apart.
+    # 0.571 ± 0.010 -> 0.641 ± 0.009 (AUC 0.704 -> 0.728, R@1 0.901 -> 0.954; 0.629 with one torch thread);
+    # the two 95% intervals must lie more than 0.02 apart. 450 steps, not fewer: at 200-300 steps seed 0 still
+    # passes but seed 1's AUC falls below its random init; at 450 seed 1 passes too (0.581 -> 0.648, AUC
+    # 0.718 -> 0.733; 900 steps gave 0.634 on seed 0). Measured 2026-12-07.
     assert after["fewshot_1shot"] - after["fewshot_ci95"] > before["fewshot_1shot"] + before["fewshot_ci95"] + 0.02
     assert after["fewshot_1shot"] - after["fewshot_ci95"] > 1 / 3 + 0.1
     assert after["recall@1"] > before["recall@1"] + 0.02 and after["auc"] > before["auc"]
