@@ -178,3 +178,17 @@ def test_the_registry_is_the_one_list_of_methods():
         assert name in (REPO / "ssl_siamese" / "recipes" / f"{recipe}.py").read_text(), recipe
         assert f"`{name}`" in (REPO / "README.md").read_text(), name
         assert list((REPO / "recipes").glob(f"*{recipe}*")), recipe
+
+
+def test_supervised_siamese_starts_from_an_export_built_with_backbone_kwargs(tmp_path):
+    """``pretrained=`` rebuilds the exported backbone with its recorded constructor arguments (width 8 here)."""
+    import torch
+
+    from ssl_siamese import SimCLR, SupervisedSiamese, export_backbone
+
+    source = SimCLR(backbone="tiny_cnn", backbone_kwargs={"width": 8}, view_size=16)
+    path = export_backbone(source, tmp_path / "backbone.pt")
+    model = SupervisedSiamese(pretrained=str(path), view_size=16)
+    assert model.feature_dim == 32
+    for name, value in source.backbone.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[name], value), name

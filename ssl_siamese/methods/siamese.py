@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ssl_siamese.export import load_backbone
+from ssl_siamese.export import load_backbone, rebuild_arguments
 from ssl_siamese.methods.base import SiameseModule
 from ssl_siamese.losses.metric import ContrastiveLoss, TripletLoss
 from ssl_siamese.data.samplers import balanced_pairs
@@ -92,6 +92,7 @@ class SupervisedSiamese(SiameseModule):
             kwargs.setdefault("backbone", info["architecture"])
             kwargs.setdefault("cifar_stem", info.get("cifar_stem", False))
             kwargs.setdefault("feature_dim", info.get("feature_dim"))
+            kwargs.setdefault("backbone_kwargs", rebuild_arguments(info) or None)  # e.g. a tiny_cnn's width
         super().__init__(**kwargs)
         if kwargs.get("augmentation") is None:
             self.augmentation = metric_learning_views(self.hparams.view_size, self.hparams.mean, self.hparams.std)
