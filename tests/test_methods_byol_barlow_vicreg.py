@@ -201,8 +201,8 @@ class RecordEMA(pl.Callback):
 
 def test_byol_trainer_steps_follow_the_schedule_with_adamw_and_clipping():
     torch.manual_seed(0)
-    model = BYOL(backbone="tiny_cnn", optimizer="adamw", lr=0.01, weight_decay=0.05, batch_size=8,
-                 base_momentum=0.9, view_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, **SMALL)
+    model = BYOL(backbone="tiny_cnn", backbone_kwargs={"width": 8}, optimizer="adamw", lr=0.01, weight_decay=0.05,
+                 batch_size=8, base_momentum=0.9, view_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, **SMALL)
     record = RecordEMA()
     trainer = quiet_trainer(max_epochs=2, callbacks=[record], gradient_clip_val=0.5)
     trainer.fit(model, uint8_loader())
@@ -253,8 +253,8 @@ def test_ema_targets_follow_their_schedule_through_a_trainer(name):
 def test_gradient_clipping_bounds_the_first_sgd_step():
     """SGD without momentum or weight decay moves the weights by lr x the clipped gradient: norm lr x clip."""
     torch.manual_seed(0)
-    model = BarlowTwins(backbone="tiny_cnn", optimizer="sgd", lr=0.256, momentum=0.0, weight_decay=0.0,
-                        batch_size=8, view_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, **SMALL)
+    model = BarlowTwins(backbone="tiny_cnn", backbone_kwargs={"width": 8}, optimizer="sgd", lr=0.256, momentum=0.0,
+                        weight_decay=0.0, batch_size=8, view_size=16, mean=(0.5,) * 3, std=(0.25,) * 3, **SMALL)
     before = [p.detach().clone() for p in model.parameters()]
     after = []
     first_step = pl.callbacks.LambdaCallback(on_train_batch_end=lambda trainer, module, *args: after.append(
