@@ -409,10 +409,11 @@ QUICKSTART_VIEWS = ["--model.augmentation", "ssl_siamese.views.augment.ViewAugme
 
 @needs_fashion_mnist
 def test_vicreg_recipe_learns_on_fashion_mnist(tmp_path):
-    """``python -m ssl_siamese.recipes.vicreg``, tiny_cnn, 8192 images, 2 epochs (about 25 s of training)."""
+    """``python -m ssl_siamese.recipes.vicreg``, tiny_cnn, 4096 images, 2 epochs (64 steps): 0.534 -> 0.617 kNN
+    top-1 (8192 images, 128 steps: 0.534 -> 0.620, so the extra steps bought no margin; raw pixels 0.735)."""
     args = [sys.executable, "-m", "ssl_siamese.recipes.vicreg", "--model.backbone", "tiny_cnn",
             "--data.dataset", "fashion_mnist", "--data.data_dir", str(fashion_mnist_dir()), "--data.download", "false",
-            "--data.batch_size", "128", "--data.train_subset", "8192", "--data.knn_bank_subset", "2000",
+            "--data.batch_size", "128", "--data.train_subset", "4096", "--data.knn_bank_subset", "2000",
             "--data.val_subset", "1000", "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--model.hidden_dim", "512", "--model.projection_dim", "512", "--model.lr", "0.2",
@@ -423,5 +424,5 @@ def test_vicreg_recipe_learns_on_fashion_mnist(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("kNN top-1:"))
     at_init, trained = map(float, re.search(r"kNN top-1: ([\d.]+) at start -> ([\d.]+)", line).groups())
-    print(f"\nVICReg on Fashion-MNIST (tiny_cnn, 8192 images, 2 epochs): {line}")
+    print(f"\nVICReg on Fashion-MNIST (tiny_cnn, 4096 images, 2 epochs): {line}")
     assert trained > at_init + 0.05, line
