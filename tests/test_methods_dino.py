@@ -246,10 +246,11 @@ def test_two_ranks_keep_one_teacher_and_all_reduce_the_center(tmp_path):
 @pytest.mark.slow
 @needs_fashion_mnist
 def test_dino_recipe_learns_on_fashion_mnist(tmp_path):
-    """``python -m ssl_siamese.recipes.dino``, tiny_cnn, 2 global + 2 local views, 8192 images, 2 epochs: a head
-    with BatchNorm as lightly's ResNet benchmarks and a teacher momentum of 0.96, so that the teacher follows
-    within 128 steps (at 0.99 and without BatchNorm: 0.534 -> 0.586)."""
+    """``python -m ssl_siamese.recipes.dino``, tiny_cnn of width 16, 2 global + 2 local views, 8192 images, 2
+    epochs: a head with BatchNorm as lightly's ResNet benchmarks and a teacher momentum of 0.96, so that the
+    teacher follows within 128 steps (width 32 at 0.99 and without BatchNorm: 0.534 -> 0.586)."""
     args = [sys.executable, "-m", "ssl_siamese.recipes.dino", "--model.backbone", "tiny_cnn",
+            "--model.backbone_kwargs", "{width: 16}",
             "--data.dataset", "fashion_mnist", "--data.data_dir", str(fashion_mnist_dir()), "--data.download", "false",
             "--data.batch_size", "128", "--data.train_subset", "8192", "--data.knn_bank_subset", "2000",
             "--data.val_subset", "1000", "--trainer.max_epochs", "2", "--trainer.accelerator", "cpu",
@@ -265,5 +266,5 @@ def test_dino_recipe_learns_on_fashion_mnist(tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("kNN top-1:"))
     at_init, trained = map(float, re.search(r"kNN top-1: ([\d.]+) at start -> ([\d.]+)", line).groups())
-    print(f"\nDINO on Fashion-MNIST (tiny_cnn, 8192 images, 2 epochs): {line}")
-    assert trained > at_init + 0.04, line  # measured: 0.534 -> 0.594
+    print(f"\nDINO on Fashion-MNIST (tiny_cnn width 16, 8192 images, 2 epochs): {line}")
+    assert trained > at_init + 0.04, line  # measured: 0.517 -> 0.582 (width 32: 0.534 -> 0.594)
