@@ -111,3 +111,11 @@ def test_icon_set_subset_keeps_rows_together():
                     ["s"] * 4, ["t1", "t1", "t2", "t2"])
     part = icons.subset([3, 1])
     assert part.texts == ["d", "b"] and part.names == ["nd", "nb"] and part.images[:, 0, 0, 0].tolist() == [3, 1]
+
+
+def test_a_theme_given_as_a_path_says_to_pass_root_and_names(tmp_path):
+    """``--data.themes /some/folder`` crashed in pathlib's glob; it is a user error that says what to pass."""
+    from ssl_siamese.crossmodal.icons import IconThemesMissing, load_icons
+
+    with pytest.raises(IconThemesMissing, match=r"not Debian package names .* root="):
+        load_icons(themes=[str(tmp_path / "my-theme")], cache_dir=tmp_path)
