@@ -74,26 +74,35 @@ def test_help_runs_as_a_command_and_names_the_recipe():
     assert len(result.stdout.splitlines()) < HELP_LINE_BUDGET
 
 
-def modules_after(code: str) -> set[str]:
-    result = subprocess.run([sys.executable, "-c", code + "\nimport sys; print(' '.join(sys.modules))"],
-                            capture_output=True, text=True, timeout=180)
+def modules_after(*stages: str) -> list[set[str]]:
+    """The top-level modules loaded after each of ``stages`` (code run one after the other in one fresh
+    interpreter: each set holds what the earlier stages loaded too)."""
+    code = "import sys\n" + "".join(f"{stage}\nprint(' '.join(sys.modules))\n" for stage in stages)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stderr
-    return {name.split(".")[0] for name in result.stdout.split()}
+    return [{name.split(".")[0] for name in line.split()} for line in result.stdout.splitlines()]
 
 
 def test_importing_the_package_and_a_recipe_skips_heavy_optional_modules():
-    assert not {"wandb", "matplotlib", "sklearn", "torch"} & modules_after("import ssl_siamese")
-    # `import pytorch_lightning` itself imports matplotlib (through torchmetrics), so a recipe cannot avoid it
-    # lightly's losses import its timm modules when timm is installed, and timm pulls in more: not ours to avoid
-    theirs = modules_after("import pytorch_lightning, lightly.loss, lightly.models.modules")
-    assert not ({"wandb", "sklearn"} - theirs) & modules_after("import ssl_siamese.recipes.simclr")
-    assert not ({"wandb", "sklearn"} - theirs) & modules_after("from ssl_siamese import SimCLR, load_backbone, read_image")
+    # one interpreter (each costs ~6 s with Lightning): the package, then what Lightning and lightly load on their
+    # own, then a recipe, then the README's imports; a later stage's set holds the earlier ones'
+    package, theirs, recipe, readme = modules_after(
+        "import ssl_siamese",
+        # `import pytorch_lightning` itself imports matplotlib (through torchmetrics), so a recipe cannot avoid it;
+        # lightly's losses import its timm modules when timm is installed, and timm pulls in more: not ours to avoid
+        "import pytorch_lightning, lightly.loss, lightly.models.modules",
+        "import ssl_siamese.recipes.simclr",
+        "from ssl_siamese import SimCLR, load_backbone, read_image")
+    assert not {"wandb", "matplotlib", "sklearn", "torch"} & package
+    assert not ({"wandb", "sklearn"} - theirs) & recipe
+    assert not ({"wandb", "sklearn"} - theirs) & readme
 
 
 def test_embedding_images_imports_no_lightning(tmp_path):
     """The embed recipe and load_backbone + read_images (the README's downstream snippet) need no Lightning."""
-    code = "import ssl_siamese.recipes.embed\nfrom ssl_siamese import load_backbone, read_images, embed_images"
-    assert not {"pytorch_lightning", "lightning_fabric", "torchmetrics", "wandb"} & modules_after(code)
+    (modules,) = modules_after("import ssl_siamese.recipes.embed\n"
+                               "from ssl_siamese import load_backbone, read_images, embed_images")
+    assert not {"pytorch_lightning", "lightning_fabric", "torchmetrics", "wandb"} & modules
 
 
 def test_public_names_resolve_lazily():

@@ -52,13 +52,15 @@ def test_recipe_fast_dev_run(name, tmp_path):
     assert backbone(torch.zeros(2, 3, 32, 32)).shape == (2, 128)
 
 
-@pytest.mark.parametrize("name", METHODS)
+# the metrics, pictures and checkpoint come from the recipe's callbacks, the same for every method: one method (MoCo,
+# with a queue and an EMA target, the most to go wrong) proves them; test_recipe_fast_dev_run goes through each method's recipe
+@pytest.mark.parametrize("name", ["moco"])
 def test_recipe_logs_metrics_to_offline_wandb(name, tmp_path):
     extra = ["--model.queue_size", "64"] if name == "moco" else []
     main(METHODS[name], name, TINY + extra + [
         "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "6", "--trainer.log_every_n_steps", "1",
         "--data.val_subset", "64", "--data.knn_bank_subset", "256", "--out", str(tmp_path)])
-    metrics = (b"train/loss", b"knn/top1", b"knn/top5", b"train/embedding_std", b"train/img_per_s",
+    metrics = (b"train/loss", b"train/ema_momentum", b"knn/top1", b"knn/top5", b"train/embedding_std", b"train/img_per_s",
                b"probe/val_top1", b"pictures/embedding_pca", b"pictures/neighbours", b"pictures/embeddings")
     records = wandb_records(tmp_path, expected=metrics)
     for metric in metrics:
@@ -72,9 +74,11 @@ def run_module(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def test_help_and_print_config_with_overrides():
-    result = run_module("ssl_siamese.recipes.simclr", "--help")
-    assert result.returncode == 0 and "--model.temperature" in result.stdout
+def test_help_and_print_config_with_overrides(capsys):
+    # --help as a command is test_cli_usability's (one interpreter costs ~6 s); here in-process
+    with pytest.raises(SystemExit) as exit_info:
+        main(SimCLR, "simclr", ["--help"])
+    assert exit_info.value.code in (0, None) and "--model.temperature" in capsys.readouterr().out
     result = run_module("ssl_siamese.recipes.moco", "--config", "recipes/cifar10_moco.yaml",
                         "--model.temperature", "0.2", "--trainer.max_epochs", "800", "--print_config")
     assert result.returncode == 0, result.stderr
