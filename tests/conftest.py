@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import skip_summary
+from helpers import close_gloo_ranks, skip_summary
 from ssl_siamese import data
 
 
@@ -23,6 +23,11 @@ def pytest_terminal_summary(terminalreporter) -> None:
         reasons.append(text.removeprefix("Skipped: "))
     if reasons:
         terminalreporter.write_line(skip_summary(reasons))
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    """The two-rank gloo group that tests share (``helpers.run_gloo_ranks``) ends with the session."""
+    close_gloo_ranks()
 
 
 @pytest.fixture(autouse=True)

@@ -158,33 +158,119 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _gloo_rank(rank: int, world_size: int, port: int, fn, out_dir: str) -> None:
+def _serve_rank(rank: int, world_size: int, port: int, tasks, replies) -> None:
+    """One rank of :class:`GlooRanks`: join the group once, then run each ``(fn, out_dir)`` task until ``None``."""
+    import traceback
+    from datetime import timedelta
+
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    # a rank left waiting in a collective (its peer failed) raises after the timeout instead of hanging
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+                            timeout=timedelta(seconds=120))
     try:
-        torch.save(fn(rank, world_size), f"{out_dir}/rank{rank}.pt")
+        while (task := tasks.get()) is not None:
+            fn, out_dir = task
+            torch.set_default_dtype(torch.float32)  # what an earlier task set does not leak into this one
+            torch.set_grad_enabled(True)
+            try:
+                torch.save(fn(rank, world_size), f"{out_dir}/rank{rank}.pt")
+                replies.put((rank, None))
+            except BaseException:  # noqa: BLE001 - the traceback goes back to the test that sent the task
+                replies.put((rank, traceback.format_exc()))
     finally:
         dist.destroy_process_group()
 
 
-def run_gloo_ranks(fn, world_size: int, out_dir: Path) -> list:
-    """``fn(rank, world_size)`` in ``world_size`` processes joined in one gloo group; each rank's return value.
+class GlooRanks:
+    """``world_size`` processes joined in one gloo group, started once and reused by every test that needs ranks.
 
-    ``fn`` must be picklable (a module-level function of a test file, or a ``functools.partial`` of one); its
-    result goes through ``torch.save`` into a file, read after every rank has exited. Never return results
-    through a multiprocessing queue: a queued tensor is shared through its sender, so a read after the rank
+    Starting a rank costs a fresh interpreter (torch, ssl_siamese and the test module: seconds each); the suite
+    has a dozen two-rank tests, so they share one group. A task that fails, or a rank that dies, ends the group
+    (its collectives may be left half done): the next task starts a new one. Use :func:`run_gloo_ranks`.
+    """
+
+    def __init__(self, world_size: int) -> None:
+        import torch.multiprocessing as mp
+
+        context = mp.get_context("spawn")
+        self.world_size = world_size
+        self.tasks = [context.Queue() for _ in range(world_size)]
+        self.replies = context.Queue()
+        port = free_port()
+        self.processes = [context.Process(target=_serve_rank, args=(rank, world_size, port, self.tasks[rank],
+                                                                    self.replies), daemon=True)
+                          for rank in range(world_size)]
+        for process in self.processes:
+            process.start()
+
+    def run(self, fn, out_dir: Path, timeout_s: float = 600.0) -> list[str]:
+        """Send ``fn`` to every rank and wait; the tracebacks of the ranks that failed (empty: all went well)."""
+        import queue
+        import time
+
+        for rank_tasks in self.tasks:
+            rank_tasks.put((fn, str(out_dir)))
+        failures, answered, deadline = [], 0, time.monotonic() + timeout_s
+        while answered < self.world_size:
+            try:
+                rank, error = self.replies.get(timeout=1.0)
+            except queue.Empty:
+                dead = [rank for rank, p in enumerate(self.processes) if not p.is_alive()]
+                if dead or time.monotonic() > deadline:
+                    codes = [p.exitcode for p in self.processes]
+                    return failures + [f"ranks {dead} died (exit codes {codes})" if dead
+                                       else f"no answer from every rank within {timeout_s:.0f} s"]
+                continue
+            answered += 1
+            if error:
+                failures.append(f"rank {rank}:\n{error}")
+        return failures
+
+    def close(self) -> None:
+        for rank_tasks in self.tasks:
+            rank_tasks.put(None)
+        for process in self.processes:
+            process.join(timeout=10)
+            if process.is_alive():
+                process.kill()
+
+
+_GROUPS: dict[int, GlooRanks] = {}
+
+
+def close_gloo_ranks() -> None:
+    """End the shared groups (``conftest.py`` calls this when the session finishes)."""
+    while _GROUPS:
+        _GROUPS.popitem()[1].close()
+
+
+def run_gloo_ranks(fn, world_size: int, out_dir: Path) -> list:
+    """``fn(rank, world_size)`` on ``world_size`` ranks joined in one gloo group; each rank's return value.
+
+    The ranks are a :class:`GlooRanks` group shared by the whole session: ``fn`` runs with the default process
+    group already initialised (``torch.distributed`` collectives work; do not init or destroy a group), one torch
+    thread per rank. ``fn`` must be picklable (a module-level function of a test file, or a ``functools.partial`` of
+    one); its result goes through ``torch.save`` into ``out_dir``, read after every rank has finished. Never return
+    results through a multiprocessing queue: a queued tensor is shared through its sender, so a read after the rank
     exited fails (ConnectionResetError / FileNotFoundError in ``queue.get``).
 
     Example:
         >>> losses = run_gloo_ranks(functools.partial(step, batch=batch), 2, tmp_path)  # doctest: +SKIP
     """
     import torch
-    import torch.multiprocessing as mp
 
-    mp.spawn(_gloo_rank, args=(world_size, free_port(), fn, str(out_dir)), nprocs=world_size, join=True)
+    group = _GROUPS.get(world_size)
+    if group is None or not all(p.is_alive() for p in group.processes):
+        if group is not None:
+            group.close()
+        group = _GROUPS[world_size] = GlooRanks(world_size)
+    failures = group.run(fn, out_dir)
+    if failures:
+        _GROUPS.pop(world_size).close()  # a failed task may leave a collective half done
+        raise AssertionError("\n".join(failures))
     return [torch.load(Path(out_dir) / f"rank{rank}.pt", weights_only=True) for rank in range(world_size)]
 
 

@@ -22,13 +22,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from ssl_siamese.evaluation.knn import KNNEvaluation
 from ssl_siamese.evaluation.online_probe import OnlineLinearProbe
 from ssl_siamese.methods import MoCo, SimCLR, SimSiam
 
-from helpers import free_port
+from helpers import run_gloo_ranks
 
 WORLD_SIZE = 2
 PER_RANK = 4
@@ -124,23 +123,17 @@ def shuffle_bn_keys(rank: int) -> torch.Tensor:
     return model.keys(views)
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
-    try:
-        record = {name: run_steps(name, rank, WORLD_SIZE) for name in METHODS}
-        record["probe"] = probe_steps(rank, WORLD_SIZE)
-        record["shuffle_bn_keys"] = shuffle_bn_keys(rank)
-        torch.save(record, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def rank_record(rank: int, world_size: int) -> dict:
+    record = {name: run_steps(name, rank, world_size) for name in METHODS}
+    record["probe"] = probe_steps(rank, world_size)
+    record["shuffle_bn_keys"] = shuffle_bn_keys(rank)
+    return record
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> tuple[list[dict], dict]:
     out_dir = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
-    ranks = [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    ranks = run_gloo_ranks(rank_record, WORLD_SIZE, out_dir)
     assert not dist.is_initialized()
     reference = {name: run_steps(name) for name in METHODS}
     reference["probe"] = probe_steps()

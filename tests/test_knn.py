@@ -6,20 +6,19 @@ at cosine distance ``d = 1 - cos`` by ``exp(cos / t)``: the InstDisc vote that `
 
 from __future__ import annotations
 
-import datetime
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from sklearn.neighbors import KNeighborsClassifier
 from torch.utils.data import DataLoader, TensorDataset
 
 from ssl_siamese.evaluation.features import ValidationFeatures, gather_rows
 from ssl_siamese.evaluation.knn import KNNEvaluation, capped_k, topk_accuracy, weighted_knn_scores
+
+from helpers import run_gloo_ranks
 
 NUM_CLASSES, DIM = 10, 16
 
@@ -178,33 +177,27 @@ def rank_data(rank: int) -> tuple[torch.Tensor, ...]:
     return bank[bank_part], bank_labels[bank_part], query[query_part], query_labels[query_part]
 
 
-def _worker(rank: int, out_dir: str) -> None:
-    dist.init_process_group("gloo", init_method=f"file://{out_dir}/rendezvous", rank=rank, world_size=2,
-                            timeout=datetime.timedelta(seconds=60))  # a rank left waiting fails, not hangs
-    try:
-        bank, bank_labels, query, query_labels = rank_data(rank)
-        logged: dict[str, float] = {}
-        module = SimpleNamespace(device=torch.device("cpu"), log=lambda name, value, **_: logged.update({name: value}))
-        trainer = SimpleNamespace(sanity_checking=False, state=SimpleNamespace(fn="validate"), current_epoch=0,
-                                  global_step=0)
-        knn = KNNEvaluation(k=4, temperature=0.1)
-        knn.on_validation_epoch_start(trainer, module)
-        knn.on_validation_batch_end(trainer, module, {"features": bank, "labels": bank_labels}, None, 0, 0)
-        if len(query):
-            knn.on_validation_batch_end(trainer, module, {"features": query, "labels": query_labels}, None, 0, 1)
-        knn.on_validation_epoch_end(trainer, module)
-        gathered = gather_rows(torch.empty(0, 0) if rank == 1 else torch.ones(3, 2))
-        torch.save({"logged": logged, "gathered": gathered}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def rank_result(rank: int, world_size: int) -> dict:
+    bank, bank_labels, query, query_labels = rank_data(rank)
+    logged: dict[str, float] = {}
+    module = SimpleNamespace(device=torch.device("cpu"), log=lambda name, value, **_: logged.update({name: value}))
+    trainer = SimpleNamespace(sanity_checking=False, state=SimpleNamespace(fn="validate"), current_epoch=0,
+                              global_step=0)
+    knn = KNNEvaluation(k=4, temperature=0.1)
+    knn.on_validation_epoch_start(trainer, module)
+    knn.on_validation_batch_end(trainer, module, {"features": bank, "labels": bank_labels}, None, 0, 0)
+    if len(query):
+        knn.on_validation_batch_end(trainer, module, {"features": query, "labels": query_labels}, None, 0, 1)
+    knn.on_validation_epoch_end(trainer, module)
+    gathered = gather_rows(torch.empty(0, 0) if rank == 1 else torch.ones(3, 2))
+    return {"logged": logged, "gathered": gathered}
 
 
 def test_two_ranks_with_unequal_features_match_one_process(tmp_path):
-    mp.spawn(_worker, args=(str(tmp_path),), nprocs=2, join=True)
+    results = run_gloo_ranks(rank_result, 2, tmp_path)
     bank, bank_labels, query, query_labels = (torch.cat(parts) for parts in zip(rank_data(0), rank_data(1)))
     k = capped_k(4, len(bank), len(bank_labels.unique()))
     expected = topk_accuracy(weighted_knn_scores(query, bank, bank_labels, NUM_CLASSES, k=k), query_labels)
-    for rank in (0, 1):
-        result = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)
+    for result in results:
         assert result["logged"] == pytest.approx({"knn/top1": expected[1], "knn/top5": expected[5]})
         assert torch.equal(result["gathered"], torch.ones(3, 2))  # rank 1's empty (0, 0) takes rank 0's width
