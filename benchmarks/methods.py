@@ -82,19 +82,24 @@ MODES = {
             "episodes": 600},
     "cpu": {"epochs": 4, "train_subset": 12288, "eval_train": 10000, "eval_test": 5000, "probe_epochs": 100,
             "episodes": 600},
-    "quick": {"epochs": 1, "train_subset": None, "eval_train": 1024, "eval_test": 512, "probe_epochs": 20,
-              "episodes": 100},
+    # the smallest budget that still trains each method and fills every column (a smoke test, not figures);
+    # eval_test 256: 5-way 1-shot episodes with 15 queries need 16 images of 5 classes
+    "quick": {"epochs": 1, "train_subset": None, "eval_train": 256, "eval_test": 256, "probe_epochs": 5,
+              "episodes": 20},
 }
+# --quick: 4 steps, since ThroughputMonitor times from the 3rd step on (fewer leave img/s empty)
+QUICK_STEPS, QUICK_BATCH = 4, 32
 
 
 def training_args(name: str, args: argparse.Namespace, out: str) -> list[str]:
     """The recipe command line of one method in the chosen mode."""
     if args.mode == "quick":
-        cli = ["--model.backbone", "tiny_cnn", "--data.dataset", "synthetic", "--data.batch_size", "64",
-               "--trainer.max_epochs", str(args.epochs), "--trainer.limit_train_batches", "8",
-               "--trainer.accelerator", "cpu", "--data.knn_bank_subset", "512", "--data.val_subset", "128"]
-        if name == "moco":
-            cli += ["--model.queue_size", "512"]
+        cli = ["--model.backbone", "tiny_cnn", "--model.backbone_kwargs", "{width: 8}", "--data.dataset", "synthetic",
+               "--data.batch_size", str(QUICK_BATCH), "--trainer.max_epochs", str(args.epochs),
+               "--trainer.limit_train_batches", str(QUICK_STEPS), "--trainer.accelerator", "cpu",
+               "--data.knn_bank_subset", "256", "--data.val_subset", "64"]
+        if name == "moco":  # at most the images of an epoch (MoCo warns otherwise)
+            cli += ["--model.queue_size", str(QUICK_STEPS * QUICK_BATCH)]
         cli += SMALL_HEADS.get(name, []) + (tiny_vit(32) if name == "mae" else [])
     elif args.mode == "cpu":  # quickstart.yaml, less the options this method does not have (SimSiam: temperature)
         config = yaml.safe_load(QUICKSTART.read_text())
@@ -201,8 +206,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--eval_test", type=int, default=None,
                         help="query / probe test / few-shot images from the test split; "
                              "default: all 10,000 (GPU), 5,000 (--cpu)")
-    parser.add_argument("--probe_epochs", type=int, default=None, help="linear-probe epochs; default 100 (20 --quick)")
-    parser.add_argument("--episodes", type=int, default=None, help="few-shot episodes; default 600 (100 --quick)")
+    parser.add_argument("--probe_epochs", type=int, default=None, help="linear-probe epochs; default 100 (5 --quick)")
+    parser.add_argument("--episodes", type=int, default=None, help="few-shot episodes; default 600 (20 --quick)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--json", default=None, help="write full results here")
