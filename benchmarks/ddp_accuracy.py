@@ -53,8 +53,9 @@ def train(args: argparse.Namespace, devices: int, seed: int) -> tuple[SimCLR, fl
     model = build_model(args, per_process)
     data = SSLDataModule(args.dataset, data_dir=args.data_dir, download=False, batch_size=per_process,
                          train_subset=args.train_subset or None, seed=seed)
-    # spawned workers: Lightning's "ddp" would re-run this whole script (all three runs) in every process
-    strategy = "ddp_spawn" if devices > 1 else "auto"
+    # spawned (or, --quick on the CPU, forked) workers: Lightning's "ddp" would re-run this whole script (all
+    # three runs) in every process
+    strategy = f"ddp_{args.start_method}" if devices > 1 else "auto"
     trainer = pl.Trainer(accelerator=args.accelerator, devices=devices, strategy=strategy,
                          precision=args.precision, max_epochs=args.epochs, limit_train_batches=args.limit_batches,
                          limit_val_batches=0, sync_batchnorm=args.sync_batchnorm and devices > 1, logger=False,
@@ -95,7 +96,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", default=None, help="write full results here")
     args = parser.parse_args()
     args.dataset, args.image_size, args.norm, args.limit_batches = "fashion_mnist", 28, FASHION_MNIST_NORM, None
+    args.start_method = "spawn"  # CUDA cannot fork
     if args.quick:
+        # forked CPU workers inherit this process's imports, where spawned ones import Lightning again (~6 s each);
+        # pickling the model for spawned workers is tested in tests/test_distributed.py
+        args.start_method = "fork"
         args.dataset, args.image_size, args.norm = "synthetic", 32, {"mean": (0.5,) * 3, "std": (0.25,) * 3}
         args.batch_size, args.epochs, args.limit_batches, args.train_subset = 32, 1, 4, 256
         args.eval_train, args.eval_test, args.probe_epochs = 256, 128, 10
@@ -106,6 +111,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.quick:  # a smoke test: one thread is enough, and a busy second core cannot stall it
+        torch.set_num_threads(1)
     warnings.filterwarnings("ignore", message=".*(does not have many workers|num_workers|sync_dist).*")
     data = SSLDataModule(args.dataset, data_dir=args.data_dir, download=False, batch_size=args.batch_size,
                          knn_bank_subset=args.eval_train, val_subset=args.eval_test)
