@@ -7,15 +7,18 @@ method's own state (MoCo's queue, the EMA targets, DINO's centre, MAE's masks, t
 proved by an in-process resume of its own: ``test_resume.test_each_methods_own_state_resumes_exactly`` and
 ``test_siamese_resume``.
 
-One uninterrupted run is the reference; two chains of runs are killed and resumed from ``last.ckpt``:
-with the README's mid-epoch checkpoints (``--trainer.callbacks+=ModelCheckpoint
+One uninterrupted run is the reference; one chain of runs is killed and resumed from ``last.ckpt``, its runs
+switching checkpoint options as a user may (the checkpoint callbacks draw no random numbers, so they leave the
+weights alone): with the README's mid-epoch checkpoints (``--trainer.callbacks+=ModelCheckpoint
 --trainer.callbacks.every_n_train_steps 1 ...``) mid-epoch, exactly at an epoch boundary (the step checkpoint is
-written before the epoch's validation) and right after one, then a Ctrl-C (a real SIGINT) in epoch 2: the step
-finishes, ``last.ckpt`` holds the next step, and the resume command the recipe prints takes the run to its end;
-and with only the epoch-end checkpoints of Lightning's default ``ModelCheckpoint`` (taken while training went
-on). The final weights must equal the reference's bit for bit. ``test_extending_a_finished_run`` stops a
-run by ``max_steps`` mid-epoch and extends it with a larger ``max_epochs``: the learning-rate schedule is
-re-derived over the new length and said so, and the weights move at a learning rate above zero.
+written before the epoch's validation) and right after one; then with only the epoch-end checkpoints of
+Lightning's default ``ModelCheckpoint`` (taken while training went on), killed in epoch 2, so that the run goes on
+from epoch 1's end; then a Ctrl-C (a real SIGINT) in epoch 2, step checkpoints on again: the step finishes,
+``last.ckpt`` holds the next step, and the resume command the recipe prints takes the run to its end. The final
+weights must equal the reference's bit for bit. ``test_extending_a_finished_run`` stops a run by ``max_steps``
+mid-epoch and extends it with a larger ``max_epochs``: the learning-rate schedule is re-derived over the new
+length and said so, and the weights move at a learning rate above zero (in-process ``main``: the command line
+itself is the chain's).
 
 The SIGKILL comes from ``KillAtStep`` below, added on the command line like any callback
 (``--trainer.callbacks+=test_resume_cli.KillAtStep``): no exception handler, no cleanup, as with ``kill -9``.
@@ -24,11 +27,13 @@ The SIGKILL comes from ``KillAtStep`` below, added on the command line like any 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -65,15 +70,20 @@ class KillAtStep(pl.Callback):
             os.kill(os.getpid(), getattr(signal, self.signal))
 
 
-def recipe(out: Path, *extra: str, kill_at: int | None = None, signal: str = "SIGKILL") -> subprocess.Popen:
-    """Start ``python -m ssl_siamese.recipes.simclr`` with the recipe's defaults on the tiny setup."""
-    args = [sys.executable, "-m", "ssl_siamese.recipes.simclr", "--model.backbone", "tiny_cnn",
+def recipe_args(out: Path, *extra: str) -> list[str]:
+    """The recipe's command line after ``python -m ssl_siamese.recipes.simclr``, on the tiny setup."""
+    return ["--model.backbone", "tiny_cnn",
             "--data.dataset", "fashion_mnist", "--data.data_dir", str(DATA_DIR), "--data.batch_size", str(BATCH),
             "--data.train_subset", str(TRAIN_IMAGES), "--data.val_subset", "32", "--data.knn_bank_subset", "64",
             "--trainer.max_epochs", str(EPOCHS), "--trainer.accelerator", "cpu", "--trainer.deterministic", "true",
             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
             "--trainer.log_every_n_steps", "1", "--log_to", "csv", "--knn_at_start", "false",
             "--out", str(out), *SIMCLR_ARGS, *extra]
+
+
+def recipe(out: Path, *extra: str, kill_at: int | None = None, signal: str = "SIGKILL") -> subprocess.Popen:
+    """Start ``python -m ssl_siamese.recipes.simclr`` with the recipe's defaults on the tiny setup."""
+    args = [sys.executable, "-m", "ssl_siamese.recipes.simclr", *recipe_args(out, *extra)]
     if kill_at is not None:
         args += ["--trainer.callbacks+=test_resume_cli.KillAtStep", "--trainer.callbacks.step", str(kill_at),
                  "--trainer.callbacks.signal", signal]
@@ -103,31 +113,30 @@ def assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) 
     assert not different, f"{len(different)} of {len(a)} tensors differ, e.g. {different[:5]}"
 
 
-# per chain: the checkpoint flags of every run, and the steps at which runs are SIGKILLed (the step checkpoints'
-# chain then gets a Ctrl-C, and the command it prints resumes it)
-CHAINS = {
-    # mid-epoch 0; exactly at the boundary (step 4's checkpoint written before epoch 0's validation); right after it
-    "step_checkpoints": (STEP_CHECKPOINTS, [2, STEPS_PER_EPOCH, STEPS_PER_EPOCH + 1]),
-    "epoch_end_checkpoints": ([], [STEPS_PER_EPOCH + 2, 2 * STEPS_PER_EPOCH + 1]),  # Lightning's default only
-}
+# the chain: each run's checkpoint flags, the step at which it is SIGKILLed and the step its last.ckpt then holds;
+# each run after the first resumes the previous one's last.ckpt
+CHAIN = [
+    (STEP_CHECKPOINTS, 2, 2),  # mid-epoch 0
+    (STEP_CHECKPOINTS, STEPS_PER_EPOCH, STEPS_PER_EPOCH),  # exactly at the boundary (written before validation)
+    (STEP_CHECKPOINTS, STEPS_PER_EPOCH + 1, STEPS_PER_EPOCH + 1),  # right after it
+    # Lightning's default checkpoints only, killed in epoch 2: last.ckpt is epoch 1's end, taken on the way
+    ([], 2 * STEPS_PER_EPOCH + 1, 2 * STEPS_PER_EPOCH),
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chain", list(CHAINS))
-def test_sigkilled_recipe_resumes_to_the_uninterrupted_weights(chain, tmp_path):
-    flags, kills = CHAINS[chain]
+def test_sigkilled_recipe_resumes_to_the_uninterrupted_weights(tmp_path):
+    """The chain above, then a Ctrl-C in step 9 (last.ckpt: step 10) and the printed resume command to the end.
+    Its runs switch checkpoint options, so the weights equal the reference's only if those options leave them
+    alone (verified 2026-12-07: the references with and without step checkpoints are bit-identical)."""
     full_out, out = tmp_path / "full", tmp_path / "killed"
-    full = recipe(full_out, *flags)  # the reference runs alongside the chain
+    full = recipe(full_out, *STEP_CHECKPOINTS)  # the reference runs alongside the chain
     resume: list[str] = []
-    for kill_at in kills:  # each run after the first resumes the previous one's last.ckpt
+    for flags, kill_at, saved in CHAIN:
         finish(recipe(out, *flags, *resume, kill_at=kill_at), killed=True)
-        saved = kill_at if flags else kill_at // STEPS_PER_EPOCH * STEPS_PER_EPOCH
         assert checkpoint(out)["global_step"] == saved
         resume = ["--ckpt_path", str(out / "checkpoints" / "last.ckpt")]
-    if flags:
-        interrupt_and_resume_with_the_printed_command(out, [*flags, *resume], 2 * STEPS_PER_EPOCH + 1)
-    else:
-        finish(recipe(out, *flags, *resume))
+    interrupt_and_resume_with_the_printed_command(out, [*STEP_CHECKPOINTS, *resume], 2 * STEPS_PER_EPOCH + 1)
     finish(full)
     resumed, reference = checkpoint(out), checkpoint(full_out)
     assert resumed["global_step"] == reference["global_step"] == EPOCHS * STEPS_PER_EPOCH
@@ -146,19 +155,36 @@ def logged_lrs(out: Path) -> list[tuple[int, float]]:
     return rows
 
 
-@pytest.mark.slow
-def test_extending_a_run_rederives_the_schedule(tmp_path):
+def run_in_process(out: Path, caplog: pytest.LogCaptureFixture, *extra: str) -> str:
+    """One recipe run through ``main`` in this process (the chain above drives the real command): its log and
+    warnings as text. Not ``deterministic``: ``torch.use_deterministic_algorithms`` would stay on for later tests."""
+    from ssl_siamese.cli.lightning import main
+    from ssl_siamese.methods.simclr import SimCLR
+
+    caplog.clear()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the chain's OMP_NUM_THREADS=1: a second thread costs more than it gives here
+    try:
+        with caplog.at_level(logging.INFO), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            main(SimCLR, "simclr", recipe_args(out, *STEP_CHECKPOINTS, "--trainer.deterministic", "false", *extra))
+    finally:
+        torch.set_num_threads(threads)
+    return caplog.text + "\n".join(str(w.message) for w in caught)
+
+
+def test_extending_a_run_rederives_the_schedule(tmp_path, caplog):
     """Stopped by max_steps mid-epoch, resumed to 2 epochs, then extended to 3: epoch 3 trains at lr > 0."""
     out = tmp_path / "run"
     resume = ["--ckpt_path", str(out / "checkpoints" / "last.ckpt")]
     stop = STEPS_PER_EPOCH + 2
-    finish(recipe(out, *STEP_CHECKPOINTS, "--trainer.max_epochs", "2", "--trainer.max_steps", str(stop)))
+    run_in_process(out, caplog, "--trainer.max_epochs", "2", "--trainer.max_steps", str(stop))
     assert checkpoint(out)["global_step"] == stop
-    output = finish(recipe(out, *STEP_CHECKPOINTS, *resume, "--trainer.max_epochs", "2"))
+    output = run_in_process(out, caplog, *resume, "--trainer.max_epochs", "2")
     assert f"cosine schedule re-derived over {2 * STEPS_PER_EPOCH} steps instead of {stop}" in output, output[-3000:]
     before = checkpoint(out)
     assert before["global_step"] == 2 * STEPS_PER_EPOCH
-    output = finish(recipe(out, *STEP_CHECKPOINTS, *resume))  # max_epochs 3
+    output = run_in_process(out, caplog, *resume)  # max_epochs 3
     total = EPOCHS * STEPS_PER_EPOCH
     assert f"cosine schedule re-derived over {total} steps instead of {2 * STEPS_PER_EPOCH}" in output, output[-3000:]
     assert "exceeds max_steps" not in output
