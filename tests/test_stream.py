@@ -24,10 +24,11 @@ from ssl_siamese.views.augment import ViewAugmentation
 from ssl_siamese.data import SSLDataModule
 from ssl_siamese.data.info import DataNotFoundError
 from ssl_siamese.data.mixing import distinct_classes_per_batch, uniform_distinct_classes
+from ssl_siamese.data.prepare import main as prepare_main
 from ssl_siamese.data.prepare import read_shards
 from ssl_siamese.data.streamed import ShardFolder, StreamingTrainLoader, shard_images
 
-from helpers import find_data_file
+from helpers import find_data_file, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TAR = find_data_file("imagenette-224/imagenette-224.tar")
@@ -63,8 +64,10 @@ def photo_folder(root: Path, per_class: int, classes: int = 3, split_dirs: bool 
 
 
 def prepare(src: Path, out: Path) -> Path:
-    subprocess.run([sys.executable, "-m", "ssl_siamese.data.prepare", str(src), str(out), "--num_workers", "1",
-                    "--chunk_bytes", "256KB"], check=True, capture_output=True, text=True)
+    """``python -m ssl_siamese.data.prepare``'s ``main`` in this process (``test_prepare`` runs the real command),
+    its worker forked: a spawned one, or a fresh interpreter, would import torch again (seconds each)."""
+    assert prepare_main([str(src), str(out), "--num_workers", "1", "--chunk_bytes", "256KB",
+                         "--start_method", "fork"]) == 0
     return out
 
 
@@ -243,10 +246,13 @@ def _rank_worker(rank: int, port: int, shards: str, out_dir: str) -> None:
 
 @needs_imagenette
 def test_two_gloo_ranks_read_disjoint_parts_that_cover_the_epoch_once(shards, tmp_path):
+    """Two ranks, each with a loader worker of its own. The ranks are forked from this process, not spawned (a
+    fresh interpreter imports torch again, seconds each), nor taken from ``helpers.run_gloo_ranks``' shared
+    group, whose daemonic processes may not start the loader's worker."""
     import torch.multiprocessing as mp
-    from test_distributed import free_port
 
-    mp.spawn(_rank_worker, args=(free_port(), str(shards), str(tmp_path)), nprocs=2, join=True)
+    mp.start_processes(_rank_worker, args=(free_port(), str(shards), str(tmp_path)), nprocs=2, join=True,
+                       start_method="fork")
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     everything = [fp for batch in StreamingTrainLoader(ShardFolder(shards), batch_size=4, num_workers=0, seed=5,
                                                        drop_last=False) for fp in _fingerprints(batch)]
