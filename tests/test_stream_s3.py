@@ -27,7 +27,7 @@ from torchvision.io import ImageReadMode, decode_image
 
 from ssl_siamese.data import SSLDataModule
 
-from test_distributed import free_port
+from helpers import free_port
 from test_stream import TAR, _fingerprints, photo_folder, prepare
 
 pytest.importorskip("moto.server", reason='needs a local S3 server: pip install "moto[server]"')
