@@ -5,6 +5,7 @@ importing Lightning once instead of once per script; each script still runs as `
 ``sys.argv``, and its stdout, stderr and outcome are kept apart for its test.
 """
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -15,22 +16,28 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette-224" / "imagenette-224.tar"
-SCRIPTS = {"test_methods_benchmark_quick": "methods.py", "test_knn_speed_benchmark_quick": "knn_speed.py",
-           "test_ddp_accuracy_benchmark_quick": "ddp_accuracy.py",
-           "test_weight_decay_groups_benchmark_quick": "weight_decay_groups.py",
-           "test_stream_learning_benchmark_quick": "stream_learning.py"}
-# Runs benchmarks/<script> --quick --json <folder>/<script>.json for each script named in argv[2:], as
-# ``python benchmarks/<script>`` would, writing <script>.out, .err and .status (``ok`` or what went wrong); the
-# process-wide settings a script may change (torch threads, the multiprocessing start method, warning filters)
-# are put back before the next one.
+# test -> (script, its arguments besides --quick --json; WORK: a folder of its own)
+SCRIPTS = {"test_methods_benchmark_quick": ("methods.py", []), "test_knn_speed_benchmark_quick": ("knn_speed.py", []),
+           "test_ddp_accuracy_benchmark_quick": ("ddp_accuracy.py", []),
+           "test_weight_decay_groups_benchmark_quick": ("weight_decay_groups.py", []),
+           "test_stream_learning_benchmark_quick": ("stream_learning.py", []),
+           "test_throughput_benchmark_quick": ("throughput.py", []),
+           "test_prepare_speed_benchmark_quick": ("prepare_speed.py", ["--start_method", "fork", "--work_dir", "WORK"]),
+           "test_shard_engines_quick": ("shard_engines.py", [])}
+NEEDS_IMAGENETTE = {"stream_learning.py", "shard_engines.py"}
+# Runs benchmarks/<script> --quick --json <folder>/<script>.json <arguments> for each (script, arguments) of the
+# JSON list argv[2], as ``python benchmarks/<script>`` would, writing <script>.out, .err and .status (``ok`` or
+# what went wrong); the process-wide settings a script may change (torch threads, the multiprocessing start
+# method, warning filters) are put back before the next one.
 RUNNER = """
-import contextlib, multiprocessing, runpy, sys, traceback, warnings
+import contextlib, json, multiprocessing, runpy, sys, traceback, warnings
 from pathlib import Path
 import torch
-folder, scripts = Path(sys.argv[1]), sys.argv[2:]
-for script in scripts:
+folder = Path(sys.argv[1])
+for script, arguments in json.loads(sys.argv[2]):
     threads, start = torch.get_num_threads(), multiprocessing.get_start_method(allow_none=True)
-    sys.argv, sys.path[0] = [f"benchmarks/{script}", "--quick", "--json", str(folder / f"{script}.json")], "benchmarks"
+    sys.argv = [f"benchmarks/{script}", "--quick", "--json", str(folder / f"{script}.json"), *arguments]
+    sys.path[0] = "benchmarks"
     status = "ok"
     with open(folder / f"{script}.out", "w") as out, open(folder / f"{script}.err", "w") as err, \\
             contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
@@ -51,12 +58,16 @@ for script in scripts:
 def quick_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The folder of the quick runs of this module's selected tests' scripts, all in one subprocess."""
     folder = tmp_path_factory.mktemp("quick")
-    scripts = [SCRIPTS[item.originalname] for item in request.session.items
-               if item.module is request.module and item.originalname in SCRIPTS]
-    if not IMAGENETTE.is_file():
-        scripts = [script for script in scripts if script != "stream_learning.py"]
-    result = subprocess.run([sys.executable, "-c", RUNNER, str(folder), *scripts], cwd=ROOT, capture_output=True,
-                            text=True, timeout=1800, env={**os.environ, "WANDB_MODE": "offline"})
+    runs = [SCRIPTS[item.originalname] for item in request.session.items
+            if item.module is request.module and item.originalname in SCRIPTS]
+    runs = [(script, [str(folder / f"{script}.work") if a == "WORK" else a for a in arguments])
+            for script, arguments in runs if IMAGENETTE.is_file() or script not in NEEDS_IMAGENETTE]
+    for script, _ in runs:
+        (folder / f"{script}.work").mkdir()
+    # one OpenMP thread: smoke tests on a shared 2-core machine, where idle threads spinning only slow them
+    result = subprocess.run([sys.executable, "-c", RUNNER, str(folder), json.dumps(runs)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=1800,
+                            env={**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"})
     (folder / "runner.err").write_text(f"exit status {result.returncode}\n{result.stderr}")
     return folder
 
@@ -129,3 +140,71 @@ def test_stream_learning_benchmark_quick(quick_runs):
     mix = report["batch_mix"]  # classes per batch of the recipes' loader beside a uniform shuffle's (issue 23)
     assert "classes per batch of 8" in stdout and mix["classes"] == 3 and mix["batches"] > 0
     assert 1 <= mix["classes_per_batch"] <= 3 and 1 < mix["uniform_classes_per_batch"] <= 3
+
+
+THROUGHPUT_PRESETS = ["simclr", "moco_v2", "simsiam", "byol"]
+THROUGHPUT_PIPELINES = ["ceiling"] * 3 + ["ours"] * 3 + ["lightly", "kornia"] + ["aug-only ours", "aug-only kornia"] * 4
+
+
+def test_throughput_benchmark_quick(quick_runs):
+    stdout, report = quick(quick_runs, "throughput.py")
+    assert "torch " + __import__("torch").__version__ in stdout and "CPU" in stdout
+    table = [line for line in stdout.splitlines() if line.startswith("| ")]
+    assert table[0] == "| pipeline | method | img/s | x ceiling | x lightly | note |"
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
+    assert [row[0] for row in rows] == THROUGHPUT_PIPELINES
+    assert [row[1] for row in rows[:6]] == ["simclr", "moco", "simsiam"] * 2
+    assert [row[1] for row in rows[8:]] == [preset for preset in THROUGHPUT_PRESETS for _ in range(2)]  # ours, kornia
+    assert all(row[3] == "1.00" for row in rows[:3]) and rows[6][4] == "1.00"
+
+    assert {"date", "device", "torch", "data", "args", "rows", "aug_speedup_vs_kornia"} <= set(report)
+    assert report["args"]["quick"] and report["args"]["backbone"] == "tiny_cnn" and report["args"]["batch_size"] == 32
+    assert [row["pipeline"] for row in report["rows"]] == THROUGHPUT_PIPELINES
+    for row in report["rows"]:
+        assert {"pipeline", "method", "img_per_s", "vs_ceiling", "vs_lightly"} <= set(row)
+        if row["pipeline"] in ("ceiling", "ours", "lightly", "aug-only ours"):
+            assert row["img_per_s"] > 0 and row["vs_ceiling"] > 0 and row["vs_lightly"] > 0
+    if importlib.util.find_spec("kornia") is None:
+        assert "kornia not installed" in stdout and report["aug_speedup_vs_kornia"] is None
+    else:
+        assert report["aug_speedup_vs_kornia"] > 0
+        assert sorted(report["aug_speedup_vs_kornia_by_preset"]) == sorted(THROUGHPUT_PRESETS)
+
+
+def test_prepare_speed_benchmark_quick(quick_runs):
+    """``benchmarks/prepare_speed.py --quick`` runs (a few hundred images)."""
+    stdout, report = quick(quick_runs, "prepare_speed.py")
+    table = [line for line in stdout.splitlines() if line.startswith("| ")]
+    assert len(table) == 2 + len(report["rows"]) and report["rows"][-1]["source"].startswith("synthetic")
+    for row in report["rows"]:
+        assert row["written"] == row["files"] and row["skipped"] == 0
+        assert row["images_per_s"] > 0 and 0 < row["mb_on_disk"]
+    assert report["rows"][-1]["mb_on_disk"] < report["rows"][-1]["mb_in"]  # 500 px re-encoded at 256 px
+
+
+@pytest.mark.skipif(not IMAGENETTE.exists(), reason=f"{IMAGENETTE} missing")
+def test_shard_engines_quick(quick_runs):
+    """The engine comparison: the reference is the ImageFolder listing itself, each engine must hand back every
+    index of the chosen images exactly once per epoch, with the label ImageFolder gives its file."""
+    stdout, report = quick(quick_runs, "shard_engines.py")
+    table = [line for line in stdout.splitlines() if line.startswith("| ")]
+    assert table[0].startswith("| engine | prepare img/s | MB on disk | read img/s raw | read img/s decoded |")
+
+    assert report["images"] == 300 and report["args"]["workers"] == 1
+    rows = {row["engine"]: row for row in report["rows"]}
+    assert list(rows) == ["litdata", "webdataset", "mosaicml-streaming"]
+    measured = [row for row in rows.values() if "skipped" not in row]
+    expected = {"litdata"} | ({"webdataset"} if importlib.util.find_spec("webdataset") else set())  # webdataset: optional
+    assert expected <= {row["engine"] for row in measured}
+    for row in measured:
+        for mode in ("raw", "decoded"):
+            read = row[mode]
+            assert read["read"] == 300 and read["missing"] == read["duplicates"] == read["unknown"] == 0
+            assert read["wrong_labels"] == 0 and read["bad_images"] == 0 and read["every_index_once"]
+        ranks = row["multi_rank_check"]  # two ranks together read one epoch (how evenly is measured, not asserted)
+        assert ranks["one_epoch"] and ranks["duplicates"] == ranks["missing"] == 0 and sum(ranks["per_rank"]) == 300
+        assert row["megabytes"] > 0 and row["prepare_img_per_s"] > 0 and row["vs_litdata"]["decoded"] > 0
+    assert rows["litdata"]["vs_litdata"] == {"prepare": 1.0, "raw": 1.0, "decoded": 1.0}
+    resume = rows["litdata"]["resume_check"]
+    assert resume["ok"] and resume["duplicates"] == resume["missing"] == 0
+    assert resume["before_save"] > 0 and resume["before_save"] + resume["after_load"] == 300
