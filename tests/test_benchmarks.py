@@ -23,8 +23,10 @@ SCRIPTS = {"test_methods_benchmark_quick": ("methods.py", []), "test_knn_speed_b
            "test_stream_learning_benchmark_quick": ("stream_learning.py", []),
            "test_throughput_benchmark_quick": ("throughput.py", []),
            "test_prepare_speed_benchmark_quick": ("prepare_speed.py", ["--start_method", "fork", "--work_dir", "WORK"]),
-           "test_shard_engines_quick": ("shard_engines.py", [])}
-NEEDS_IMAGENETTE = {"stream_learning.py", "shard_engines.py"}
+           "test_shard_engines_quick": ("shard_engines.py", []),
+           "test_stream_memory_quick": ("stream_memory.py", ["--work_dir", "WORK"]),
+           "test_input_pipeline_quick": ("input_pipeline.py", ["--work_dir", "WORK"])}
+NEEDS_IMAGENETTE = {"stream_learning.py", "shard_engines.py", "stream_memory.py", "input_pipeline.py"}
 # Runs benchmarks/<script> --quick --json <folder>/<script>.json <arguments> for each (script, arguments) of the
 # JSON list argv[2], as ``python benchmarks/<script>`` would, writing <script>.out, .err and .status (``ok`` or
 # what went wrong); the process-wide settings a script may change (torch threads, the multiprocessing start
@@ -208,3 +210,36 @@ def test_shard_engines_quick(quick_runs):
     resume = rows["litdata"]["resume_check"]
     assert resume["ok"] and resume["duplicates"] == resume["missing"] == 0
     assert resume["before_save"] > 0 and resume["before_save"] + resume["after_load"] == 300
+
+
+# stream_memory and input_pipeline run end to end on a few Imagenette images, so these benchmarks (and
+# input_pipeline's GPU model-ceiling path) cannot rot. No timings are asserted; the checks are on what was counted.
+@pytest.mark.skipif(not IMAGENETTE.is_file(), reason=f"needs {IMAGENETTE}")
+def test_stream_memory_quick(quick_runs):
+    stdout, report = quick(quick_runs, "stream_memory.py")
+    table = [line for line in stdout.splitlines() if line.startswith("| ")]
+    rows = {(r["path"], r["data"]): r for r in report["rows"]}
+    assert set(rows) == {(p, d) for p in ("stream", "memory") for d in ("whole", "quarter")}
+    assert len(table) == 2 + len(rows)
+    for (path, data), row in rows.items():
+        # one epoch of the loader: every full batch of the files (drop_last), in both paths
+        assert row["images_seen"] == row["files"] // report["batch_size"] * report["batch_size"], (path, data)
+        assert 0 < row["peak_pss_tree_mb"] <= row["peak_rss_tree_mb"]
+        assert row["peak_rss_main_mb"] <= row["peak_rss_tree_mb"]
+    assert rows["stream", "quarter"]["files"] == rows["memory", "quarter"]["files"] < rows["stream", "whole"]["files"]
+    for path in ("stream", "memory"):
+        expected = rows[path, "whole"]["peak_pss_tree_mb"] / rows[path, "quarter"]["peak_pss_tree_mb"]
+        assert report["whole_over_quarter"][path] == pytest.approx(expected)
+
+
+@pytest.mark.skipif(not IMAGENETTE.is_file(), reason=f"needs {IMAGENETTE}")
+def test_input_pipeline_quick(quick_runs):
+    stdout, report = quick(quick_runs, "input_pipeline.py")
+    table = [line for line in stdout.splitlines() if line.startswith("| ")]
+    speeds = {r["pipeline"]: r["images_per_s"] for r in report["rows"]}
+    assert set(speeds) == {"ours", "lightly", "decode torchvision", "decode PIL", "ceiling"}
+    assert all(speed > 0 for speed in speeds.values())
+    assert len(table) == 2 + len(speeds)
+    assert report["ours_over_lightly"] == pytest.approx(speeds["ours"] / speeds["lightly"])
+    assert report["torchvision_over_pil_decode"] == pytest.approx(speeds["decode torchvision"] / speeds["decode PIL"])
+    assert "resnet18" in report["ceiling"] and report["device"] == "cpu" and report["threads"] >= 1
