@@ -59,7 +59,8 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
         verification_roc,
     )
     from ssl_siamese.export.backbone import LoadedBackbone, export_backbone, export_pretrained, load_backbone
-    from ssl_siamese.methods import BYOL, DINO, MAE, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam, VICReg
+    from ssl_siamese.methods import (BYOL, DCL, DINO, MAE, NNCLR, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam,
+                                     VICReg)
     from ssl_siamese.methods.siamese import SupervisedSiamese
     from ssl_siamese.search.embeddings import EmbeddingIndex, embed_images
     from ssl_siamese.search.oneshot import OneShotClassifier

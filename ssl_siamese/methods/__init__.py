@@ -17,9 +17,11 @@ if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from ssl_siamese.methods.barlow_twins import BarlowTwins
     from ssl_siamese.methods.base import SiameseModule
     from ssl_siamese.methods.byol import BYOL
+    from ssl_siamese.methods.dcl import DCL
     from ssl_siamese.methods.dino import DINO
     from ssl_siamese.methods.mae import MAE
     from ssl_siamese.methods.moco import MoCo
+    from ssl_siamese.methods.nnclr import NNCLR
     from ssl_siamese.methods.siamese import SupervisedSiamese
     from ssl_siamese.methods.simclr import SimCLR
     from ssl_siamese.methods.simsiam import SimSiam

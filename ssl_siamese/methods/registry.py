@@ -34,6 +34,8 @@ METHODS: dict[str, str] = {
     "VICReg": "ssl_siamese.methods.vicreg",
     "DINO": "ssl_siamese.methods.dino",
     "MAE": "ssl_siamese.methods.mae",  # needs the timm extra: importing it without timm says so
+    "DCL": "ssl_siamese.methods.dcl",  # DCLW: DCL(weighted=True)
+    "NNCLR": "ssl_siamese.methods.nnclr",
 }
 
 
