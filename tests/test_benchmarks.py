@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGENETTE = ROOT.parent / "shared" / "data" / "imagenette-224" / "imagenette-224.tar"
-# test -> (script, its arguments besides --quick --json; WORK: a folder of its own)
+# test -> (script, its arguments besides --quick and --json <file>; WORK: a folder of its own)
 SCRIPTS = {"test_methods_benchmark_quick": ("methods.py", []), "test_knn_speed_benchmark_quick": ("knn_speed.py", []),
            "test_ddp_accuracy_benchmark_quick": ("ddp_accuracy.py", []),
            "test_weight_decay_groups_benchmark_quick": ("weight_decay_groups.py", []),
@@ -25,10 +25,14 @@ SCRIPTS = {"test_methods_benchmark_quick": ("methods.py", []), "test_knn_speed_b
            "test_prepare_speed_benchmark_quick": ("prepare_speed.py", ["--start_method", "fork", "--work_dir", "WORK"]),
            "test_shard_engines_quick": ("shard_engines.py", []),
            "test_stream_memory_quick": ("stream_memory.py", ["--work_dir", "WORK"]),
-           "test_input_pipeline_quick": ("input_pipeline.py", ["--work_dir", "WORK"])}
+           "test_input_pipeline_quick": ("input_pipeline.py", ["--work_dir", "WORK"]),
+           "test_text_retrieval_benchmark_quick": ("text_retrieval.py", []),
+           "test_text_bag_ablations_quick": ("text_bag_ablations.py",
+                                             ["--idf", "--heads", "2", "--sibling_negatives", "0.5"])}
 NEEDS_IMAGENETTE = {"stream_learning.py", "shard_engines.py", "stream_memory.py", "input_pipeline.py"}
-# Runs benchmarks/<script> --quick --json <folder>/<script>.json <arguments> for each (script, arguments) of the
-# JSON list argv[2], as ``python benchmarks/<script>`` would, writing <script>.out, .err and .status (``ok`` or
+NEEDS_DEBIAN_DESCRIPTIONS = {"text_retrieval.py", "text_bag_ablations.py"}
+NO_JSON = {"text_bag_ablations.py"}  # prints its table only
+# Runs benchmarks/<script> <arguments> for each (script, arguments) of the JSON list argv[2], as ``python benchmarks/<script>`` would, writing <script>.out, .err and .status (``ok`` or
 # what went wrong); the process-wide settings a script may change (torch threads, the multiprocessing start
 # method, warning filters) are put back before the next one.
 RUNNER = """
@@ -38,7 +42,7 @@ import torch
 folder = Path(sys.argv[1])
 for script, arguments in json.loads(sys.argv[2]):
     threads, start = torch.get_num_threads(), multiprocessing.get_start_method(allow_none=True)
-    sys.argv = [f"benchmarks/{script}", "--quick", "--json", str(folder / f"{script}.json"), *arguments]
+    sys.argv = [f"benchmarks/{script}", *arguments]
     sys.path[0] = "benchmarks"
     status = "ok"
     with open(folder / f"{script}.out", "w") as out, open(folder / f"{script}.err", "w") as err, \\
@@ -62,8 +66,10 @@ def quick_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     folder = tmp_path_factory.mktemp("quick")
     runs = [SCRIPTS[item.originalname] for item in request.session.items
             if item.module is request.module and item.originalname in SCRIPTS]
-    runs = [(script, [str(folder / f"{script}.work") if a == "WORK" else a for a in arguments])
-            for script, arguments in runs if IMAGENETTE.is_file() or script not in NEEDS_IMAGENETTE]
+    runs = [(script, ["--quick", *([] if script in NO_JSON else ["--json", str(folder / f"{script}.json")]),
+                      *(str(folder / f"{script}.work") if a == "WORK" else a for a in arguments)])
+            for script, arguments in runs if (IMAGENETTE.is_file() or script not in NEEDS_IMAGENETTE)
+            and (script not in NEEDS_DEBIAN_DESCRIPTIONS or debian_descriptions_missing() is None)]
     for script, _ in runs:
         (folder / f"{script}.work").mkdir()
     # one OpenMP thread: smoke tests on a shared 2-core machine, where idle threads spinning only slow them
@@ -74,14 +80,27 @@ def quick_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
     return folder
 
 
-def quick(folder: Path, script: str) -> tuple[str, dict]:
+def debian_descriptions_missing() -> str | None:
+    """Why apt's English package descriptions are missing, or None (tests/test_text_recipe.py runs apt-get update
+    on a clean CI machine)."""
+    from ssl_siamese.text.debian import DebianDescriptionsMissing, translation_files
+
+    try:
+        translation_files()
+    except DebianDescriptionsMissing as error:
+        return str(error)
+    return None
+
+
+def quick(folder: Path, script: str) -> tuple[str, dict | None]:
     """(stdout, JSON report) of ``benchmarks/<script> --quick``; fails naming the script when it did not finish."""
     status = folder / f"{script}.status"
     if not status.is_file():  # the runner itself died (during this script or before it)
         pytest.fail(f"benchmarks/{script} --quick did not finish: {(folder / 'runner.err').read_text()[-3000:]}")
     err = (folder / f"{script}.err").read_text()
     assert status.read_text() == "ok", f"benchmarks/{script} --quick: {status.read_text()}\n{err[-3000:]}"
-    return (folder / f"{script}.out").read_text(), json.loads((folder / f"{script}.json").read_text())
+    report = folder / f"{script}.json"
+    return (folder / f"{script}.out").read_text(), json.loads(report.read_text()) if report.is_file() else None
 
 
 def test_methods_benchmark_quick(quick_runs):
@@ -243,3 +262,25 @@ def test_input_pipeline_quick(quick_runs):
     assert report["ours_over_lightly"] == pytest.approx(speeds["ours"] / speeds["lightly"])
     assert report["torchvision_over_pil_decode"] == pytest.approx(speeds["decode torchvision"] / speeds["decode PIL"])
     assert "resnet18" in report["ceiling"] and report["device"] == "cpu" and report["threads"] >= 1
+
+
+def test_text_retrieval_benchmark_quick(quick_runs):
+    if (missing := debian_descriptions_missing()) is not None:
+        pytest.skip(missing)
+    stdout, report = quick(quick_runs, "text_retrieval.py")
+    assert "| bm25 |" in stdout and "| hybrid_rrf |" in stdout and "targets:" in stdout
+    rows = report["metrics"]
+    assert rows["dense"]["recall@10"] > rows["dense_at_init"]["recall@10"] + 0.05  # it learns
+    assert rows["bm25"]["recall@1"] > 0.5 and report["fit_cpu_s"] > 0
+    assert set(report["targets"]) == {"dense_beats_bm25", "hybrid_recall@1>=0.80", "training<=15_cpu_min"}
+
+
+def test_text_bag_ablations_quick(quick_runs):
+    if (missing := debian_descriptions_missing()) is not None:
+        pytest.skip(missing)
+    stdout, _ = quick(quick_runs, "text_bag_ablations.py")
+    rows = {line.split("|")[1].strip(): [float(x) for x in line.split("|")[2:6]]
+            for line in stdout.splitlines() if line.startswith("| ") and line[2:3] != "m"}
+    assert set(rows) == {"dense_at_init", "bm25", "dense", "hybrid_rrf"}
+    assert rows["dense"][1] > rows["dense_at_init"][1] + 0.05  # Recall@10: it learns
+    assert "top-1 right: both" in stdout

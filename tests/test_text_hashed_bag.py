@@ -1,13 +1,11 @@
 """The hashed n-gram embedding bag: features against hand-worked cases, embeddings against a float64 mean,
-batch invariance, the sparse gradient and its SparseAdam step, export, and the benchmark's quick mode."""
+batch invariance, the sparse gradient and its SparseAdam step, and export (the text benchmarks' quick modes run in
+tests/test_benchmarks.py)."""
 
 from __future__ import annotations
 
 import json
 import pickle
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +15,6 @@ from ssl_siamese.text.export import export_text_encoder, load_text_encoder
 from ssl_siamese.text.hashed_bag import HashedBagEncoder, HashedFeatures
 from ssl_siamese.text.module import TextSiamese
 
-REPO = Path(__file__).resolve().parents[1]
 BUCKETS = 2 ** 20
 
 
@@ -173,39 +170,3 @@ def test_export_round_trip_and_pickled_tokenizer(tmp_path):
     torch.testing.assert_close(loaded.encode(texts), encoder.encode(texts), rtol=0, atol=0)
     copy = pickle.loads(pickle.dumps(encoder.tokenizer))
     assert all(torch.equal(a, b) for a, b in zip(copy(texts).values(), encoder.tokenizer(texts).values()))
-
-
-def test_text_retrieval_benchmark_quick(tmp_path):
-    from ssl_siamese.text.debian import DebianDescriptionsMissing, translation_files
-
-    try:
-        translation_files()
-    except DebianDescriptionsMissing as error:
-        pytest.skip(str(error))  # tests/test_text_recipe.py runs apt-get update on a clean CI machine
-    report_path = tmp_path / "report.json"
-    done = subprocess.run([sys.executable, "benchmarks/text_retrieval.py", "--quick", "--json", str(report_path)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "| bm25 |" in done.stdout and "| hybrid_rrf |" in done.stdout and "targets:" in done.stdout
-    report = json.loads(report_path.read_text())
-    rows = report["metrics"]
-    assert rows["dense"]["recall@10"] > rows["dense_at_init"]["recall@10"] + 0.05  # it learns
-    assert rows["bm25"]["recall@1"] > 0.5 and report["fit_cpu_s"] > 0
-    assert set(report["targets"]) == {"dense_beats_bm25", "hybrid_recall@1>=0.80", "training<=15_cpu_min"}
-
-
-def test_text_bag_ablations_quick():
-    from ssl_siamese.text.debian import DebianDescriptionsMissing, translation_files
-
-    try:
-        translation_files()
-    except DebianDescriptionsMissing as error:
-        pytest.skip(str(error))
-    done = subprocess.run([sys.executable, "benchmarks/text_bag_ablations.py", "--quick", "--idf", "--heads", "2",
-                           "--sibling_negatives", "0.5"], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = {line.split("|")[1].strip(): [float(x) for x in line.split("|")[2:6]]
-            for line in done.stdout.splitlines() if line.startswith("| ") and line[2:3] != "m"}
-    assert set(rows) == {"dense_at_init", "bm25", "dense", "hybrid_rrf"}
-    assert rows["dense"][1] > rows["dense_at_init"][1] + 0.05  # Recall@10: it learns
-    assert "top-1 right: both" in done.stdout
