@@ -29,7 +29,7 @@ from ssl_siamese.data import SSLDataModule
 from ssl_siamese.evaluation.knn import KNNEvaluation
 from ssl_siamese.evaluation.online_probe import OnlineLinearProbe
 from ssl_siamese.evaluation.pictures import EmbeddingPictures
-from ssl_siamese.methods import BYOL, DINO, MAE, BarlowTwins, MoCo, SimCLR, SimSiam, VICReg
+from ssl_siamese.methods import BYOL, DINO, MAE, NNCLR, BarlowTwins, MoCo, SimCLR, SimSiam, VICReg
 
 MAX_STEPS = 8
 BATCHES_PER_EPOCH = 4
@@ -45,7 +45,8 @@ METHODS = {"simclr": (SimCLR, {"projection_dim": 16, "hidden_dim": 32}),
            # 2 local views, the teacher temperature warming up over both epochs, last layer frozen in epoch 0
            "dino": (DINO, {"output_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16, "local_views": 2,
                            "local_size": 14, "warmup_teacher_temp_epochs": 2}),
-           "mae": (MAE, {**TINY_VIT, "lr": 1e-3})}
+           "mae": (MAE, {**TINY_VIT, "lr": 1e-3}),
+           "nnclr": (NNCLR, {"projection_dim": 16, "hidden_dim": 32, "prediction_hidden_dim": 32, "support_set_size": 48})}
 
 
 class Crash(Exception):
@@ -151,7 +152,8 @@ OWN_STATE = {"byol": ([3, BATCHES_PER_EPOCH + 2], ["target_encoder.", "ema_momen
              "vicreg": ([BATCHES_PER_EPOCH + 2], []),
              # in the frozen first epoch, then mid-epoch 1 (the teacher temperature still warming up)
              "dino": ([2, BATCHES_PER_EPOCH + 2], ["teacher.", "criterion.center", "ema_momentum"]),
-             "mae": ([3, BATCHES_PER_EPOCH + 1], ["decoder."])}  # the masks come from the RNG state
+             "mae": ([3, BATCHES_PER_EPOCH + 1], ["decoder."]),  # the masks come from the RNG state
+             "nnclr": ([3, BATCHES_PER_EPOCH + 2], ["support_set.keys", "support_set.pointer"])}  # wraps at step 2
 
 
 @pytest.mark.parametrize("name", list(OWN_STATE))
