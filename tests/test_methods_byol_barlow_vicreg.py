@@ -22,13 +22,12 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.utils.data import DataLoader, TensorDataset
 
 from ssl_siamese.methods import BYOL, DINO, BarlowTwins, MoCo, SimCLR, VICReg
 from ssl_siamese.methods.ema import ema_copy, ema_momentum, update_ema
 
-from helpers import fashion_mnist_dir, free_port, needs_fashion_mnist
+from helpers import fashion_mnist_dir, needs_fashion_mnist, run_gloo_ranks
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = {"projection_dim": 16, "hidden_dim": 32}
@@ -347,20 +346,14 @@ def run_steps(name: str, rank: int = 0, world_size: int = 1, states: list[dict] 
     return record
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD_SIZE)
-    try:
-        torch.save({name: run_steps(name, rank, WORLD_SIZE) for name in DDP_METHODS}, f"{out_dir}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+def rank_records(rank: int, world_size: int) -> dict:
+    return {name: run_steps(name, rank, world_size) for name in DDP_METHODS}
 
 
 @pytest.fixture(scope="module")
 def ddp_runs(tmp_path_factory) -> tuple[list[dict], dict]:
     out_dir = tmp_path_factory.mktemp("ddp_byol_barlow_vicreg")
-    mp.spawn(_worker, args=(free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
-    ranks = [torch.load(out_dir / f"rank{r}.pt") for r in range(WORLD_SIZE)]
+    ranks = run_gloo_ranks(rank_records, WORLD_SIZE, out_dir)
     same_start = {name: run_steps(name, states=ranks[0][name]["states"]) for name in DDP_METHODS}
     return ranks, {**same_start, "byol_trajectory": run_steps("byol")}
 
