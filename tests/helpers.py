@@ -151,6 +151,19 @@ def offline_wandb_run_ids(out: Path) -> list[str]:
     return sorted(file.stem.removeprefix("run-") for file in out.glob("wandb/offline-run-*/run-*.wandb"))
 
 
+def recipe_knn(method: str, args: list[str]) -> tuple[float, float, float]:
+    """``python -m ssl_siamese.recipes.<method> *args`` run in this process (the module is ``main(Method, method)``;
+    a fresh interpreter would cost ~6 s of imports): kNN top-1 at init, after training, and of the raw pixels
+    (nan where the recipe did not measure them)."""
+    from ssl_siamese.cli.lightning import main
+    from ssl_siamese.methods.registry import method_class
+
+    summary = main(method_class(method), method, args)
+    history, pixels = summary["knn_history"], summary["knn_pixels"]
+    assert history[0].epoch == -1, history
+    return history[0].top1, history[-1].top1, pixels.top1 if pixels is not None else float("nan")
+
+
 def free_port() -> int:
     """A free TCP port on 127.0.0.1, for a gloo process group's ``tcp://`` rendezvous."""
     with socket.socket() as s:
