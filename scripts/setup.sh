@@ -10,15 +10,17 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "$PYTHON" -m venv .venv
 fi
-# uv installs the same wheels about four times faster than pip (measured 2026-12-07 on this 2-core machine: torch's
-# ~5.5 GB in 36 s against pip's ~150 s; it unpacks in parallel and leaves bytecode to the first import); it reads
-# no pip configuration, so pip's indexes, find-links and constraints are handed over. pip does it where uv is missing.
+# uv installs the same wheels several times faster than pip (measured 2026-12-07 on this 2-core machine: torch's
+# ~5.5 GB in 36 s against pip's ~150 s; it unpacks in parallel); it reads no pip configuration, so pip's indexes,
+# find-links and constraints are handed over. pip does it where uv is missing. --compile-bytecode as pip does: where
+# PYTHONDONTWRITEBYTECODE is set (CI's machines) nothing is ever cached otherwise, and every interpreter of the suite
+# compiled torch and Lightning again (12 s to import Lightning instead of 5).
 pip_setting() { .venv/bin/pip config get "global.$1" 2>/dev/null || true; }
 if [ ! -x .venv/bin/uv ] && [ "${SSL_SIAMESE_SETUP_PIP:-}" != 1 ]; then
   .venv/bin/pip install -q --disable-pip-version-check uv 2>/dev/null || echo "[setup] uv not installed: pip instead"
 fi
 if [ -x .venv/bin/uv ] && [ "${SSL_SIAMESE_SETUP_PIP:-}" != 1 ]; then
-  INSTALL=(.venv/bin/uv pip install -q --python .venv/bin/python --index-strategy unsafe-best-match)
+  INSTALL=(.venv/bin/uv pip install -q --compile-bytecode --python .venv/bin/python --index-strategy unsafe-best-match)
   for url in $(pip_setting extra-index-url) ${PIP_EXTRA_INDEX_URL:-}; do INSTALL+=(--extra-index-url "$url"); done
   for links in $(pip_setting find-links) ${PIP_FIND_LINKS:-}; do INSTALL+=(--find-links "$links"); done
   constraint=$(pip_setting constraint)
