@@ -1,4 +1,4 @@
-"""Train SimCLR, MoCo, SimSiam, BYOL, Barlow Twins, VICReg, DINO and MAE through the real recipe path, evaluate them, and print one table.
+"""Train SimCLR, MoCo, SimSiam, BYOL, Barlow Twins, VICReg, DINO, MAE, DCL and NNCLR through the real recipe path, evaluate them, and print one table.
 
 Each method runs ``ssl_siamese.cli.main`` (LightningCLI, on-device augmentation, kNN callback) with the
 same data and budget. Its exported backbone, and the same architecture at random init (same seed), are
@@ -40,11 +40,12 @@ from ssl_siamese.data import ImageTensors, load_split, random_subset
 from ssl_siamese.search.embeddings import default_device, preprocessing
 from ssl_siamese.evaluation import fewshot_episodes, fit_linear_probe, topk_accuracy, weighted_knn_scores
 from ssl_siamese.export import rebuild_arguments
-from ssl_siamese.methods import BYOL, DINO, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam, VICReg
+from ssl_siamese.methods import (BYOL, DCL, DINO, NNCLR, BarlowTwins, MoCo, SiameseModule, SimCLR, SimSiam,
+                                 VICReg)
 from ssl_siamese.methods.mae import MAE
 
 METHODS = {"simclr": SimCLR, "moco": MoCo, "simsiam": SimSiam, "byol": BYOL, "barlow_twins": BarlowTwins,
-           "vicreg": VICReg, "dino": DINO, "mae": MAE}
+           "vicreg": VICReg, "dino": DINO, "mae": MAE, "dcl": DCL, "nnclr": NNCLR}
 QUICKSTART = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.yaml"
 # defaults per mode; train_subset, eval_train, eval_test None: the whole split
 # --cpu learning rates per 256 images that differ from the quickstart's 1.0: at 1.0 MoCo's EMA key encoder
@@ -69,6 +70,11 @@ SMALL_HEADS["dino"] = ["--model.output_dim", "1024", "--model.hidden_dim", "256"
                        "--model.warmup_epochs", "0.5"]
 CPU_LR["dino"] = 0.004
 CPU_LR["mae"] = 0.002  # AdamW
+# NNCLR: the heads of lightly's CIFAR-10 benchmark and, as tests/test_methods_dcl_nnclr.py found on the CPU, a support
+# set of two batches and temperature 0.2 (a support set much larger than a short run's images fell below random init)
+SMALL_HEADS["nnclr"] = ["--model.hidden_dim", "512", "--model.projection_dim", "128",
+                        "--model.prediction_hidden_dim", "512", "--model.temperature", "0.2"]
+SUPPORT_SET = {"quick": 64, "cpu": 512}  # two batches
 
 
 def tiny_vit(size: int) -> list[str]:
@@ -100,6 +106,8 @@ def training_args(name: str, args: argparse.Namespace, out: str) -> list[str]:
                "--data.knn_bank_subset", "256", "--data.val_subset", "64"]
         if name == "moco":  # at most the images of an epoch (MoCo warns otherwise)
             cli += ["--model.queue_size", str(QUICK_STEPS * QUICK_BATCH)]
+        if name == "nnclr":
+            cli += ["--model.support_set_size", str(SUPPORT_SET["quick"])]
         cli += SMALL_HEADS.get(name, []) + (tiny_vit(32) if name == "mae" else [])
     elif args.mode == "cpu":  # quickstart.yaml, less the options this method does not have (SimSiam: temperature)
         config = yaml.safe_load(QUICKSTART.read_text())
@@ -113,6 +121,8 @@ def training_args(name: str, args: argparse.Namespace, out: str) -> list[str]:
         cli = ["--config", str(path), "--model.backbone", "tiny_cnn"]
         if name == "moco":  # the keys of the last 8 steps (2 views x 256), a third of the default training subset
             cli += ["--model.queue_size", "4096"]
+        if name == "nnclr":
+            cli += ["--model.support_set_size", str(SUPPORT_SET["cpu"])]
         if name in CPU_LR:
             cli += ["--model.lr", str(CPU_LR[name])]
         cli += SMALL_HEADS.get(name, []) + (tiny_vit(28) if name == "mae" else [])

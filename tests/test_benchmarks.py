@@ -107,7 +107,7 @@ def test_methods_benchmark_quick(quick_runs):
     stdout, report = quick(quick_runs, "methods.py")
     table = [line for line in stdout.splitlines() if line.startswith("| ")]
     # header, separator, one row per method, the raw-pixel reference row
-    methods = ["simclr", "moco", "simsiam", "byol", "barlow_twins", "vicreg", "dino", "mae"]
+    methods = ["simclr", "moco", "simsiam", "byol", "barlow_twins", "vicreg", "dino", "mae", "dcl", "nnclr"]
     assert len(table) == 3 + len(methods), stdout[-2000:]
     assert [line.split("|")[1].strip() for line in table[2:]] == methods + ["raw pixels (reference)"]
     assert all(line.count(" -> ") == 3 and line.count("±") == 2 for line in table[2:-1])
