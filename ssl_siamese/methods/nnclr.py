@@ -80,9 +80,10 @@ class NNCLR(SiameseModule):
         self.criterion = NearestNeighbourLoss(temperature)
 
     @torch.no_grad()
-    def nearest_neighbours(self, z: Tensor, support: Tensor | None = None) -> Tensor:
-        """The row of the support set (unit vectors) of highest cosine similarity to each row of ``z``."""
-        support = self.support_set.keys if support is None else support
+    def nearest_neighbours(self, z: Tensor) -> Tensor:
+        """The row of the support set (unit vectors) of highest cosine similarity to each row of ``z`` (a copy: a
+        later enqueue does not change it)."""
+        support = self.support_set.keys
         similarity = F.normalize(z.detach().float(), dim=1) @ support.float().T
         return support[similarity.argmax(dim=1)]
 
@@ -90,8 +91,7 @@ class NNCLR(SiameseModule):
         z = self.projection_head(self.encode_views(view0, view1))
         p0, p1 = self.prediction_head(z).chunk(2)
         z0, z1 = z.float().chunk(2)
-        support = self.support_set.keys.clone()  # as before this step's enqueue
-        loss = 0.5 * (self.criterion(self.nearest_neighbours(z0, support), p1)
-                      + self.criterion(self.nearest_neighbours(z1, support), p0))
+        # both views' neighbours come from the support set as it was before this step's enqueue
+        loss = 0.5 * (self.criterion(self.nearest_neighbours(z0), p1) + self.criterion(self.nearest_neighbours(z1), p0))
         self.support_set.enqueue(z0)
         return loss, z0
